@@ -1,0 +1,1 @@
+"""Model providers over two wire formats (OpenAI Chat Completions, Anthropic Messages)."""

@@ -1,0 +1,119 @@
+"""Plain values the engine consumes and produces: messages, tool calls, usage, costs, results.
+
+Frozen, slotted, and free of clients or storage, so they cross every boundary safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+CallStatus = Literal["ok", "failed", "timeout", "skipped"]
+CostSource = Literal["provider", "price_table", "config", "unknown"]
+# How trustworthy a token count is: "reported" by the server, "estimated" by us
+# from text length (the server sent none), or "unknown".
+UsageSource = Literal["reported", "estimated", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool invocation requested by a model; `arguments` is the raw JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One conversation entry in a wire-neutral shape.
+
+    `tool_call_id` and `name` are set on tool results (role "tool").
+    """
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool as offered to a model: name, description and JSON-schema parameters."""
+
+    name: str
+    description: str
+    parameters: dict = field(hash=False, compare=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one call, normalised across wire formats.
+
+    `input` excludes cached tokens (OpenAI counts them inside prompt_tokens; we subtract).
+    `reasoning` is a part of `output`, reported for information.
+    """
+
+    input: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    output: int = 0
+    reasoning: int = 0
+    source: UsageSource = "reported"
+
+    def __add__(self, other: Usage) -> Usage:
+        sources = {self.source, other.source}
+        source: UsageSource = (
+            "unknown" if "unknown" in sources else "estimated" if "estimated" in sources else "reported"
+        )
+        return Usage(
+            self.input + other.input,
+            self.cache_read + other.cache_read,
+            self.cache_write + other.cache_write,
+            self.output + other.output,
+            self.reasoning + other.reasoning,
+            source,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "input": self.input,
+            "cache_read": self.cache_read,
+            "cache_write": self.cache_write,
+            "output": self.output,
+            "reasoning": self.reasoning,
+        }
+
+
+UNKNOWN_USAGE = Usage(source="unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Dollars of one call and where the figure came from; `usd` is None when unknown."""
+
+    usd: float | None
+    source: CostSource
+
+
+UNKNOWN_COST = Cost(None, "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What one model call returned."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...]
+    finish_reason: str | None
+    usage: Usage
+    provider_cost_usd: float | None = None
+    model: str | None = None
+
+
+def sum_dollars(costs: list[Cost] | tuple[Cost, ...]) -> float | None:
+    """Sum known dollars; None only when nothing at all is known."""
+    known = [c.usd for c in costs if c.usd is not None]
+    return sum(known) if known else None

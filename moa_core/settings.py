@@ -38,6 +38,8 @@ class ProviderSettings:
     request_cost: bool = False
     timeout: float = 600.0
     max_retries: int = 3
+    # Anthropic's wire format requires max_tokens; used only there, only when a slot sets none.
+    anthropic_default_max_tokens: int = 8192
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,3 +117,25 @@ def sum_dollars(costs: list[Cost] | tuple[Cost, ...]) -> float | None:
     """Sum known dollars; None only when nothing at all is known."""
     known = [c.usd for c in costs if c.usd is not None]
     return sum(known) if known else None
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One model call of a turn, as stored: one row per reference and aggregator call.
+
+    `index` is the reference's position in its preset (0-based; 0 for the aggregator), `step`
+    the aggregator loop step the call belongs to. `late` marks a reference that answered after
+    the quorum grace: its advice was not used, its usage and cost still count.
+    """
+
+    role: Literal["reference", "aggregator"]
+    step: int
+    index: int
+    provider: str
+    model: str
+    status: CallStatus
+    latency_ms: int
+    usage: Usage
+    cost: Cost
+    error: str | None = None
+    late: bool = False

@@ -1,0 +1,184 @@
+"""The gateway's SQLite schema, as a list of named migration steps (sqlite-utils 4 `Migrations`).
+
+Each function is one schema step, recorded by name in `_sqlite_migrations` when applied, inside
+the same transaction as its DDL. A step that has shipped is never edited: change the schema by
+adding a new function at the end.
+
+Conventions: timestamps are UTC ISO-8601 text with microseconds and a `+00:00` offset (fixed
+width, so text order is time order); a missing thread is stored as '' so that it can take part
+in keys and unique indexes; JSON columns hold text.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database, Migrations
+
+migrations = Migrations("moa_gateway")
+
+
+@migrations()
+def m001_conversations(db: Database) -> None:
+    """Sessions, their messages, turns and one row per model call."""
+    db["sessions"].create(
+        {
+            "id": int,
+            "platform": str,
+            "chat_id": str,
+            "thread_id": str,
+            "started_at": str,
+            "closed_at": str,
+        },
+        pk="id",
+        not_null={"platform", "chat_id", "thread_id", "started_at"},
+        defaults={"thread_id": ""},
+    )
+    # At most one open session per platform + chat + thread.
+    db.execute(
+        "CREATE UNIQUE INDEX sessions_open ON sessions (platform, chat_id, thread_id) "
+        "WHERE closed_at IS NULL"
+    )
+
+    db["turns"].create(
+        {
+            "id": int,
+            "session_id": int,
+            "platform": str,
+            "chat_id": str,
+            "thread_id": str,
+            "user_id": str,
+            "user_name": str,
+            "event_id": str,
+            "message_id": str,
+            "preset": str,
+            "prompt": str,
+            "status": str,
+            "answer": str,
+            "cost_usd": float,
+            "error": str,
+            "started_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+        foreign_keys=[("session_id", "sessions", "id")],
+        not_null={"session_id", "platform", "chat_id", "thread_id", "user_id", "preset", "status",
+                  "started_at"},
+        defaults={"thread_id": ""},
+    )
+    db["turns"].create_index(["session_id"])
+    db["turns"].create_index(["platform", "chat_id", "started_at"])
+    db["turns"].create_index(["platform", "user_id", "started_at"])
+    db["turns"].create_index(["started_at"])
+    # Turns cut by a crash are looked up at every start: keep that index tiny.
+    db.execute("CREATE INDEX turns_running ON turns (id) WHERE status = 'running'")
+
+    db["messages"].create(
+        {
+            "id": int,
+            "session_id": int,
+            "turn_id": int,
+            "role": str,
+            "content": str,
+            "tool_calls": str,
+            "tool_call_id": str,
+            "name": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("session_id", "sessions", "id"), ("turn_id", "turns", "id")],
+        not_null={"session_id", "role", "content", "created_at"},
+        defaults={"content": ""},
+    )
+    db["messages"].create_index(["session_id", "id"])
+    db["messages"].create_index(["turn_id"])
+
+    db["model_calls"].create(
+        {
+            "id": int,
+            "turn_id": int,
+            "role": str,
+            "step": int,
+            "idx": int,
+            "provider": str,
+            "model": str,
+            "status": str,
+            "latency_ms": int,
+            "input": int,
+            "cache_read": int,
+            "cache_write": int,
+            "output": int,
+            "reasoning": int,
+            "usage_source": str,
+            "cost_usd": float,
+            "cost_source": str,
+            "error": str,
+            "late": int,
+            "created_at": str,
+            # Copied from the turn so that cost queries never join.
+            "platform": str,
+            "chat_id": str,
+            "user_id": str,
+            "preset": str,
+        },
+        pk="id",
+        foreign_keys=[("turn_id", "turns", "id")],
+        not_null={"turn_id", "role", "step", "idx", "provider", "model", "status", "latency_ms",
+                  "input", "cache_read", "cache_write", "output", "reasoning", "usage_source",
+                  "cost_source", "late", "created_at", "platform", "chat_id", "user_id", "preset"},
+        defaults={"late": 0},
+    )
+    db["model_calls"].create_index(["turn_id"])
+    db["model_calls"].create_index(["created_at"])
+    db["model_calls"].create_index(["platform", "chat_id", "created_at"])
+    db["model_calls"].create_index(["platform", "user_id", "created_at"])
+    db["model_calls"].create_index(["preset", "created_at"])
+
+
+@migrations()
+def m002_gateway_state(db: Database) -> None:
+    """Channel defaults, seen inbound events, the delivery ledger and refusal-notice times."""
+    db["channel_settings"].create(
+        {"platform": str, "chat_id": str, "preset": str, "updated_by": str, "updated_at": str},
+        pk=("platform", "chat_id"),
+        not_null={"platform", "chat_id", "preset", "updated_at"},
+    )
+
+    db["seen_events"].create(
+        {"platform": str, "event_id": str, "seen_at": str},
+        pk=("platform", "event_id"),
+        not_null={"platform", "event_id", "seen_at"},
+    )
+    db["seen_events"].create_index(["seen_at"])
+
+    db["deliveries"].create(
+        {
+            "id": int,
+            "turn_id": int,
+            "platform": str,
+            "chat_id": str,
+            "thread_id": str,
+            "reply_to_id": str,
+            "reply_handle": str,
+            "kind": str,
+            "payload": str,
+            "status": str,
+            "message_ids": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        foreign_keys=[("turn_id", "turns", "id")],
+        not_null={"platform", "chat_id", "thread_id", "kind", "payload", "status", "message_ids",
+                  "created_at", "updated_at"},
+        defaults={"thread_id": "", "message_ids": "[]"},
+    )
+    db["deliveries"].create_index(["turn_id"])
+    # Unfinished deliveries are scanned at every start: keep that index tiny.
+    db.execute(
+        "CREATE INDEX deliveries_open ON deliveries (id) WHERE status IN ('pending', 'sending')"
+    )
+
+    db["refusal_notices"].create(
+        {"platform": str, "chat_id": str, "last_at": str},
+        pk=("platform", "chat_id"),
+        not_null={"platform", "chat_id", "last_at"},
+    )

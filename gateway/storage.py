@@ -1,0 +1,576 @@
+"""The gateway's SQLite store: sessions, history, turns, model calls, settings and the ledger.
+
+One dedicated thread owns the connection (sqlite3 connections are bound to the thread that made
+them): the `sqlite_utils.Database` is created inside a one-worker `ThreadPoolExecutor` and every
+call is a function sent there with `loop.run_in_executor`. Calls are therefore serialised, and
+a function sent there runs alone, so a read-then-write needs no lock. Writes that must be
+all-or-nothing (a finished turn with its messages and ledger row) run in one `db.atomic()`.
+
+Times come from the injected clock (or are passed in, aware) and are stored as UTC ISO-8601
+text of fixed width, so comparing the text compares the times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from adapters.contract import ChatRef
+from gateway.migrations import migrations
+from moa_core.clock import Clock
+from moa_core.values import CallRecord, Message, ToolCall
+
+T = TypeVar("T")
+
+TURN_STATUSES = frozenset({"running", "done", "failed", "interrupted", "refused"})
+DELIVERY_STATUSES = frozenset({"pending", "sending", "sent", "failed"})
+BUSY_TIMEOUT_MS = 10_000
+
+
+def to_iso(moment: datetime) -> str:
+    """An aware datetime as fixed-width UTC ISO-8601 text; naive datetimes are refused."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment!r}: pass an aware datetime")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def from_iso(text: str) -> datetime:
+    """Stored text back to an aware UTC datetime."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:  # not written by us; read as UTC rather than guess
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _thread_key(thread_id: str | None) -> str:
+    return thread_id or ""
+
+
+def _thread_value(stored: str | None) -> str | None:
+    return stored or None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One row of the outbound ledger: what to post where, and how far it got.
+
+    `message_ids` are the platform ids already posted for it (a `sending` row may have some).
+    """
+
+    id: int
+    turn_id: int | None
+    chat: ChatRef
+    kind: str
+    payload: dict = field(hash=False)
+    status: str
+    message_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRow:
+    """A stored turn, as its columns; `thread_id` is None when the turn had no thread."""
+
+    id: int
+    session_id: int
+    platform: str
+    chat_id: str
+    thread_id: str | None
+    user_id: str
+    user_name: str
+    event_id: str
+    message_id: str
+    preset: str
+    prompt: str
+    status: str
+    answer: str | None
+    cost_usd: float | None
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+def _turn_row(row: dict[str, Any]) -> TurnRow:
+    return TurnRow(
+        id=row["id"],
+        session_id=row["session_id"],
+        platform=row["platform"],
+        chat_id=row["chat_id"],
+        thread_id=_thread_value(row["thread_id"]),
+        user_id=row["user_id"],
+        user_name=row["user_name"] or "",
+        event_id=row["event_id"] or "",
+        message_id=row["message_id"] or "",
+        preset=row["preset"],
+        prompt=row["prompt"] or "",
+        status=row["status"],
+        answer=row["answer"],
+        cost_usd=row["cost_usd"],
+        error=row["error"],
+        started_at=from_iso(row["started_at"]),
+        finished_at=from_iso(row["finished_at"]) if row["finished_at"] else None,
+    )
+
+
+def _delivery(row: dict[str, Any]) -> Delivery:
+    return Delivery(
+        id=row["id"],
+        turn_id=row["turn_id"],
+        chat=ChatRef(
+            platform=row["platform"],
+            chat_id=row["chat_id"],
+            thread_id=_thread_value(row["thread_id"]),
+            reply_to_id=row["reply_to_id"],
+            reply_handle=row["reply_handle"],
+        ),
+        kind=row["kind"],
+        payload=json.loads(row["payload"]),
+        status=row["status"],
+        message_ids=tuple(json.loads(row["message_ids"] or "[]")),
+    )
+
+
+def _message_row(session_id: int, turn_id: int | None, message: Message, at: str) -> dict[str, Any]:
+    return {
+        "session_id": session_id,
+        "turn_id": turn_id,
+        "role": message.role,
+        "content": message.content,
+        "tool_calls": (
+            json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls])
+            if message.tool_calls
+            else None
+        ),
+        "tool_call_id": message.tool_call_id,
+        "name": message.name,
+        "created_at": at,
+    }
+
+
+def _message(row: dict[str, Any]) -> Message:
+    calls = json.loads(row["tool_calls"]) if row["tool_calls"] else []
+    return Message(
+        role=row["role"],
+        content=row["content"] or "",
+        tool_calls=tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in calls),
+        tool_call_id=row["tool_call_id"],
+        name=row["name"],
+    )
+
+
+def _call_row(turn: dict[str, Any], call: CallRecord, at: str) -> dict[str, Any]:
+    return {
+        "turn_id": turn["id"],
+        "role": call.role,
+        "step": call.step,
+        "idx": call.index,
+        "provider": call.provider,
+        "model": call.model,
+        "status": call.status,
+        "latency_ms": call.latency_ms,
+        "input": call.usage.input,
+        "cache_read": call.usage.cache_read,
+        "cache_write": call.usage.cache_write,
+        "output": call.usage.output,
+        "reasoning": call.usage.reasoning,
+        "usage_source": call.usage.source,
+        "cost_usd": call.cost.usd,
+        "cost_source": call.cost.source,
+        "error": call.error,
+        "late": int(call.late),
+        "created_at": at,
+        "platform": turn["platform"],
+        "chat_id": turn["chat_id"],
+        "user_id": turn["user_id"],
+        "preset": turn["preset"],
+    }
+
+
+def _connect(path: str) -> sqlite_utils.Database:
+    """Open (creating) the file, set the connection up and bring the schema up to date."""
+    db = sqlite_utils.Database(path, execute_plugins=False)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db.enable_wal()
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("PRAGMA foreign_keys = ON")
+    migrations.apply(db)
+    return db
+
+
+def _open_session(db: sqlite_utils.Database, platform: str, chat_id: str, thread: str, at: str) -> int:
+    return db["sessions"].insert(
+        {"platform": platform, "chat_id": chat_id, "thread_id": thread, "started_at": at, "closed_at": None}
+    ).last_pk
+
+
+def _find_open_session(db: sqlite_utils.Database, platform: str, chat_id: str, thread: str) -> int | None:
+    row = db.execute(
+        "SELECT id FROM sessions WHERE platform = ? AND chat_id = ? AND thread_id = ? AND closed_at IS NULL",
+        [platform, chat_id, thread],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _require(value: str, allowed: frozenset[str], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
+
+
+class Store:
+    """Async access to the gateway's SQLite file through one dedicated thread."""
+
+    def __init__(self, executor: ThreadPoolExecutor, db: sqlite_utils.Database, clock: Clock, path: Path):
+        # Use `Store.open`; `db` must only ever be touched from `executor`'s thread.
+        self._executor = executor
+        self._db = db
+        self._clock = clock
+        self.path = path
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str | Path, clock: Clock) -> Store:
+        """Open or create the database file and apply pending migrations."""
+        path = Path(path)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-db")
+        loop = asyncio.get_running_loop()
+        try:
+            db = await loop.run_in_executor(executor, _connect, str(path))
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, db, clock, path)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._db.close)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    async def run(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run `fn(db)` in the database thread and return its result."""
+        if self._closed:
+            raise RuntimeError("store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self._db)
+
+    def _now(self) -> str:
+        return to_iso(self._clock.now())
+
+    # Sessions and history -------------------------------------------------------------------
+
+    async def active_session(self, platform: str, chat_id: str, thread_id: str | None) -> int:
+        """The open session of this chat and thread, opened now if there is none."""
+        at, thread = self._now(), _thread_key(thread_id)
+
+        def work(db: sqlite_utils.Database) -> int:
+            with db.atomic():
+                found = _find_open_session(db, platform, chat_id, thread)
+                return found if found is not None else _open_session(db, platform, chat_id, thread, at)
+
+        return await self.run(work)
+
+    async def new_session(self, platform: str, chat_id: str, thread_id: str | None) -> int:
+        """Close the open session of this chat and thread (if any) and open another."""
+        at, thread = self._now(), _thread_key(thread_id)
+
+        def work(db: sqlite_utils.Database) -> int:
+            with db.atomic():
+                db.execute(
+                    "UPDATE sessions SET closed_at = ? "
+                    "WHERE platform = ? AND chat_id = ? AND thread_id = ? AND closed_at IS NULL",
+                    [at, platform, chat_id, thread],
+                )
+                return _open_session(db, platform, chat_id, thread, at)
+
+        return await self.run(work)
+
+    async def history(self, session_id: int, limit: int = 500) -> list[Message]:
+        """The last `limit` messages of a session, oldest first (a started turn's prompt included)."""
+
+        def work(db: sqlite_utils.Database) -> list[Message]:
+            rows = list(
+                db.query(
+                    "SELECT * FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?",
+                    [session_id, limit],
+                )
+            )
+            return [_message(row) for row in reversed(rows)]
+
+        return await self.run(work)
+
+    # Turns and model calls ------------------------------------------------------------------
+
+    async def start_turn(
+        self,
+        *,
+        session_id: int,
+        platform: str,
+        chat_id: str,
+        thread_id: str | None,
+        user_id: str,
+        user_name: str,
+        event_id: str,
+        message_id: str,
+        preset: str,
+        prompt: str,
+    ) -> int:
+        """Record a running turn and its user message, in one transaction; returns the turn id."""
+        at = self._now()
+        turn = {
+            "session_id": session_id,
+            "platform": platform,
+            "chat_id": chat_id,
+            "thread_id": _thread_key(thread_id),
+            "user_id": user_id,
+            "user_name": user_name,
+            "event_id": event_id,
+            "message_id": message_id,
+            "preset": preset,
+            "prompt": prompt,
+            "status": "running",
+            "answer": None,
+            "cost_usd": None,
+            "error": None,
+            "started_at": at,
+            "finished_at": None,
+        }
+
+        def work(db: sqlite_utils.Database) -> int:
+            with db.atomic():
+                turn_id = db["turns"].insert(turn).last_pk
+                db["messages"].insert(_message_row(session_id, turn_id, Message("user", prompt), at))
+                return turn_id
+
+        return await self.run(work)
+
+    async def record_calls(self, turn_id: int, calls: Sequence[CallRecord]) -> None:
+        """Store model calls of a turn, with the turn's chat, user and preset copied onto each."""
+        if not calls:
+            return
+        at = self._now()
+
+        def work(db: sqlite_utils.Database) -> None:
+            with db.atomic():
+                turn = _turn_columns(db, turn_id)
+                db["model_calls"].insert_all([_call_row(turn, call, at) for call in calls])
+
+        await self.run(work)
+
+    async def complete_turn(
+        self,
+        turn_id: int,
+        *,
+        status: str,
+        answer: str | None,
+        cost_usd: float | None,
+        messages: Sequence[Message],
+        delivery: tuple[ChatRef, str, dict] | None,
+        error: str | None = None,
+    ) -> int | None:
+        """Finish a turn in ONE transaction: its status and answer, the assistant and tool
+        messages it produced, and (when `delivery` is given) a pending ledger row, whose id is
+        returned. Either all of it is stored or none."""
+        _require(status, TURN_STATUSES, "turn status")
+        at = self._now()
+        ledger: dict[str, Any] | None = None
+        if delivery is not None:
+            chat, kind, payload = delivery
+            ledger = {
+                "turn_id": turn_id,
+                "platform": chat.platform,
+                "chat_id": chat.chat_id,
+                "thread_id": _thread_key(chat.thread_id),
+                "reply_to_id": chat.reply_to_id,
+                "reply_handle": chat.reply_handle,
+                "kind": kind,
+                "payload": json.dumps(payload),
+                "status": "pending",
+                "message_ids": "[]",
+                "created_at": at,
+                "updated_at": at,
+            }
+
+        def work(db: sqlite_utils.Database) -> int | None:
+            with db.atomic():
+                turn = _turn_columns(db, turn_id)
+                db.execute(
+                    "UPDATE turns SET status = ?, answer = ?, cost_usd = ?, error = ?, finished_at = ? "
+                    "WHERE id = ?",
+                    [status, answer, cost_usd, error, at, turn_id],
+                )
+                if messages:
+                    db["messages"].insert_all(
+                        [_message_row(turn["session_id"], turn_id, m, at) for m in messages]
+                    )
+                if ledger is None:
+                    return None
+                return db["deliveries"].insert(ledger).last_pk
+
+        return await self.run(work)
+
+    async def mark_turn(self, turn_id: int, status: str, error: str | None = None) -> None:
+        """Set a turn's status (e.g. `interrupted` after a crash); stamps `finished_at` unless running."""
+        _require(status, TURN_STATUSES, "turn status")
+        at = None if status == "running" else self._now()
+
+        def work(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "UPDATE turns SET status = ?, error = COALESCE(?, error), finished_at = ? WHERE id = ?",
+                [status, error, at, turn_id],
+            )
+
+        await self.run(work)
+
+    async def running_turns(self) -> list[TurnRow]:
+        """Turns still marked running, oldest first: after a restart, the ones a crash cut."""
+
+        def work(db: sqlite_utils.Database) -> list[TurnRow]:
+            return [_turn_row(r) for r in db.query("SELECT * FROM turns WHERE status = 'running' ORDER BY id")]
+
+        return await self.run(work)
+
+    async def turn(self, turn_id: int) -> TurnRow | None:
+        """One stored turn, or None."""
+
+        def work(db: sqlite_utils.Database) -> TurnRow | None:
+            rows = list(db.query("SELECT * FROM turns WHERE id = ?", [turn_id]))
+            return _turn_row(rows[0]) if rows else None
+
+        return await self.run(work)
+
+    # The delivery ledger --------------------------------------------------------------------
+
+    async def mark_delivery(self, delivery_id: int, status: str, message_ids: Sequence[str] = ()) -> None:
+        """Move a ledger row on; non-empty `message_ids` replace the ids stored so far."""
+        _require(status, DELIVERY_STATUSES, "delivery status")
+        at = self._now()
+        ids = json.dumps(list(message_ids)) if message_ids else None
+
+        def work(db: sqlite_utils.Database) -> None:
+            cursor = db.execute(
+                "UPDATE deliveries SET status = ?, message_ids = COALESCE(?, message_ids), updated_at = ? "
+                "WHERE id = ?",
+                [status, ids, at, delivery_id],
+            )
+            if cursor.rowcount != 1:
+                raise KeyError(f"no delivery {delivery_id}")
+
+        await self.run(work)
+
+    async def pending_deliveries(self) -> list[Delivery]:
+        """Ledger rows not yet sent (pending, or sending when a crash came), oldest first."""
+
+        def work(db: sqlite_utils.Database) -> list[Delivery]:
+            rows = db.query(
+                "SELECT * FROM deliveries WHERE status IN ('pending', 'sending') ORDER BY id"
+            )
+            return [_delivery(r) for r in rows]
+
+        return await self.run(work)
+
+    # Inbound de-duplication, channel settings, refusal notices ------------------------------
+
+    async def mark_seen(self, platform: str, event_id: str) -> bool:
+        """Remember an inbound event id; True the first time, False for a duplicate."""
+        at = self._now()
+
+        def work(db: sqlite_utils.Database) -> bool:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO seen_events (platform, event_id, seen_at) VALUES (?, ?, ?)",
+                [platform, event_id, at],
+            )
+            return cursor.rowcount == 1
+
+        return await self.run(work)
+
+    async def prune_seen(self, before: datetime) -> int:
+        """Forget event ids seen before `before`; returns how many were dropped."""
+        cutoff = to_iso(before)
+
+        def work(db: sqlite_utils.Database) -> int:
+            return db.execute("DELETE FROM seen_events WHERE seen_at < ?", [cutoff]).rowcount
+
+        return await self.run(work)
+
+    async def channel_preset(self, platform: str, chat_id: str) -> str | None:
+        """The default preset an admin set for this chat, or None."""
+
+        def work(db: sqlite_utils.Database) -> str | None:
+            row = db.execute(
+                "SELECT preset FROM channel_settings WHERE platform = ? AND chat_id = ?", [platform, chat_id]
+            ).fetchone()
+            return row[0] if row else None
+
+        return await self.run(work)
+
+    async def set_channel_preset(self, platform: str, chat_id: str, preset: str | None, by_user: str) -> None:
+        """Set this chat's default preset; None clears it."""
+        at = self._now()
+
+        def work(db: sqlite_utils.Database) -> None:
+            if preset is None:
+                db.execute(
+                    "DELETE FROM channel_settings WHERE platform = ? AND chat_id = ?", [platform, chat_id]
+                )
+                return
+            db["channel_settings"].upsert(
+                {"platform": platform, "chat_id": chat_id, "preset": preset, "updated_by": by_user,
+                 "updated_at": at},
+                pk=("platform", "chat_id"),
+            )
+
+        await self.run(work)
+
+    async def refusal_notice_due(self, platform: str, chat_id: str, interval_s: float) -> bool:
+        """True at most once per `interval_s` per chat; a True answer records the time."""
+        now = self._clock.now()
+        at = to_iso(now)
+
+        def work(db: sqlite_utils.Database) -> bool:
+            with db.atomic():
+                row = db.execute(
+                    "SELECT last_at FROM refusal_notices WHERE platform = ? AND chat_id = ?",
+                    [platform, chat_id],
+                ).fetchone()
+                if row is not None and (now - from_iso(row[0])).total_seconds() < interval_s:
+                    return False
+                db.execute(
+                    "INSERT INTO refusal_notices (platform, chat_id, last_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (platform, chat_id) DO UPDATE SET last_at = excluded.last_at",
+                    [platform, chat_id, at],
+                )
+                return True
+
+        return await self.run(work)
+
+
+def _turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:
+    cursor = db.execute(
+        "SELECT id, session_id, platform, chat_id, user_id, preset FROM turns WHERE id = ?", [turn_id]
+    )
+    row = cursor.fetchone()
+    if row is None:
+        raise KeyError(f"no turn {turn_id}")
+    return dict(zip([d[0] for d in cursor.description], row, strict=True))
+
+
+__all__ = [
+    "DELIVERY_STATUSES",
+    "TURN_STATUSES",
+    "Delivery",
+    "Store",
+    "TurnRow",
+    "from_iso",
+    "to_iso",
+]

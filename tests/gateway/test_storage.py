@@ -1,0 +1,553 @@
+"""The SQLite store: schema and migrations, every call's round trip, concurrency, crash safety."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from adapters.contract import ChatRef
+from gateway.migrations import migrations
+from gateway.storage import Delivery, Store, TurnRow, from_iso, to_iso
+from moa_core.values import CallRecord, Cost, Message, ToolCall, Usage
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self, now: datetime = T0) -> None:
+        self.current = now
+
+    def now(self) -> datetime:
+        return self.current
+
+    def monotonic(self) -> float:
+        return self.current.timestamp()
+
+    async def sleep(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+    def advance(self, **kwargs: float) -> None:
+        self.current += timedelta(**kwargs)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: FakeClock):
+    s = await Store.open(tmp_path / "gw.db", clock)
+    yield s
+    await s.close()
+
+
+def call(index: int = 0, *, role: str = "reference", usd: float | None = 0.01, status: str = "ok") -> CallRecord:
+    return CallRecord(
+        role=role,  # type: ignore[arg-type]
+        step=0,
+        index=index,
+        provider="openrouter",
+        model=f"m{index}",
+        status=status,  # type: ignore[arg-type]
+        latency_ms=100 + index,
+        usage=Usage(input=10, cache_read=2, cache_write=3, output=20, reasoning=5),
+        cost=Cost(usd, "price_table" if usd is not None else "unknown"),
+    )
+
+
+async def start(store: Store, session_id: int, prompt: str = "hi", **over: str) -> int:
+    fields = dict(
+        session_id=session_id, platform="telegram", chat_id="-100", thread_id=None, user_id="u1",
+        user_name="Ann", event_id="e1", message_id="m1", preset="default", prompt=prompt,
+    )
+    fields.update(over)
+    return await store.start_turn(**fields)  # type: ignore[arg-type]
+
+
+# Schema and migrations ----------------------------------------------------------------------
+
+EXPECTED_COLUMNS = {
+    "sessions": ["id", "platform", "chat_id", "thread_id", "started_at", "closed_at"],
+    "messages": ["id", "session_id", "turn_id", "role", "content", "tool_calls", "tool_call_id", "name",
+                 "created_at"],
+    "turns": ["id", "session_id", "platform", "chat_id", "thread_id", "user_id", "user_name", "event_id",
+              "message_id", "preset", "prompt", "status", "answer", "cost_usd", "error", "started_at",
+              "finished_at"],
+    "model_calls": ["id", "turn_id", "role", "step", "idx", "provider", "model", "status", "latency_ms",
+                    "input", "cache_read", "cache_write", "output", "reasoning", "usage_source", "cost_usd",
+                    "cost_source", "error", "late", "created_at", "platform", "chat_id", "user_id", "preset"],
+    "channel_settings": ["platform", "chat_id", "preset", "updated_by", "updated_at"],
+    "seen_events": ["platform", "event_id", "seen_at"],
+    "deliveries": ["id", "turn_id", "platform", "chat_id", "thread_id", "reply_to_id", "reply_handle", "kind",
+                   "payload", "status", "message_ids", "created_at", "updated_at"],
+    "refusal_notices": ["platform", "chat_id", "last_at"],
+}
+
+EXPECTED_INDEXES = {
+    "sessions": [["platform", "chat_id", "thread_id"]],
+    "turns": [["session_id"], ["platform", "chat_id", "started_at"], ["platform", "user_id", "started_at"],
+              ["started_at"], ["id"]],
+    "messages": [["session_id", "id"], ["turn_id"]],
+    "model_calls": [["turn_id"], ["created_at"], ["platform", "chat_id", "created_at"],
+                    ["platform", "user_id", "created_at"], ["preset", "created_at"]],
+    "deliveries": [["turn_id"], ["id"]],
+}
+
+
+def schema_of(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            name: sql
+            for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+        }
+    finally:
+        conn.close()
+
+
+async def test_empty_database_gets_the_current_schema(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "fresh.db"
+    store = await Store.open(path, clock)
+    await store.close()
+
+    db = sqlite_utils.Database(path)
+    assert [m.name for m in migrations.applied(db)] == [m.name for m in migrations._migrations]
+    assert migrations.pending(db) == []
+    for table, columns in EXPECTED_COLUMNS.items():
+        assert table in db.table_names()
+        assert [c.name for c in db[table].columns][: len(columns)] == columns, table
+    for table, indexes in EXPECTED_INDEXES.items():
+        present = [i.columns for i in db[table].indexes]
+        for index in indexes:
+            assert index in present, (table, index)
+    assert db["channel_settings"].pks == ["platform", "chat_id"]
+    assert db["seen_events"].pks == ["platform", "event_id"]
+    assert db["refusal_notices"].pks == ["platform", "chat_id"]
+    assert db.journal_mode == "wal"
+    db.close()
+
+
+def _migration_names() -> list[str]:
+    return [m.name for m in migrations._migrations]
+
+
+@pytest.mark.parametrize("step", _migration_names()[1:])
+async def test_database_of_an_earlier_step_migrates_to_current(
+    tmp_path: Path, clock: FakeClock, step: str
+) -> None:
+    fresh = tmp_path / "fresh.db"
+    await (await Store.open(fresh, clock)).close()
+
+    old = tmp_path / "old.db"
+    db = sqlite_utils.Database(old)
+    migrations.apply(db, stop_before=step)
+    assert step in [m.name for m in migrations.pending(db)]
+    # Data written under the old schema must survive the upgrade.
+    db["sessions"].insert({"platform": "slack", "chat_id": "C1", "thread_id": "", "started_at": to_iso(T0)})
+    db.close()
+
+    store = await Store.open(old, clock)
+    assert await store.active_session("slack", "C1", None) == 1
+    applied = await store.run(lambda d: [m.name for m in migrations.applied(d)])
+    await store.close()
+    assert applied == _migration_names()
+    assert schema_of(old) == schema_of(fresh)
+
+
+async def test_reopening_applies_nothing_twice(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "gw.db"
+    for _ in range(2):
+        store = await Store.open(path, clock)
+        count = await store.run(lambda d: d["_sqlite_migrations"].count)
+        await store.close()
+    assert count == len(_migration_names())
+
+
+async def test_database_lives_in_one_dedicated_thread(store: Store) -> None:
+    names = {await store.run(lambda d: threading.current_thread().name) for _ in range(5)}
+    assert len(names) == 1 and threading.current_thread().name not in names
+    pragmas = await store.run(
+        lambda d: (
+            d.execute("PRAGMA journal_mode").fetchone()[0],
+            d.execute("PRAGMA synchronous").fetchone()[0],
+            d.execute("PRAGMA busy_timeout").fetchone()[0],
+        )
+    )
+    assert pragmas[0] == "wal" and pragmas[1] == 1 and pragmas[2] >= 5000
+
+
+# Round trips --------------------------------------------------------------------------------
+
+
+def test_times_are_fixed_width_utc_text() -> None:
+    berlin = timezone(timedelta(hours=2))
+    text = to_iso(datetime(2026, 10, 25, 2, 30, tzinfo=berlin))
+    assert text == "2026-10-25T00:30:00.000000+00:00"
+    assert from_iso(text) == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    with pytest.raises(ValueError):
+        to_iso(datetime(2026, 1, 1))  # noqa: DTZ001 - the point of the test
+
+
+async def test_sessions_per_chat_and_thread(store: Store, clock: FakeClock) -> None:
+    a = await store.active_session("telegram", "-100", None)
+    assert await store.active_session("telegram", "-100", None) == a
+    assert await store.active_session("telegram", "-100", "") == a
+    topic = await store.active_session("telegram", "-100", "7")
+    other = await store.active_session("discord", "-100", None)
+    assert len({a, topic, other}) == 3
+
+    clock.advance(minutes=5)
+    b = await store.new_session("telegram", "-100", None)
+    assert b != a
+    assert await store.active_session("telegram", "-100", None) == b
+    assert await store.active_session("telegram", "-100", "7") == topic
+    closed = await store.run(lambda d: d["sessions"].get(a))
+    assert from_iso(closed["closed_at"]) == clock.now()
+
+
+async def test_turn_messages_and_history_round_trip(store: Store, clock: FakeClock) -> None:
+    session = await store.active_session("telegram", "-100", None)
+    turn_id = await start(store, session, prompt="What is 2+2?")
+    assert await store.history(session) == [Message("user", "What is 2+2?")]
+
+    produced = [
+        Message("assistant", "", tool_calls=(ToolCall("c1", "calculator", '{"expr": "2+2"}'),
+                                              ToolCall("c2", "current_time", "{}"))),
+        Message("tool", "4", tool_call_id="c1", name="calculator"),
+        Message("tool", "2026-03-29T00:30Z", tool_call_id="c2", name="current_time"),
+        Message("assistant", "It is **4** — ünïcödé ✓"),
+    ]
+    clock.advance(seconds=3)
+    chat = ChatRef("telegram", "-100", None, reply_to_id="m1")
+    delivery_id = await store.complete_turn(
+        turn_id, status="done", answer="It is **4**", cost_usd=0.0123, messages=produced,
+        delivery=(chat, "answer", {"text": "It is **4**", "footer": None}),
+    )
+    assert isinstance(delivery_id, int)
+    assert await store.history(session) == [Message("user", "What is 2+2?"), *produced]
+    assert await store.history(session, limit=2) == produced[-2:]
+
+    row = await store.turn(turn_id)
+    assert isinstance(row, TurnRow)
+    assert row.status == "done" and row.answer == "It is **4**" and row.cost_usd == pytest.approx(0.0123)
+    assert row.started_at == T0 and row.finished_at == T0 + timedelta(seconds=3)
+    assert row.started_at.tzinfo is not None and row.thread_id is None
+    assert (row.user_id, row.user_name, row.event_id, row.message_id, row.preset) == ("u1", "Ann", "e1", "m1",
+                                                                                       "default")
+    assert await store.running_turns() == []
+    # Another session's history is separate.
+    other = await store.new_session("telegram", "-100", None)
+    assert await store.history(other) == []
+
+
+async def test_record_calls_copies_the_turn_columns(store: Store, clock: FakeClock) -> None:
+    session = await store.active_session("slack", "C9", "1700000000.1")
+    turn_id = await start(store, session, platform="slack", chat_id="C9", user_id="U7", preset="deep")
+    late = CallRecord("reference", 0, 2, "groq", "llama", "timeout", 5000, Usage(source="estimated"),
+                      Cost(None, "unknown"), error="deadline", late=True)
+    await store.record_calls(turn_id, [call(0), call(1, usd=None), late, call(0, role="aggregator", usd=0.5)])
+    rows = await store.run(lambda d: list(d.query("SELECT * FROM model_calls ORDER BY id")))
+    assert len(rows) == 4
+    assert {(r["platform"], r["chat_id"], r["user_id"], r["preset"], r["turn_id"]) for r in rows} == {
+        ("slack", "C9", "U7", "deep", turn_id)
+    }
+    first = rows[0]
+    assert (first["input"], first["cache_read"], first["cache_write"], first["output"], first["reasoning"]) == (
+        10, 2, 3, 20, 5)
+    assert first["cost_usd"] == pytest.approx(0.01) and first["cost_source"] == "price_table"
+    assert rows[1]["cost_usd"] is None and rows[1]["cost_source"] == "unknown"
+    assert (rows[2]["status"], rows[2]["late"], rows[2]["error"], rows[2]["usage_source"], rows[2]["idx"]) == (
+        "timeout", 1, "deadline", "estimated", 2)
+    assert rows[3]["role"] == "aggregator"
+    assert from_iso(first["created_at"]) == clock.now()
+
+    with pytest.raises(KeyError):
+        await store.record_calls(9999, [call()])
+
+
+async def test_complete_turn_without_delivery_and_failed_turns(store: Store) -> None:
+    session = await store.active_session("telegram", "1", None)
+    turn_id = await start(store, session)
+    result = await store.complete_turn(turn_id, status="failed", answer=None, cost_usd=None, messages=[],
+                                       delivery=None, error="provider down")
+    assert result is None
+    row = await store.turn(turn_id)
+    assert row is not None and (row.status, row.error, row.cost_usd) == ("failed", "provider down", None)
+    assert await store.pending_deliveries() == []
+    with pytest.raises(ValueError):
+        await store.complete_turn(turn_id, status="bogus", answer=None, cost_usd=None, messages=[],
+                                  delivery=None)
+
+
+async def test_complete_turn_is_all_or_nothing(store: Store) -> None:
+    session = await store.active_session("telegram", "1", None)
+    turn_id = await start(store, session)
+    # An unknown turn fails inside the transaction and leaves nothing behind.
+    with pytest.raises(KeyError):
+        await store.complete_turn(424242, status="done", answer="x", cost_usd=0.1,
+                                  messages=[Message("assistant", "x")],
+                                  delivery=(ChatRef("telegram", "1"), "answer", {}))
+    assert await store.pending_deliveries() == []
+
+    def sabotage(db: sqlite_utils.Database) -> None:
+        # Make the ledger insert fail, after the turn update and the messages.
+        db.execute("CREATE TRIGGER no_ledger BEFORE INSERT ON deliveries BEGIN SELECT RAISE(ABORT, 'x'); END")
+
+    await store.run(sabotage)
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.complete_turn(turn_id, status="done", answer="x", cost_usd=0.1,
+                                  messages=[Message("assistant", "x")],
+                                  delivery=(ChatRef("telegram", "1"), "answer", {}))
+    row = await store.turn(turn_id)
+    assert row is not None and row.status == "running" and row.answer is None
+    assert await store.history(session) == [Message("user", "hi")]
+    await store.run(lambda d: d.execute("DROP TRIGGER no_ledger"))
+
+
+async def test_delivery_ledger(store: Store, clock: FakeClock) -> None:
+    session = await store.active_session("discord", "G1", "T5")
+    ids = []
+    for n in range(3):
+        turn_id = await start(store, session, platform="discord", chat_id="G1", thread_id="T5")
+        chat = ChatRef("discord", "G1", "T5", reply_to_id=f"r{n}", reply_handle=f"tok{n}")
+        ids.append(await store.complete_turn(
+            turn_id, status="done", answer=f"a{n}", cost_usd=None, messages=[Message("assistant", f"a{n}")],
+            delivery=(chat, "answer", {"text": f"a{n}", "nested": {"k": [1, 2]}}),
+        ))
+    pending = await store.pending_deliveries()
+    assert [d.id for d in pending] == ids
+    first = pending[0]
+    assert isinstance(first, Delivery)
+    assert first.chat == ChatRef("discord", "G1", "T5", reply_to_id="r0", reply_handle="tok0")
+    assert (first.kind, first.payload, first.status, first.message_ids) == (
+        "answer", {"text": "a0", "nested": {"k": [1, 2]}}, "pending", ())
+
+    await store.mark_delivery(ids[0], "sending")
+    await store.mark_delivery(ids[1], "sent", ["111", "112"])
+    await store.mark_delivery(ids[2], "sending", ["300"])
+    await store.mark_delivery(ids[2], "failed")
+    pending = await store.pending_deliveries()
+    assert [(d.id, d.status) for d in pending] == [(ids[0], "sending")]
+    row = await store.run(lambda d: d["deliveries"].get(ids[2]))
+    assert row["message_ids"] == '["300"]' and row["status"] == "failed"
+    with pytest.raises(ValueError):
+        await store.mark_delivery(ids[0], "lost")
+    with pytest.raises(KeyError):
+        await store.mark_delivery(12345, "sent")
+
+
+async def test_running_turns_and_mark_turn(store: Store, clock: FakeClock) -> None:
+    session = await store.active_session("telegram", "1", "topic")
+    a = await start(store, session, thread_id="topic")
+    b = await start(store, session, thread_id="topic", prompt="second")
+    running = await store.running_turns()
+    assert [t.id for t in running] == [a, b]
+    assert running[1].prompt == "second" and running[1].thread_id == "topic"
+    clock.advance(minutes=1)
+    await store.mark_turn(a, "interrupted", "gateway restarted")
+    assert [t.id for t in await store.running_turns()] == [b]
+    row = await store.turn(a)
+    assert row is not None and row.status == "interrupted" and row.error == "gateway restarted"
+    assert row.finished_at == clock.now()
+    await store.mark_turn(b, "refused")
+    assert await store.running_turns() == []
+    with pytest.raises(ValueError):
+        await store.mark_turn(b, "exploded")
+
+
+async def test_seen_events(store: Store, clock: FakeClock) -> None:
+    assert await store.mark_seen("slack", "Ev1") is True
+    assert await store.mark_seen("slack", "Ev1") is False
+    assert await store.mark_seen("discord", "Ev1") is True
+    results = await asyncio.gather(*(store.mark_seen("telegram", "42") for _ in range(20)))
+    assert results.count(True) == 1
+    clock.advance(days=2)
+    assert await store.prune_seen(clock.now() - timedelta(days=1)) == 3
+    assert await store.mark_seen("slack", "Ev1") is True
+
+
+async def test_channel_presets(store: Store) -> None:
+    assert await store.channel_preset("telegram", "-100") is None
+    await store.set_channel_preset("telegram", "-100", "deep", "admin1")
+    await store.set_channel_preset("telegram", "-100", "fast", "admin2")
+    assert await store.channel_preset("telegram", "-100") == "fast"
+    assert await store.channel_preset("slack", "-100") is None
+    row = await store.run(lambda d: d["channel_settings"].get(("telegram", "-100")))
+    assert row["updated_by"] == "admin2"
+    await store.set_channel_preset("telegram", "-100", None, "admin1")
+    assert await store.channel_preset("telegram", "-100") is None
+    await store.set_channel_preset("telegram", "-100", None, "admin1")  # clearing twice is fine
+
+
+async def test_refusal_notice_at_most_once_per_interval(store: Store, clock: FakeClock) -> None:
+    assert await store.refusal_notice_due("telegram", "-5", 3600) is True
+    assert await store.refusal_notice_due("telegram", "-5", 3600) is False
+    assert await store.refusal_notice_due("telegram", "-6", 3600) is True
+    clock.advance(seconds=3599)
+    assert await store.refusal_notice_due("telegram", "-5", 3600) is False
+    clock.advance(seconds=1)
+    assert await store.refusal_notice_due("telegram", "-5", 3600) is True
+    assert await store.refusal_notice_due("telegram", "-5", 3600) is False
+
+
+async def test_store_reopens_with_its_data(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "gw.db"
+    store = await Store.open(path, clock)
+    session = await store.active_session("telegram", "1", None)
+    await start(store, session, prompt="persist me")
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        await store.history(session)
+
+    store = await Store.open(path, clock)
+    assert await store.active_session("telegram", "1", None) == session
+    assert await store.history(session) == [Message("user", "persist me")]
+    assert len(await store.running_turns()) == 1
+    await store.close()
+
+
+# Concurrency and crashes --------------------------------------------------------------------
+
+
+async def test_200_concurrent_record_calls_all_land(store: Store) -> None:
+    session = await store.active_session("telegram", "1", None)
+    turns = [await start(store, session, user_id=f"u{n % 7}") for n in range(200)]
+    await asyncio.gather(*(store.record_calls(t, [call(i) for i in range(5)]) for t in turns))
+    counts = await store.run(
+        lambda d: d.execute("SELECT COUNT(*), COUNT(DISTINCT turn_id) FROM model_calls").fetchone()
+    )
+    assert counts == (1000, 200)
+    per_user = await store.run(
+        lambda d: dict(d.execute("SELECT user_id, COUNT(*) FROM model_calls GROUP BY user_id").fetchall())
+    )
+    assert per_user == {f"u{k}": 5 * len([n for n in range(200) if n % 7 == k]) for k in range(7)}
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from adapters.contract import ChatRef
+    from gateway.storage import Store
+    from moa_core.clock import SystemClock
+    from moa_core.values import CallRecord, Cost, Message, ToolCall, Usage
+
+    BIG = "x" * 50_000  # spreads one complete_turn over many pages
+
+    def die_inside_the_next_ledger_insert(db):
+        # A tiny page cache makes SQLite spill the uncommitted pages into the WAL before the kill.
+        db.execute("PRAGMA cache_size = 5")
+        db.conn.create_function("die", 0, lambda: os.kill(os.getpid(), signal.SIGKILL))
+        db.execute("CREATE TEMP TRIGGER die AFTER INSERT ON main.deliveries BEGIN SELECT die(); END")
+
+    async def main(path, die_at):
+        store = await Store.open(path, SystemClock())
+        call = CallRecord("reference", 0, 0, "p", "m", "ok", 5, Usage(1, 2, 3, 4, 0), Cost(0.001, "config"))
+        n = 0
+        while True:
+            n += 1
+            session = await store.active_session("telegram", str(n % 10), None)
+            turn = await store.start_turn(
+                session_id=session, platform="telegram", chat_id=str(n % 10), thread_id=None, user_id="u",
+                user_name="U", event_id=str(n), message_id=str(n), preset="p", prompt=f"q{n}")
+            await store.record_calls(turn, [call] * 5)
+            if n == die_at:
+                await store.run(die_inside_the_next_ledger_insert)
+            await store.complete_turn(
+                turn, status="done", answer=f"a{n}", cost_usd=0.005,
+                messages=[Message("assistant", "", (ToolCall("c", "calculator", "{}"),)),
+                          Message("tool", BIG, tool_call_id="c", name="calculator"),
+                          Message("assistant", f"a{n}" + BIG)],
+                delivery=(ChatRef("telegram", str(n % 10)), "answer", {"text": f"a{n}", "pad": BIG}))
+            print(turn, flush=True)
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
+def run_writer_until_killed(path: Path, *, kill_after: int | None, die_at: int = 0) -> list[int]:
+    """Run the writer process; SIGKILL it after `kill_after` finished turns (plus a random few
+    milliseconds, so that the kill lands anywhere), or let it kill itself inside the
+    complete_turn transaction of turn `die_at`. Returns the turns it reported finished."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(die_at)], stdout=subprocess.PIPE,
+                             text=True, cwd=ROOT, env=env)
+    assert child.stdout is not None
+    finished: list[int] = []
+    try:
+        for line in child.stdout:
+            finished.append(int(line))
+            if kill_after is not None and len(finished) >= kill_after:
+                time.sleep(random.uniform(0, 0.03))
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    return finished
+
+
+def check_crashed_database(path: Path, finished: list[int]) -> list[dict]:
+    async def read() -> list[dict]:
+        store = await Store.open(path, FakeClock())
+        assert await store.run(lambda d: d.execute("PRAGMA integrity_check").fetchone()[0]) == "ok"
+        assert await store.run(lambda d: d.execute("PRAGMA foreign_key_check").fetchall()) == []
+        rows = await store.run(lambda d: list(d.query(
+            "SELECT t.id, t.status, "
+            " (SELECT COUNT(*) FROM messages m WHERE m.turn_id = t.id AND m.role != 'user') AS produced, "
+            " (SELECT COUNT(*) FROM messages m WHERE m.turn_id = t.id AND m.role = 'user') AS prompts, "
+            " (SELECT COUNT(*) FROM deliveries d WHERE d.turn_id = t.id) AS ledger, "
+            " (SELECT COUNT(*) FROM model_calls c WHERE c.turn_id = t.id) AS calls "
+            "FROM turns t ORDER BY t.id")))
+        await store.close()
+        return rows
+
+    rows = asyncio.run(read())
+    by_id = {r["id"]: r for r in rows}
+    # Every turn the writer saw finished is there, whole (committed = durable).
+    for turn_id in finished:
+        assert by_id[turn_id]["status"] == "done"
+    for r in rows:
+        assert r["prompts"] == 1
+        assert r["calls"] in (0, 5)
+        if r["status"] == "done":
+            assert (r["produced"], r["ledger"], r["calls"]) == (3, 1, 5), r
+        else:
+            assert r["status"] == "running"
+            assert (r["produced"], r["ledger"]) == (0, 0), r
+    return rows
+
+
+@pytest.mark.parametrize("kill_after", [1, 5, 20, 40])
+def test_sigkill_at_a_random_moment_leaves_a_consistent_database(tmp_path: Path, kill_after: int) -> None:
+    path = tmp_path / "crash.db"
+    finished = run_writer_until_killed(path, kill_after=kill_after)
+    assert len(finished) == kill_after
+    check_crashed_database(path, finished)
+
+
+def test_sigkill_inside_complete_turn_stores_none_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    finished = run_writer_until_killed(path, kill_after=None, die_at=4)
+    assert len(finished) == 3
+    wal = path.with_name(path.name + "-wal")
+    assert wal.exists() and wal.stat().st_size > 0
+    rows = check_crashed_database(path, finished)
+    assert [(r["status"], r["calls"], r["produced"], r["ledger"]) for r in rows] == [
+        ("done", 5, 3, 1)] * 3 + [("running", 5, 0, 0)]

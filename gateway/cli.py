@@ -1,0 +1,210 @@
+"""The `moa-gateway` command line: run, chat, ask, check-config, costs, presets.
+
+Every command takes `--config FILE` (default moa-gateway.toml). Errors are one line naming what
+to fix, with a non-zero exit code; secrets are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TextIO
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.presentation import answer_footer, format_dollars, reference_summary
+from gateway.runtime import build_engine, missing_keys
+from moa_core.engine import ConfigurationError
+from moa_core.events import (
+    Event,
+    ReferenceFinished,
+    ReferencesDone,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    TurnResult,
+)
+from moa_core.values import Message
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moa-gateway", description="Mixture-of-Agents chat bot gateway")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default="moa-gateway.toml", help="config file (default: moa-gateway.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="run every configured platform adapter")
+    sub.add_parser("chat", parents=[common], help="an interactive terminal session through the gateway")
+    ask = sub.add_parser("ask", parents=[common], help="one MoA turn in the terminal")
+    ask.add_argument("--preset", help="preset to use (default: gateway.default_preset)")
+    ask.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ask.add_argument("prompt", nargs="+", help="the question")
+    sub.add_parser("check-config", parents=[common], help="validate the config file and environment")
+    costs = sub.add_parser("costs", parents=[common], help="spend table from the database")
+    costs.add_argument("--since", help="start date (YYYY-MM-DD, in the configured time zone); default: 30 days ago")
+    costs.add_argument("--by", choices=["chat", "user", "preset", "model"], default="model")
+    sub.add_parser("presets", parents=[common], help="list the configured presets")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    command = args.command.replace("-", "_")
+    handler = globals()[f"_cmd_{command}"]
+    try:
+        return handler(args, config, os.environ)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _cmd_presets(args: argparse.Namespace, config: Config, env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
+    for name, preset in config.engine.presets.items():
+        mark = " (default)" if name == config.gateway.default_preset else ""
+        state = "" if preset.enabled else " [disabled: aggregator alone]"
+        print(f"{name}{mark}{state}", file=out)
+        for slot in preset.references:
+            print(f"  reference  {slot.label}", file=out)
+        print(f"  aggregator {preset.aggregator.label}", file=out)
+        tools = ", ".join(preset.tools) or "none"
+        print(f"  fanout {preset.fanout.mode}{':' + str(preset.fanout.every) if preset.fanout.mode == 'every_n' else ''}"
+              f" · tools {tools} · summary {preset.summary}", file=out)
+    return EXIT_OK
+
+
+def _cmd_check_config(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
+    problems = []
+    for preset in config.engine.presets.values():
+        problems.extend(missing_keys(config, preset, env))
+    for name, section in config.platforms.items():
+        for key, value in section.options.items():
+            if key.endswith("_env") and not env.get(value, "").strip():
+                problems.append(f"environment variable {value} is not set ({name}.{key})")
+    print(f"{config.path}: {len(config.engine.providers)} provider(s), {len(config.engine.presets)} preset(s), "
+          f"platforms: {', '.join(config.platforms) or 'none'}")
+    for problem in dict.fromkeys(problems):
+        print(f"warning: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_FAILED
+    print("config OK")
+    return EXIT_OK
+
+
+def _cmd_ask(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
+    return asyncio.run(ask(config, " ".join(args.prompt), preset=args.preset, as_json=args.json, env=env))
+
+
+class _AskPrinter:
+    """Prints a turn as it runs: progress on stderr, the batched summary, the streamed answer."""
+
+    def __init__(self, preset: str, summary_mode: str, out: TextIO, err: TextIO):
+        self.preset, self.summary_mode, self.out, self.err = preset, summary_mode, out, err
+        self.step: int | None = None
+        self.streamed = False
+
+    async def __call__(self, event: Event) -> None:
+        from adapters.terminal import render_summary
+
+        if isinstance(event, ReferenceFinished):
+            r = event.result
+            print(f"  · reference {r.index + 1}/{r.count} {r.label}: {r.status} ({r.latency_ms} ms)", file=self.err)
+        elif isinstance(event, ReferencesDone) and self.summary_mode != "off":
+            summary = reference_summary(self.preset, self.summary_mode, event.results)
+            print(render_summary(summary), file=self.out, flush=True)
+        elif isinstance(event, ToolCallStarted):
+            print(f"  → {event.call.name}({event.call.arguments})", file=self.err)
+        elif isinstance(event, ToolCallFinished):
+            print(f"  ← {event.call.name}: {'ok' if event.ok else 'error'}", file=self.err)
+        elif isinstance(event, TextDelta):
+            if self.step is not None and event.step != self.step and self.streamed:
+                print(file=self.out)
+            self.step = event.step
+            self.streamed = True
+            self.out.write(event.text)
+            self.out.flush()
+
+
+def result_json(result: TurnResult) -> dict:
+    return {
+        "preset": result.preset,
+        "references": [
+            {
+                "label": r.label,
+                "status": r.status,
+                "text": r.text,
+                "latency_ms": r.latency_ms,
+                "usage": r.usage.as_dict(),
+                "usage_source": r.usage.source,
+                "cost_usd": r.cost.usd,
+                "cost_source": r.cost.source,
+                "step": r.step,
+                "late": r.late,
+                "note": r.error,
+            }
+            for r in result.references
+        ],
+        "aggregator": {
+            "label": result.aggregator_label,
+            "steps": result.steps,
+            "usage": result.aggregator_usage.as_dict(),
+            "usage_source": result.aggregator_usage.source,
+            "cost_usd": result.aggregator_cost.usd,
+            "cost_source": result.aggregator_cost.source,
+        },
+        "answer": result.answer,
+        "total_cost_usd": result.total_cost_usd,
+        "elapsed_ms": result.elapsed_ms,
+        "error": result.error,
+    }
+
+
+async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool, env: Mapping[str, str],
+              out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    name = preset or config.gateway.default_preset
+    if name not in config.engine.presets:
+        print(f"error: unknown preset '{name}' (configured: {', '.join(sorted(config.engine.presets))}); "
+              "see `moa-gateway presets`", file=err)
+        return EXIT_USAGE
+    if not prompt.strip():
+        print("error: the prompt is empty", file=err)
+        return EXIT_USAGE
+    problems = missing_keys(config, config.engine.presets[name], env)
+    if problems:
+        print(f"error: {problems[0]}", file=err)
+        return EXIT_USAGE
+    runtime = build_engine(config, env=env)
+    try:
+        preset_value = config.engine.presets[name]
+        printer = None if as_json else _AskPrinter(name, preset_value.summary, out, err)
+        try:
+            result = await runtime.engine.run_turn(name, [Message("user", prompt)], session="cli-ask", on_event=printer)
+        except ConfigurationError as error:
+            print(f"error: {error}", file=err)
+            return EXIT_USAGE
+    finally:
+        await runtime.aclose()
+    if as_json:
+        print(json.dumps(result_json(result), ensure_ascii=False), file=out)
+        return EXIT_FAILED if result.error else EXIT_OK
+    if result.error:
+        print(f"\nerror: the aggregator {result.aggregator_label} failed: {result.error}", file=err)
+        return EXIT_FAILED
+    if not (printer and printer.streamed):
+        print(result.answer, file=out)
+    print(f"\n\n— {answer_footer(result)}", file=out)
+    refs = format_dollars(sum(c.cost.usd or 0 for c in result.calls if c.role == "reference") or None)
+    print(f"  references {refs} · aggregator {format_dollars(result.aggregator_cost.usd)}", file=out)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

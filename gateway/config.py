@@ -1,0 +1,475 @@
+"""Load and validate the TOML config once, into frozen settings values.
+
+Every error names the file and the dotted key at fault (and the preset and slot for presets).
+Secrets are never in the file: sections name environment variables (`*_env`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from moa_core.settings import (
+    MOA_PROVIDER,
+    Cadence,
+    EngineSettings,
+    Preset,
+    ProviderSettings,
+    Slot,
+    ToolLimits,
+)
+
+BUILTIN_TOOLS = ("fetch_url", "calculator", "current_time")
+PLATFORMS = ("telegram", "discord", "slack")
+
+
+class ConfigError(ValueError):
+    """The config file is missing or wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    database: str = "moa-gateway.db"
+    default_preset: str = "default"
+    save_traces: bool = False
+    trace_dir: str = "traces"
+    timezone: str = "UTC"
+    # History sent to the models is trimmed, oldest first, to this many characters.
+    context_chars: int = 60_000
+    max_concurrent_turns: int = 32
+    # After downtime, messages older than this are not answered blindly.
+    backlog_max_age_s: float = 600.0
+    shutdown_grace_s: float = 30.0
+    progress: bool = True
+    stream: bool = True
+    footer: bool = True
+    refusal_notice_interval_s: float = 3600.0
+    files_dir: str = "."
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRules:
+    admins: frozenset[str] = frozenset()
+    allowed_chats: frozenset[str] = frozenset()
+    allowed_users: frozenset[str] = frozenset()
+    allow_all: bool = False
+    admin_roles: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformSection:
+    """A `[telegram]`/`[discord]`/`[slack]` section: access rules plus the adapter's own keys."""
+
+    platform: str
+    access: AccessRules
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    preset: str | None = None
+    budget_usd_month: float | None = None
+    budget_usd_day_per_user: float | None = None
+    summary: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    per_user_usd_day: float | None = None
+    per_chat_usd_month: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DigestSettings:
+    cron: str
+    timezone: str
+    send_to: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    gateway: GatewaySettings
+    engine: EngineSettings
+    platforms: Mapping[str, PlatformSection]
+    channels: Mapping[str, ChannelSettings]
+    budgets: BudgetSettings
+    digest: DigestSettings | None
+
+
+class _Reader:
+    """Typed access to one table, with errors naming file and key."""
+
+    def __init__(self, path: Path, prefix: str, table: Any):
+        self.path, self.prefix = path, prefix
+        if not isinstance(table, dict):
+            raise self.error("", "must be a table")
+        self.table = table
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if name else self.prefix
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.key(name)}: {message}")
+
+    def known(self, *names: str) -> None:
+        for name in self.table:
+            if name not in names:
+                raise self.error(name, f"unknown key (known keys: {', '.join(names)})")
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(name, f"must be {self._kind_name(kinds)}, not a boolean")
+        if not isinstance(value, kinds):
+            raise self.error(name, f"must be {self._kind_name(kinds)}, got {value!r}")
+        return value
+
+    def text(self, name: str, default: str | None = None, *, required: bool = False) -> Any:
+        value = self.get(name, str, default)
+        if required and (value is None or not str(value).strip()):
+            raise self.error(name, "is required")
+        return value
+
+    def number(self, name: str, default: float | None = None, *, minimum: float | None = None,
+               maximum: float | None = None, positive: bool = False) -> Any:
+        value = self.get(name, float, default)
+        if value is None:
+            return None
+        if positive and value <= 0:
+            raise self.error(name, f"must be greater than 0, got {value:g}")
+        if minimum is not None and value < minimum:
+            raise self.error(name, f"must be at least {minimum:g}, got {value:g}")
+        if maximum is not None and value > maximum:
+            raise self.error(name, f"must be at most {maximum:g}, got {value:g}")
+        return value
+
+    def integer(self, name: str, default: int | None = None, *, minimum: int = 1) -> Any:
+        value = self.get(name, int, default)
+        if value is not None and value < minimum:
+            raise self.error(name, f"must be at least {minimum}, got {value}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        return self.get(name, bool, default)
+
+    def strings(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self.get(name, list, None)
+        if value is None:
+            return default
+        out = []
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                raise self.error(name, f"must be a list of strings, got item {item!r}")
+            out.append(str(item))
+        return tuple(out)
+
+    @staticmethod
+    def _kind_name(kinds: tuple[type, ...]) -> str:
+        names = {str: "a string", float: "a number", int: "an integer", bool: "true or false",
+                 list: "a list", dict: "a table"}
+        return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate `path`; raises ConfigError naming the file and key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: file not found (copy deploy/moa-gateway.example.toml to {path} and edit it, "
+            "or pass --config FILE)"
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict, path: Path) -> Config:
+    root = _Reader(path, "", raw)
+    for name in raw:
+        if name not in ("gateway", "providers", "presets", "engine", "tools", "channels", "budgets",
+                        "digest", *PLATFORMS):
+            raise ConfigError(f"{path}: {name}: unknown section")
+    gateway = _gateway(_Reader(path, "gateway", raw.get("gateway", {})))
+    providers = _providers(path, raw.get("providers"))
+    presets = _presets(path, raw.get("presets"), providers)
+    if gateway.default_preset not in presets:
+        raise ConfigError(
+            f"{path}: gateway.default_preset: names preset '{gateway.default_preset}', which is not "
+            f"defined (defined: {', '.join(sorted(presets))})"
+        )
+    engine_reader = _Reader(path, "engine", raw.get("engine", {}))
+    engine_reader.known("max_concurrent_references", "tool_result_budget")
+    tools = _tool_limits(_Reader(path, "tools", raw.get("tools", {})))
+    engine = EngineSettings(
+        providers=providers,
+        presets=presets,
+        max_concurrent_references=engine_reader.integer("max_concurrent_references", 16),
+        tool_result_budget=engine_reader.integer("tool_result_budget", 4000, minimum=200),
+        save_traces=gateway.save_traces,
+        trace_dir=gateway.trace_dir,
+        tool_limits=tools,
+    )
+    platforms = {
+        name: _platform(_Reader(path, name, raw[name]), name) for name in PLATFORMS if name in raw
+    }
+    channels = _channels(path, raw.get("channels", {}), presets)
+    budgets_reader = _Reader(path, "budgets", raw.get("budgets", {}))
+    budgets_reader.known("per_user_usd_day", "per_chat_usd_month")
+    budgets = BudgetSettings(
+        per_user_usd_day=budgets_reader.number("per_user_usd_day", minimum=0),
+        per_chat_usd_month=budgets_reader.number("per_chat_usd_month", minimum=0),
+    )
+    digest = _digest(_Reader(path, "digest", raw["digest"]), gateway.timezone) if "digest" in raw else None
+    del root
+    return Config(path, gateway, engine, platforms, channels, budgets, digest)
+
+
+def _timezone(reader: _Reader, name: str, default: str) -> str:
+    zone = reader.text(name, default)
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise reader.error(name, f"unknown time zone {zone!r} (use an IANA name like 'Europe/Berlin')") from None
+    return zone
+
+
+def _gateway(r: _Reader) -> GatewaySettings:
+    d = GatewaySettings()
+    r.known(*GatewaySettings.__slots__)
+    return GatewaySettings(
+        database=r.text("database", d.database, required=True),
+        default_preset=r.text("default_preset", d.default_preset, required=True),
+        save_traces=r.flag("save_traces", d.save_traces),
+        trace_dir=r.text("trace_dir", d.trace_dir, required=True),
+        timezone=_timezone(r, "timezone", d.timezone),
+        context_chars=r.integer("context_chars", d.context_chars, minimum=1000),
+        max_concurrent_turns=r.integer("max_concurrent_turns", d.max_concurrent_turns),
+        backlog_max_age_s=r.number("backlog_max_age_s", d.backlog_max_age_s, positive=True),
+        shutdown_grace_s=r.number("shutdown_grace_s", d.shutdown_grace_s, minimum=0),
+        progress=r.flag("progress", d.progress),
+        stream=r.flag("stream", d.stream),
+        footer=r.flag("footer", d.footer),
+        refusal_notice_interval_s=r.number("refusal_notice_interval_s", d.refusal_notice_interval_s, minimum=0),
+        files_dir=r.text("files_dir", d.files_dir, required=True),
+    )
+
+
+_PROVIDER_KEYS = (
+    "api", "base_url", "api_key_env", "price_in_per_mtok", "price_out_per_mtok",
+    "price_cache_read_per_mtok", "price_cache_write_per_mtok", "price_provider", "request_cost",
+    "timeout", "max_retries", "anthropic_default_max_tokens",
+)
+
+
+def _providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
+    if not table:
+        raise ConfigError(f"{path}: providers: at least one [providers.NAME] section is required")
+    top = _Reader(path, "providers", table)
+    out: dict[str, ProviderSettings] = {}
+    for name, section in top.table.items():
+        if name == MOA_PROVIDER:
+            raise top.error(name, f"'{MOA_PROVIDER}' is reserved (moa:<preset> names a preset)")
+        r = _Reader(path, f"providers.{name}", section)
+        r.known(*_PROVIDER_KEYS)
+        api = r.text("api", required=True)
+        if api not in ("openai", "anthropic"):
+            raise r.error("api", f"must be \"openai\" or \"anthropic\", got {api!r}")
+        base_url = r.text("base_url", required=True).strip()
+        if not base_url.startswith(("http://", "https://")):
+            raise r.error("base_url", f"must start with http:// or https://, got {base_url!r}")
+        api_key_env = r.text("api_key_env")
+        if api_key_env is not None and (not api_key_env.strip() or api_key_env.startswith(("sk-", "xox"))):
+            raise r.error("api_key_env", "must be the NAME of an environment variable, not a key")
+        out[name] = ProviderSettings(
+            name=name,
+            api=api,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            price_in_per_mtok=r.number("price_in_per_mtok", minimum=0),
+            price_out_per_mtok=r.number("price_out_per_mtok", minimum=0),
+            price_cache_read_per_mtok=r.number("price_cache_read_per_mtok", minimum=0),
+            price_cache_write_per_mtok=r.number("price_cache_write_per_mtok", minimum=0),
+            price_provider=r.text("price_provider"),
+            request_cost=r.flag("request_cost", "openrouter.ai" in base_url),
+            timeout=r.number("timeout", 600.0, positive=True),
+            max_retries=r.integer("max_retries", 3, minimum=0),
+            anthropic_default_max_tokens=r.integer("anthropic_default_max_tokens", 8192),
+        )
+    return out
+
+
+_PRESET_KEYS = (
+    "references", "aggregator", "reference_temperature", "aggregator_temperature",
+    "reference_timeout", "aggregator_timeout", "enabled", "fanout", "tools", "summary", "quorum",
+    "quorum_grace", "max_steps", "stream", "max_tokens",
+)
+
+
+def _slot(r: _Reader, key: str, text: str, providers: Mapping[str, ProviderSettings], *,
+          preset: str, role: str, max_tokens: int | None) -> Slot:
+    try:
+        slot = Slot.parse(text)
+    except ValueError as error:
+        raise r.error(key, f"preset '{preset}', {role} slot {text!r}: {error}") from None
+    if slot.provider != MOA_PROVIDER and slot.provider not in providers:
+        raise r.error(
+            key,
+            f"preset '{preset}', {role} slot '{text}': unknown provider '{slot.provider}' "
+            f"(defined providers: {', '.join(sorted(providers))})",
+        )
+    return Slot(slot.provider, slot.model, max_tokens)
+
+
+def _presets(path: Path, table: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, Preset]:
+    if not table:
+        raise ConfigError(f"{path}: presets: at least one [presets.NAME] section is required")
+    top = _Reader(path, "presets", table)
+    out: dict[str, Preset] = {}
+    for name, section in top.table.items():
+        r = _Reader(path, f"presets.{name}", section)
+        r.known(*_PRESET_KEYS)
+        max_tokens = r.integer("max_tokens")
+        ref_texts = r.strings("references")
+        enabled = r.flag("enabled", True)
+        if "references" not in r.table or (not ref_texts and enabled):
+            raise r.error("references", f"preset '{name}': needs at least one reference slot")
+        references = tuple(
+            _slot(r, "references", text, providers, preset=name, role=f"reference #{i + 1}", max_tokens=max_tokens)
+            for i, text in enumerate(ref_texts)
+        )
+        aggregator = _slot(r, "aggregator", r.text("aggregator", required=True), providers,
+                           preset=name, role="aggregator", max_tokens=max_tokens)
+        if aggregator.is_recursive:
+            raise r.error(
+                "aggregator",
+                f"preset '{name}', aggregator slot '{aggregator.label}': the aggregator must be a real "
+                "model, not another preset (moa:...)",
+            )
+        try:
+            fanout = Cadence.parse(r.text("fanout", "user_turn"))
+        except ValueError as error:
+            raise r.error("fanout", f"preset '{name}': {error}") from None
+        tools = r.strings("tools", ())
+        for tool in tools:
+            if tool not in BUILTIN_TOOLS:
+                raise r.error("tools", f"preset '{name}': unknown tool {tool!r} (available: {', '.join(BUILTIN_TOOLS)})")
+        summary = r.text("summary", "full")
+        if summary not in ("full", "compact", "off"):
+            raise r.error("summary", f"preset '{name}': must be full, compact or off, got {summary!r}")
+        quorum = r.integer("quorum")
+        if quorum is not None and quorum > len(references):
+            raise r.error("quorum", f"preset '{name}': {quorum} is more than its {len(references)} references")
+        out[name] = Preset(
+            name=name,
+            references=references,
+            aggregator=aggregator,
+            reference_temperature=r.number("reference_temperature", 0.6, minimum=0, maximum=2),
+            aggregator_temperature=r.number("aggregator_temperature", 0.4, minimum=0, maximum=2),
+            reference_timeout=r.number("reference_timeout", 120.0, positive=True),
+            aggregator_timeout=r.number("aggregator_timeout", 600.0, positive=True),
+            enabled=enabled,
+            fanout=fanout,
+            tools=tools,
+            summary=summary,
+            quorum=quorum,
+            quorum_grace=r.number("quorum_grace", 5.0, minimum=0),
+            max_steps=r.integer("max_steps", 8),
+            stream=r.flag("stream", True),
+        )
+    return out
+
+
+def _tool_limits(r: _Reader) -> ToolLimits:
+    d = ToolLimits()
+    r.known("timeout", "max_output_chars", "fetch_max_bytes", "fetch_allow_private",
+            "fetch_allowed_hosts", "fetch_content_types")
+    return ToolLimits(
+        timeout=r.number("timeout", d.timeout, positive=True),
+        max_output_chars=r.integer("max_output_chars", d.max_output_chars, minimum=100),
+        fetch_max_bytes=r.integer("fetch_max_bytes", d.fetch_max_bytes, minimum=1000),
+        fetch_allow_private=r.flag("fetch_allow_private", d.fetch_allow_private),
+        fetch_allowed_hosts=r.strings("fetch_allowed_hosts", d.fetch_allowed_hosts),
+        fetch_content_types=r.strings("fetch_content_types", d.fetch_content_types),
+    )
+
+
+_ACCESS_KEYS = ("admins", "allowed_chats", "allowed_users", "allow_all", "admin_roles")
+_PLATFORM_KEYS = {
+    "telegram": ("token_env", "base_url", "base_file_url", "mode", "webhook_listen", "webhook_port",
+                 "webhook_path", "webhook_url", "webhook_secret_env", "stream", "edit_interval_s"),
+    "discord": ("token_env", "api_base", "gateway_url", "edit_interval_s", "sync_commands"),
+    "slack": ("bot_token_env", "app_token_env", "signing_secret_env", "base_url", "http_host",
+              "http_port", "http_path", "edit_interval_s", "reply_in_thread"),
+}
+
+
+def _platform(r: _Reader, name: str) -> PlatformSection:
+    r.known(*_ACCESS_KEYS, *_PLATFORM_KEYS[name], "enabled")
+    access = AccessRules(
+        admins=frozenset(r.strings("admins")),
+        allowed_chats=frozenset(r.strings("allowed_chats")),
+        allowed_users=frozenset(r.strings("allowed_users")),
+        allow_all=r.flag("allow_all", False),
+        admin_roles=frozenset(r.strings("admin_roles")),
+    )
+    options = {k: v for k, v in r.table.items() if k in _PLATFORM_KEYS[name] or k == "enabled"}
+    for key, value in options.items():
+        if key.endswith("_env") and (not isinstance(value, str) or not value.strip()):
+            raise r.error(key, "must be the name of an environment variable")
+    return PlatformSection(name, access, options)
+
+
+def _channels(path: Path, table: Any, presets: Mapping[str, Preset]) -> dict[str, ChannelSettings]:
+    top = _Reader(path, "channels", table)
+    out: dict[str, ChannelSettings] = {}
+    for key, section in top.table.items():
+        platform, sep, chat = key.partition(":")
+        label = f'channels."{key}"'
+        if not sep or platform not in (*PLATFORMS, "terminal") or not chat:
+            raise ConfigError(f"{path}: {label}: must be named \"platform:chat_id\" with platform one of "
+                              f"{', '.join(PLATFORMS)}")
+        r = _Reader(path, label, section)
+        r.known("preset", "budget_usd_month", "budget_usd_day_per_user", "summary")
+        preset = r.text("preset")
+        if preset is not None and preset not in presets:
+            raise r.error("preset", f"names preset '{preset}', which is not defined")
+        summary = r.text("summary")
+        if summary is not None and summary not in ("full", "compact", "off"):
+            raise r.error("summary", f"must be full, compact or off, got {summary!r}")
+        out[key] = ChannelSettings(
+            preset=preset,
+            budget_usd_month=r.number("budget_usd_month", minimum=0),
+            budget_usd_day_per_user=r.number("budget_usd_day_per_user", minimum=0),
+            summary=summary,
+        )
+    return out
+
+
+def _digest(r: _Reader, default_zone: str) -> DigestSettings:
+    from apscheduler.triggers.cron import CronTrigger  # validation only; heavy-ish import
+
+    r.known("cron", "timezone", "send_to")
+    cron = r.text("cron", required=True)
+    zone = _timezone(r, "timezone", default_zone)
+    try:
+        CronTrigger.from_crontab(cron, timezone=ZoneInfo(zone))
+    except ValueError as error:
+        raise r.error("cron", f"not a valid cron expression {cron!r}: {error}") from None
+    send_to = r.strings("send_to")
+    for target in send_to:
+        platform, sep, chat = target.partition(":")
+        if not sep or platform not in (*PLATFORMS, "terminal") or not chat:
+            raise r.error("send_to", f"{target!r} must be \"platform:chat_id\" (telegram, discord, slack)")
+    return DigestSettings(cron, zone, send_to)

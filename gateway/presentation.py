@@ -1,0 +1,49 @@
+"""Turns engine results into the adapter contract's platform-neutral values."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from adapters.contract import ReferenceSummary, SummaryEntry
+from moa_core.events import ReferenceResult, TurnResult
+from moa_core.values import sum_dollars
+
+
+def summary_entry(result: ReferenceResult) -> SummaryEntry:
+    advice = result.text if result.status == "ok" else (result.error or result.status)
+    return SummaryEntry(
+        index=result.index,
+        label=result.label,
+        status=result.status,
+        latency_ms=result.latency_ms if result.status != "skipped" else None,
+        cost_usd=result.cost.usd,
+        advice=advice,
+    )
+
+
+def reference_summary(preset: str, mode: str, results: Sequence[ReferenceResult]) -> ReferenceSummary:
+    return ReferenceSummary(
+        preset=preset,
+        mode="compact" if mode == "compact" else "full",
+        entries=tuple(summary_entry(r) for r in results),
+        total_cost_usd=sum_dollars([r.cost for r in results]),
+    )
+
+
+def format_dollars(usd: float | None) -> str:
+    if usd is None:
+        return "$?"
+    if usd == 0:
+        return "$0"
+    return f"${usd:.4f}" if usd < 1 else f"${usd:,.2f}"
+
+
+def answer_footer(result: TurnResult) -> str:
+    refs = {r.label for r in result.references if r.status == "ok"}
+    tokens = sum(c.usage.input + c.usage.cache_read + c.usage.cache_write + c.usage.output for c in result.calls)
+    estimated = any(c.usage.source != "reported" for c in result.calls if c.status == "ok")
+    return (
+        f"{result.preset} · {len(refs)} reference{'s' if len(refs) != 1 else ''} · "
+        f"{'~' if estimated else ''}{tokens:,} tokens · {format_dollars(result.total_cost_usd)} · "
+        f"{result.elapsed_ms / 1000:.1f} s"
+    )

@@ -1,0 +1,65 @@
+"""Builds the engine from a Config: one pooled HTTP client, the provider client, tools, traces."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from gateway.config import Config
+from moa_core.clock import Clock, SystemClock
+from moa_core.engine import MoaEngine
+from moa_core.providers.client import ProviderClient
+from moa_core.providers.http import make_http_client
+from moa_core.settings import Preset
+from moa_core.tools import builtin_tools
+from moa_core.trace import TraceWriter
+
+
+class MissingSecret(ValueError):
+    """An environment variable named in the config is not set."""
+
+
+@dataclass(slots=True)
+class EngineRuntime:
+    engine: MoaEngine
+    http: httpx.AsyncClient
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def build_engine(config: Config, *, env: Mapping[str, str] | None = None, clock: Clock | None = None,
+                 http: httpx.AsyncClient | None = None) -> EngineRuntime:
+    env = os.environ if env is None else env
+    clock = clock or SystemClock()
+    http = http or make_http_client()
+    settings = config.engine
+    tracer = TraceWriter(settings.trace_dir, clock) if settings.save_traces else None
+    engine = MoaEngine(
+        settings,
+        ProviderClient(http, env=env, clock=clock),
+        tools=builtin_tools(settings.tool_limits, http, clock),
+        clock=clock,
+        tracer=tracer,
+    )
+    return EngineRuntime(engine, http)
+
+
+def missing_keys(config: Config, preset: Preset, env: Mapping[str, str]) -> list[str]:
+    """Lines naming each unset API key variable the preset's providers need."""
+    problems = []
+    seen = set()
+    for slot in (preset.aggregator, *preset.references):
+        provider = config.engine.providers.get(slot.provider)
+        if provider is None or provider.name in seen:
+            continue
+        seen.add(provider.name)
+        if provider.api_key_env and not env.get(provider.api_key_env, "").strip():
+            problems.append(
+                f"environment variable {provider.api_key_env} is not set "
+                f"(API key of provider '{provider.name}', used by preset '{preset.name}')"
+            )
+    return problems

@@ -1,0 +1,133 @@
+"""What references see and what the aggregator gets back from them.
+
+`advisory_view` flattens a conversation into plain user/assistant text turns that any strict
+provider accepts; `guidance_block` and `with_guidance` hand the references' advice to the
+aggregator. The prompt texts here are ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from moa_core.values import Message, ToolCall
+
+if TYPE_CHECKING:
+    from moa_core.events import ReferenceResult
+
+REFERENCE_SYSTEM_PROMPT = (
+    "You are one of several expert advisors consulted before another model answers. That other "
+    "model, the acting model, owns the conversation below: it will write the reply and it alone "
+    "can use tools such as web fetches or calculators. You cannot act, run tools or open links, "
+    "and you do not need to; work from what the conversation shows and treat anything it "
+    "mentions as real.\n\n"
+    "Give the acting model your best private advice: what the user actually needs, the strongest "
+    "answer or approach you can see, facts and reasoning it should use, steps or tools worth "
+    "taking next, and mistakes, risks or gaps in what has happened so far. Disagree where you "
+    "think the conversation went wrong. Be concrete and compact. Do not address the user, do not "
+    "greet, and do not mention being an advisor or lacking tools: the user never sees your text."
+)
+
+# Appended when the conversation ends on the acting model's side, so the view ends on a user
+# turn (providers without assistant prefill reject a trailing assistant turn) without hiding
+# the latest state.
+JUDGE_STATE_PROMPT = (
+    "(Advisor request) The conversation above shows where the acting model stands now. Assess "
+    "that state: is it on track, what should it do or say next, and what should it watch out for?"
+)
+
+DEFAULT_TOOL_RESULT_BUDGET = 4000
+
+
+def cut_middle(text: str, budget: int = DEFAULT_TOOL_RESULT_BUDGET) -> str:
+    """Keep the head and the tail of a long text around a marker naming what was left out."""
+    if len(text) <= budget:
+        return text
+    head = budget // 2
+    tail = budget - head
+    omitted = len(text) - head - tail
+    return f"{text[:head]}\n[… {omitted} characters left out …]\n{text[len(text) - tail:]}"
+
+
+def render_tool_call(call: ToolCall) -> str:
+    return f"[tool call: {call.name}({call.arguments})]" if call.arguments.strip() else f"[tool call: {call.name}()]"
+
+
+def advisory_view(
+    messages: Sequence[Message], tool_result_budget: int = DEFAULT_TOOL_RESULT_BUDGET
+) -> tuple[Message, ...]:
+    """The conversation as references see it: text-only user/assistant turns ending on a user turn.
+
+    System messages are dropped; tool calls become inline text; tool results are folded (cut to
+    the budget) into the assistant turn before them; consecutive turns of one role are joined.
+    """
+    turns: list[tuple[str, list[str]]] = []
+
+    def add(role: str, text: str) -> None:
+        if turns and turns[-1][0] == role:
+            turns[-1][1].append(text)
+        else:
+            turns.append((role, [text]))
+
+    latest_user_text: str | None = None
+    for message in messages:
+        if message.role == "user":
+            latest_user_text = message.content
+            if message.content.strip():
+                add("user", message.content)
+        elif message.role == "assistant":
+            parts = [message.content.strip()] if message.content.strip() else []
+            parts.extend(render_tool_call(call) for call in message.tool_calls)
+            if parts:
+                add("assistant", "\n".join(parts))
+        elif message.role == "tool":
+            label = message.name or "tool"
+            add("assistant", f"[tool result from {label}:\n{cut_middle(message.content, tool_result_budget)}]")
+
+    view = [Message(role, "\n\n".join(parts)) for role, parts in turns]  # type: ignore[arg-type]
+    if not view:
+        return (Message("user", latest_user_text if latest_user_text is not None else JUDGE_STATE_PROMPT),)
+    if view[-1].role == "assistant":
+        view.append(Message("user", JUDGE_STATE_PROMPT))
+    return tuple(view)
+
+
+def view_key(view: Sequence[Message], preset: str, labels: Sequence[str]) -> str:
+    """A stable hash of an advisory view: identical state means identical key."""
+    payload = json.dumps(
+        [preset, list(labels), [[m.role, m.content] for m in view]], ensure_ascii=False
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def guidance_block(preset: str, aggregator_label: str, results: Sequence[ReferenceResult]) -> str:
+    """The references' advice as one block for the aggregator; unusable ones are named as such."""
+    lines = [
+        "<moa-reference-advice>",
+        f"Before you answer, {len(results)} advisor model(s) of the '{preset}' mixture gave private "
+        f"advice on this conversation. You ({aggregator_label}) are the acting model: weigh the "
+        "advice, resolve disagreements with your own judgement, use tools if they help, and then "
+        "answer the user directly. Do not mention the advisors unless the user asks about them.",
+    ]
+    for result in results:
+        header = f"\n[Advisor {result.index + 1}: {result.label}]"
+        if result.status == "ok":
+            lines.append(f"{header}\n{result.text.strip()}")
+        else:
+            lines.append(f"{header} (no advice: {result.status}{': ' + result.error if result.error else ''})")
+    lines.append("</moa-reference-advice>")
+    return "\n".join(lines)
+
+
+def with_guidance(messages: Sequence[Message], block: str) -> tuple[Message, ...]:
+    """Add the guidance block to the end of the last user turn, or as a new user turn."""
+    out = list(messages)
+    for i in range(len(out) - 1, -1, -1):
+        if out[i].role == "user":
+            original = out[i]
+            out[i] = Message("user", f"{original.content}\n\n{block}" if original.content else block)
+            return tuple(out)
+    out.append(Message("user", block))
+    return tuple(out)

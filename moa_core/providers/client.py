@@ -1,0 +1,311 @@
+"""ProviderClient: one model call over either wire format, with retries and a deadline.
+
+Owns what both wires share: the API key lookup, the retry policy (429/5xx/connection errors,
+backoff with jitter, Retry-After, never after a stream produced output), the whole-call
+deadline, usage estimation when a server reports none, and error messages that name the
+provider, model and status but never a key.
+
+A ProviderError raised after a stream had already produced output carries an estimated
+`usage` attribute, so the caller can still record what the failed call probably cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import httpx
+
+from moa_core.clock import Clock
+from moa_core.providers import anthropic_wire, openai_wire
+from moa_core.providers.base import (
+    CompletionRequest,
+    MissingApiKey,
+    OnText,
+    ProviderError,
+    ProviderTimeout,
+)
+from moa_core.providers.sse import iter_sse
+from moa_core.values import UNKNOWN_USAGE, Completion, Usage
+
+_WIRES: dict[str, ModuleType] = {"openai": openai_wire, "anthropic": anthropic_wire}
+_BACKOFF_BASE = 0.5  # seconds before the first retry, doubled each time
+_BACKOFF_CAP = 30.0
+_EXCERPT_CHARS = 300
+_ERROR_BODY_BYTES = 16_384
+_TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
+
+
+class _RetryableStatus(ProviderError):
+    """An HTTP status worth another attempt, with the server's Retry-After if it sent one."""
+
+    def __init__(self, message: str, *, status: int, retry_after: float | None):
+        super().__init__(message, status=status, retryable=True)
+        self.retry_after = retry_after
+
+
+class ProviderClient:
+    """The engine's ModelClient: `complete` dispatches on `request.provider.api`."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        env: Mapping[str, str],
+        clock: Clock,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._http = http
+        self._env = env
+        self._clock = clock
+        self._rng = rng
+
+    async def complete(self, request: CompletionRequest, on_text: OnText | None = None) -> Completion:
+        provider = request.provider
+        wire = _WIRES.get(provider.api)
+        if wire is None:
+            raise ProviderError(f"{_label(request)}: unknown wire format {provider.api!r}")
+        key = self._api_key(request)
+        url, headers, body = wire.build_request(request, key)
+        # The provider's own timeout caps the call even when the caller set a later deadline.
+        end = self._clock.monotonic() + provider.timeout
+        if request.deadline is not None:
+            end = min(end, request.deadline)
+        attempts = 1 + max(0, provider.max_retries)
+        for attempt in range(attempts):
+            remaining = end - self._clock.monotonic()
+            if remaining <= 0:
+                raise ProviderTimeout(f"{_label(request)}: deadline passed before attempt {attempt + 1}")
+            scope = asyncio.timeout(remaining)
+            acc = wire.StreamAccumulator() if request.stream else None
+            try:
+                async with scope:
+                    return await self._attempt(wire, request, url, headers, body, acc, on_text, key)
+            except _CallbackFailed as failed:
+                raise failed.error from None  # the caller's own on_text error, untouched
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                message = (
+                    f"{_label(request)}: no complete answer within the deadline ({attempt + 1} attempt(s))"
+                )
+                raise self._failed(request, acc, message, key, False, ProviderTimeout) from None
+            except ProviderError as exc:
+                if not exc.retryable or attempt + 1 >= attempts:
+                    raise
+                wait = self._backoff(attempt, getattr(exc, "retry_after", None))
+                if self._clock.monotonic() + wait >= end:
+                    raise  # waiting would pass the deadline: give up with this error
+                await self._clock.sleep(wait)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _api_key(self, request: CompletionRequest) -> str | None:
+        name = request.provider.api_key_env
+        if not name:
+            return None
+        key = self._env.get(name, "")
+        if not key.strip():
+            raise MissingApiKey(
+                f"{_label(request)}: environment variable {name} is not set (it should hold the API key)"
+            )
+        return key.strip()
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt)
+        return ceiling * (0.5 + 0.5 * self._rng())  # jitter spreads retries of many callers
+
+    async def _attempt(
+        self,
+        wire: ModuleType,
+        request: CompletionRequest,
+        url: str,
+        headers: dict[str, str],
+        body: dict,
+        acc: Any,
+        on_text: OnText | None,
+        key: str | None,
+    ) -> Completion:
+        label = _label(request)
+        try:
+            async with self._http.stream("POST", url, headers=headers, json=body) as response:
+                if response.status_code != 200:
+                    raise await self._status_error(wire, request, response, key)
+                content_type = response.headers.get("content-type", "")
+                if acc is None or not content_type.startswith("text/event-stream"):
+                    completion = self._parse_body(wire, request, await response.aread(), key)
+                    if request.stream and completion.text:
+                        await _deliver(on_text, completion.text)  # the server ignored `stream`
+                    return completion
+                async for event in iter_sse(response):
+                    try:
+                        text = acc.feed(event)
+                    except ProviderError as exc:
+                        retryable = exc.retryable and not acc.produced
+                        raise self._failed(
+                            request, acc, f"{label}: error event in stream: {exc}", key, retryable
+                        ) from None
+                    except ValueError as exc:
+                        raise self._failed(
+                            request, acc, f"{label}: malformed stream data: {exc}", key, False
+                        ) from None
+                    if text:
+                        await _deliver(on_text, text)
+                    if acc.finished:
+                        return _with_usage(acc.result(), request)
+        except _TRANSPORT_ERRORS as exc:
+            what = "stream ended early" if acc is not None and acc.produced else "connection failed"
+            detail = f"{label}: {what}: {type(exc).__name__}: {exc}"
+            raise self._failed(request, acc, detail, key, acc is None or not acc.produced) from None
+        raise self._failed(
+            request, acc, f"{label}: stream ended early (no end marker)", key, not acc.produced
+        )
+
+    def _parse_body(
+        self, wire: ModuleType, request: CompletionRequest, raw: bytes, key: str | None
+    ) -> Completion:
+        label = _label(request)
+        try:
+            data = json.loads(raw)
+            completion = wire.parse_response(data)
+        except ProviderError as exc:
+            message = _scrub(f"{label}: error in response body: {exc}", key)
+            raise ProviderError(message, status=exc.status or 200, retryable=exc.retryable) from None
+        except ValueError as exc:
+            excerpt = _excerpt(raw.decode("utf-8", "replace"))
+            message = f"{label}: HTTP 200 with a body that is not valid JSON ({exc}): {excerpt!r}"
+            raise ProviderError(_scrub(message, key), status=200) from None
+        return _with_usage(completion, request)
+
+    async def _status_error(
+        self, wire: ModuleType, request: CompletionRequest, response: httpx.Response, key: str | None
+    ) -> ProviderError:
+        raw = b""
+        async for chunk in response.aiter_bytes():
+            raw += chunk
+            if len(raw) >= _ERROR_BODY_BYTES:
+                break
+        text = raw.decode("utf-8", "replace")
+        try:
+            detail = wire.error_detail(json.loads(text)) or text
+        except ValueError:
+            detail = text
+        status = response.status_code
+        message = _scrub(f"{_label(request)}: HTTP {status}: {_excerpt(detail)}", key)
+        if status == 429 or status >= 500:
+            header = response.headers.get("retry-after")
+            retry_after = retry_after_seconds(header, self._clock) if header else None
+            return _RetryableStatus(message, status=status, retry_after=retry_after)
+        return ProviderError(message, status=status)
+
+    def _failed(
+        self,
+        request: CompletionRequest,
+        acc: Any,
+        message: str,
+        key: str | None,
+        retryable: bool,
+        kind: type[ProviderError] = ProviderError,
+    ) -> ProviderError:
+        error = kind(_scrub(message, key), retryable=retryable)
+        if acc is not None and acc.produced:
+            error.usage = _partial_usage(acc.result(), request)  # type: ignore[attr-defined]
+        return error
+
+
+class _CallbackFailed(Exception):
+    """Carries an exception of the caller's `on_text` past our transport-error handling."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _deliver(on_text: OnText | None, text: str) -> None:
+    if on_text is None:
+        return
+    try:
+        await on_text(text)
+    except Exception as exc:
+        raise _CallbackFailed(exc) from exc
+
+
+def _label(request: CompletionRequest) -> str:
+    return f"{request.provider.name}:{request.model}"
+
+
+def _scrub(message: str, key: str | None) -> str:
+    return message.replace(key, "***") if key else message
+
+
+def _excerpt(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _EXCERPT_CHARS else text[:_EXCERPT_CHARS] + "..."
+
+
+def retry_after_seconds(value: str, clock: Clock) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date."""
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - clock.now()).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _with_usage(completion: Completion, request: CompletionRequest) -> Completion:
+    """Replace missing (or all-zero) usage by an estimate from text length."""
+    usage = completion.usage
+    completion = replace(completion, model=completion.model or request.model)
+    if usage.source == "reported" and (usage.input or usage.cache_read or usage.cache_write or usage.output):
+        return completion
+    estimate = Usage(
+        input=_tokens(_request_chars(request)),
+        output=_tokens(
+            len(completion.text) + sum(len(c.name) + len(c.arguments) for c in completion.tool_calls)
+        ),
+        source="estimated",
+    )
+    return replace(completion, usage=estimate)
+
+
+def _partial_usage(partial: Completion, request: CompletionRequest) -> Usage:
+    """Usage of an interrupted stream: reported input counts are real, but output counts
+    (Anthropic sends them at the start and the end) are not final, so they are estimated."""
+    estimate = _with_usage(replace(partial, usage=UNKNOWN_USAGE), request).usage
+    got = partial.usage
+    if got.source != "reported":
+        return estimate
+    return replace(
+        got, input=got.input or estimate.input, output=max(got.output, estimate.output), source="estimated"
+    )
+
+
+def _request_chars(request: CompletionRequest) -> int:
+    chars = sum(
+        len(m.content) + sum(len(c.name) + len(c.arguments) for c in m.tool_calls) for m in request.messages
+    )
+    return chars + sum(
+        len(t.name) + len(t.description) + len(json.dumps(t.parameters)) for t in request.tools
+    )
+
+
+def _tokens(chars: int) -> int:
+    """About four characters a token; at least one when there was any text at all."""
+    return math.ceil(chars / 4)

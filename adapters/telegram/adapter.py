@@ -1,0 +1,584 @@
+"""The Telegram adapter: python-telegram-bot's Application driven without its blocking helpers.
+
+Inbound: long polling (default) or a webhook guarded by a secret token; every update goes through
+`normalize_update` to the gateway's handler. Outbound: the contract's values rendered by
+`render` and sent with flood control per chat.
+
+Delivery rules (SPEC 4.6):
+- 429 `retry_after`: every send and edit to that chat waits until the time asked has passed.
+  Intermediate stream edits (non-final Answer, Progress) are skipped instead of queued: the next
+  edit carries newer text anyway. Sends and the final answer wait and go on.
+- A send that timed out is repeated only when it surely never reached Telegram (connect or pool
+  timeout, connection refused). A read/write timeout may mean it was delivered, so it is logged
+  and not repeated; that message's id is then missing from `Sent` (if a later edit of a stream
+  needs that part, it posts it then). Edits are idempotent, so a timed-out edit (including the
+  final one) is simply repeated: if the first try had landed, Telegram answers "not modified",
+  which is a no-op.
+- Telegram refusing the markup ("can't parse entities") makes that one message go out as plain
+  text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import warnings
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from enum import Enum
+from typing import Any, TypeVar
+
+import httpx
+from telegram import (
+    BotCommand,
+    InputFile,
+    LinkPreviewOptions,
+    ReplyParameters,
+    Update,
+)
+from telegram.constants import ParseMode
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
+
+from adapters.contract import (
+    Answer,
+    ChatRef,
+    FileOut,
+    InboundHandler,
+    Notice,
+    Outbound,
+    PlatformLimits,
+    Progress,
+    ReferenceSummary,
+    Sent,
+)
+from adapters.telegram.normalize import normalize_update
+from adapters.telegram.render import (
+    MAX_CAPTION,
+    MAX_CHARS,
+    Part,
+    render_answer,
+    render_notice,
+    render_progress,
+    render_summary,
+)
+from adapters.telegram.settings import TelegramSettings
+from adapters.text import shorten, utf16_len
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_MAX_ATTEMPTS = 8
+_RETRY_MARGIN_S = 0.1
+_DRAFT_PREFIX = "draft:"
+_SHOWN_CAPACITY = 2048
+_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+_PHOTO_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp"})
+_SUBCOMMANDS = "presets · default · cost · budget · digest · new · help"
+# Loggers that write Bot API URLs, which contain the token.
+_URL_LOGGERS = ("httpx", "telegram.Bot", "telegram.ext.ExtBot")
+
+
+class _Outcome(Enum):
+    SKIPPED = "skipped"  # a droppable edit not made (flood control): the next one carries it
+    UNCERTAIN = "uncertain"  # a send that timed out and may or may not have been delivered
+
+
+class TelegramAdapter:
+    """The `Adapter` for Telegram (see adapters.contract)."""
+
+    platform = "telegram"
+
+    def __init__(self, settings: TelegramSettings, *, presets: Sequence[str] = ()) -> None:
+        self._settings = settings
+        self._presets = tuple(presets)
+        self.limits = PlatformLimits(max_message_chars=MAX_CHARS, edit_interval_s=settings.edit_interval_s)
+        self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
+        self._on_inbound: InboundHandler | None = None
+        self._bot_id = 0
+        self._bot_username = ""
+        self._paused_until: dict[str, float] = {}
+        self._migrated: dict[str, int] = {}
+        self._shown: OrderedDict[tuple[str, int], Part] = OrderedDict()
+        self._draft_ids = itertools.count(1)
+        self._drafts_ok = True
+        self._redact = _RedactSecrets([settings.token, settings.webhook_secret or ""])
+
+    @property
+    def bot_username(self) -> str:
+        return self._bot_username
+
+    @property
+    def bot_id(self) -> int:
+        return self._bot_id
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, on_inbound: InboundHandler) -> None:
+        if self._app is not None:
+            raise RuntimeError("the Telegram adapter is already started")
+        settings = self._settings
+        for name in _URL_LOGGERS:
+            logging.getLogger(name).addFilter(self._redact)
+        timeout = settings.request_timeout_s
+        builder = (
+            ApplicationBuilder()
+            .token(settings.token)
+            .base_url(settings.base_url)
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .write_timeout(timeout)
+            .get_updates_connect_timeout(timeout)
+            .get_updates_read_timeout(timeout)
+        )
+        if settings.base_file_url:
+            builder = builder.base_file_url(settings.base_file_url)
+        app = builder.build()
+        app.add_handler(TypeHandler(Update, self._handle_update))
+        self._on_inbound = on_inbound
+        try:
+            await app.initialize()  # getMe
+            self._bot_id = app.bot.id
+            self._bot_username = app.bot.username
+            await self._register_commands(app)
+            await app.start()
+            assert app.updater is not None
+            if settings.mode == "webhook":
+                await app.updater.start_webhook(
+                    listen=settings.webhook_listen,
+                    port=settings.webhook_port,
+                    url_path=settings.webhook_path,
+                    webhook_url=settings.webhook_url,
+                    secret_token=settings.webhook_secret,
+                    allowed_updates=[Update.MESSAGE],
+                )
+            else:
+                await app.updater.start_polling(
+                    timeout=int(settings.poll_timeout_s), allowed_updates=[Update.MESSAGE]
+                )
+        except BaseException:
+            await self._close(app)
+            raise
+        self._app = app
+        log.info("telegram: running as @%s (%s)", self._bot_username, settings.mode)
+
+    async def stop(self) -> None:
+        app, self._app = self._app, None
+        if app is not None:
+            await self._close(app)
+
+    async def _close(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        try:
+            if app.updater is not None and app.updater.running:
+                await app.updater.stop()
+            if app.running:
+                await app.stop()
+        finally:
+            try:
+                await app.shutdown()
+            finally:
+                for name in _URL_LOGGERS:
+                    logging.getLogger(name).removeFilter(self._redact)
+
+    async def _register_commands(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
+        description = f"Ask the mixture: /moa <question> · {_SUBCOMMANDS}"
+        if self._presets:
+            with_presets = f"{description} · presets: {', '.join(self._presets)}"
+            description = with_presets if len(with_presets) <= 256 else description
+        try:
+            await app.bot.set_my_commands([BotCommand("moa", description[:256])])
+        except TelegramError as error:  # a missing menu is no reason not to run
+            log.warning("telegram: could not register the command menu: %s", error)
+
+    async def _handle_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        try:
+            message = normalize_update(update, bot_id=self._bot_id, bot_username=self._bot_username)
+        except Exception:
+            log.exception("telegram: could not read update %s", update.update_id)
+            return
+        if message is None or self._on_inbound is None:
+            return
+        try:
+            await self._on_inbound(message)
+        except Exception:
+            log.exception("telegram: the inbound handler failed on update %s", update.update_id)
+
+    # -- outbound --------------------------------------------------------------------------
+
+    async def send(self, chat: ChatRef, item: Outbound) -> Sent:
+        if isinstance(item, FileOut):
+            return await self._send_file(chat, item)
+        if isinstance(item, Answer) and not item.final:
+            if self._settings.stream == "off":
+                return Sent(chat, ())
+            if self._use_draft(chat):
+                draft_id = next(self._draft_ids)
+                if await self._draft(chat, draft_id, item):
+                    return Sent(chat, (f"{_DRAFT_PREFIX}{draft_id}",))
+        ids: list[str] = []
+        for index, part in enumerate(self._render(item)):
+            message_id = await self._send_part(chat, part, reply=index == 0)
+            if message_id is not None:
+                ids.append(str(message_id))
+        return Sent(chat, tuple(ids))
+
+    async def edit(self, sent: Sent, item: Outbound) -> Sent:
+        chat = sent.chat
+        if isinstance(item, FileOut):  # a message cannot become a file: post it
+            return await self.send(chat, item)
+        streaming = isinstance(item, Answer) and not item.final
+        ids = list(sent.message_ids)
+        if ids and ids[0].startswith(_DRAFT_PREFIX):
+            if streaming and self._use_draft(chat):
+                if await self._draft(chat, int(ids[0].removeprefix(_DRAFT_PREFIX)), item):
+                    return sent
+            ids = []  # a draft vanishes by itself; what stays is a real message
+        if streaming and self._settings.stream == "off":
+            return Sent(chat, tuple(ids))
+        droppable = streaming or isinstance(item, Progress)
+        if droppable and self._pause_left(chat.chat_id) > 0:
+            return Sent(chat, tuple(ids))
+        parts = self._render(item)
+        new_ids: list[str] = []
+        for index, part in enumerate(parts):
+            if index < len(ids):
+                result = await self._edit_part(chat, int(ids[index]), part, droppable=droppable)
+                if result is _Outcome.SKIPPED:
+                    return Sent(chat, tuple(new_ids + ids[index:]))
+                if result is not None:
+                    new_ids.append(str(result))
+                continue
+            if droppable and self._pause_left(chat.chat_id) > 0:
+                return Sent(chat, tuple(new_ids))
+            message_id = await self._send_part(chat, part, reply=index == 0)
+            if message_id is not None:
+                new_ids.append(str(message_id))
+        for stale in ids[len(parts) :]:
+            await self._delete(chat, int(stale))
+        return Sent(chat, tuple(new_ids))
+
+    def _render(self, item: Outbound) -> list[Part]:
+        if isinstance(item, Answer):
+            return render_answer(item)
+        if isinstance(item, ReferenceSummary):
+            return render_summary(item)
+        if isinstance(item, Progress):
+            return render_progress(item)
+        if isinstance(item, Notice):
+            return render_notice(item)
+        raise TypeError(f"the Telegram adapter cannot render {type(item).__name__}")
+
+    def _use_draft(self, chat: ChatRef) -> bool:
+        # Drafts exist in private chats only; private chat ids are the (positive) user ids.
+        return self._settings.stream == "draft" and self._drafts_ok and chat.chat_id.lstrip().isdigit()
+
+    # -- single Bot API calls --------------------------------------------------------------
+
+    async def _send_part(self, chat: ChatRef, part: Part, *, reply: bool) -> int | None:
+        bot = self._bot()
+        thread_id = _thread(chat)
+        reply_parameters = (
+            ReplyParameters(message_id=int(chat.reply_to_id), allow_sending_without_reply=True)
+            if reply and chat.reply_to_id
+            else None
+        )
+
+        def make(text: str, parse_mode: str | None) -> Callable[[int | str], Awaitable[int]]:
+            async def op(chat_id: int | str) -> int:
+                message = await bot.send_message(
+                    chat_id=chat_id,
+                    text=text,
+                    parse_mode=parse_mode,
+                    message_thread_id=thread_id,
+                    reply_parameters=reply_parameters,
+                    link_preview_options=_NO_PREVIEW,
+                )
+                return message.message_id
+
+            return op
+
+        result = await self._with_markup_fallback(
+            chat.chat_id, part, make, droppable=False, idempotent=False, what="sendMessage"
+        )
+        if isinstance(result, _Outcome):
+            return None
+        self._remember(chat.chat_id, result, part)
+        return result
+
+    async def _edit_part(
+        self, chat: ChatRef, message_id: int, part: Part, *, droppable: bool
+    ) -> int | _Outcome | None:
+        if self._shown.get((chat.chat_id, message_id)) == part:
+            return message_id
+        bot = self._bot()
+
+        def make(text: str, parse_mode: str | None) -> Callable[[int | str], Awaitable[int]]:
+            async def op(chat_id: int | str) -> int:
+                await bot.edit_message_text(
+                    text=text,
+                    chat_id=chat_id,
+                    message_id=message_id,
+                    parse_mode=parse_mode,
+                    link_preview_options=_NO_PREVIEW,
+                )
+                return message_id
+
+            return op
+
+        try:
+            result = await self._with_markup_fallback(
+                chat.chat_id, part, make, droppable=droppable, idempotent=True, what="editMessageText"
+            )
+        except BadRequest as error:
+            reason = str(error).lower()
+            if "not modified" in reason:
+                self._remember(chat.chat_id, message_id, part)
+                return message_id
+            if "message to edit not found" in reason or "message can't be edited" in reason:
+                log.warning("telegram: message %s is gone (%s); posting anew", message_id, error)
+                return await self._send_part(chat, part, reply=False)
+            raise
+        if result is _Outcome.SKIPPED:
+            return result
+        self._remember(chat.chat_id, message_id, part)
+        return message_id
+
+    async def _draft(self, chat: ChatRef, draft_id: int, answer: Answer) -> bool:
+        """Show `answer`'s last part as a draft; False when drafts turn out to be unavailable."""
+        bot = self._bot()
+        part = render_answer(answer)[-1]
+        thread_id = _thread(chat)
+
+        def make(text: str, parse_mode: str | None) -> Callable[[int | str], Awaitable[bool]]:
+            async def op(chat_id: int | str) -> bool:
+                await bot.send_message_draft(
+                    chat_id=int(chat_id),
+                    draft_id=draft_id,
+                    text=text,
+                    parse_mode=parse_mode,
+                    message_thread_id=thread_id,
+                )
+                return True
+
+            return op
+
+        try:
+            await self._with_markup_fallback(
+                chat.chat_id, part, make, droppable=True, idempotent=True, what="sendMessageDraft"
+            )
+        except TelegramError as error:
+            log.warning("telegram: drafts unavailable (%s); streaming by edits instead", error)
+            self._drafts_ok = False
+            return False
+        return True
+
+    async def _send_file(self, chat: ChatRef, item: FileOut) -> Sent:
+        bot = self._bot()
+        caption = shorten(item.caption, MAX_CAPTION, measure=utf16_len) if item.caption.strip() else None
+        thread_id = _thread(chat)
+        reply_parameters = (
+            ReplyParameters(message_id=int(chat.reply_to_id), allow_sending_without_reply=True)
+            if chat.reply_to_id
+            else None
+        )
+
+        async def photo(chat_id: int | str) -> int:
+            message = await bot.send_photo(
+                chat_id=chat_id,
+                photo=InputFile(item.data, filename=item.filename),
+                caption=caption,
+                message_thread_id=thread_id,
+                reply_parameters=reply_parameters,
+            )
+            return message.message_id
+
+        async def document(chat_id: int | str) -> int:
+            message = await bot.send_document(
+                chat_id=chat_id,
+                document=InputFile(item.data, filename=item.filename),
+                caption=caption,
+                message_thread_id=thread_id,
+                reply_parameters=reply_parameters,
+            )
+            return message.message_id
+
+        result: int | _Outcome
+        if item.mime.lower() in _PHOTO_TYPES:
+            try:
+                result = await self._call(
+                    chat.chat_id, photo, droppable=False, idempotent=False, what="sendPhoto"
+                )
+            except BadRequest as error:  # e.g. dimensions Telegram will not take as a photo
+                log.warning("telegram: photo refused (%s); sending it as a document", error)
+                result = await self._call(
+                    chat.chat_id, document, droppable=False, idempotent=False, what="sendDocument"
+                )
+        else:
+            result = await self._call(
+                chat.chat_id, document, droppable=False, idempotent=False, what="sendDocument"
+            )
+        return Sent(chat, () if isinstance(result, _Outcome) else (str(result),))
+
+    async def _delete(self, chat: ChatRef, message_id: int) -> None:
+        bot = self._bot()
+        try:
+            await bot.delete_message(chat_id=self._resolve(chat.chat_id), message_id=message_id)
+        except TelegramError as error:
+            log.info("telegram: could not delete message %s: %s", message_id, error)
+
+    # -- flood control, timeouts, markup fallback -------------------------------------------
+
+    async def _with_markup_fallback(
+        self,
+        chat_key: str,
+        part: Part,
+        make: Callable[[str, str | None], Callable[[int | str], Awaitable[T]]],
+        *,
+        droppable: bool,
+        idempotent: bool,
+        what: str,
+    ) -> T | _Outcome:
+        if part.html is not None:
+            try:
+                return await self._call(
+                    chat_key,
+                    make(part.html, ParseMode.HTML),
+                    droppable=droppable,
+                    idempotent=idempotent,
+                    what=what,
+                )
+            except BadRequest as error:
+                if "can't parse entities" not in str(error).lower():
+                    raise
+                log.warning("telegram: %s: markup refused (%s); sending plain text", what, error)
+        return await self._call(
+            chat_key, make(part.plain, None), droppable=droppable, idempotent=idempotent, what=what
+        )
+
+    async def _call(
+        self,
+        chat_key: str,
+        op: Callable[[int | str], Awaitable[T]],
+        *,
+        droppable: bool,
+        idempotent: bool,
+        what: str,
+    ) -> T | _Outcome:
+        """Run one Bot API call for a chat under its flood control; see the module docstring."""
+        last_error: TelegramError | None = None
+        for attempt in range(_MAX_ATTEMPTS):
+            if droppable and self._pause_left(chat_key) > 0:
+                return _Outcome.SKIPPED
+            await self._wait_until_unpaused(chat_key)
+            try:
+                return await op(self._resolve(chat_key))
+            except RetryAfter as error:
+                seconds = _retry_after_seconds(error)
+                self._pause(chat_key, seconds)
+                log.warning(
+                    "telegram: flood control in chat %s on %s: waiting %.1f s", chat_key, what, seconds
+                )
+                if droppable:
+                    return _Outcome.SKIPPED
+                last_error = error
+            except ChatMigrated as error:
+                log.info("telegram: chat %s migrated to %s", chat_key, error.new_chat_id)
+                self._migrated[chat_key] = error.new_chat_id
+                last_error = error
+            except BadRequest:
+                raise
+            except NetworkError as error:  # including TimedOut
+                if not (idempotent or _surely_not_sent(error)):
+                    log.warning(
+                        "telegram: %s in chat %s failed after it may have reached Telegram (%s); "
+                        "not repeating it",
+                        what,
+                        chat_key,
+                        error,
+                    )
+                    return _Outcome.UNCERTAIN
+                if droppable:
+                    return _Outcome.SKIPPED
+                log.warning("telegram: %s in chat %s failed (%s); retrying", what, chat_key, error)
+                last_error = error
+                await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
+        assert last_error is not None
+        raise last_error
+
+    def _pause(self, chat_key: str, seconds: float) -> None:
+        until = asyncio.get_running_loop().time() + seconds + _RETRY_MARGIN_S
+        self._paused_until[chat_key] = max(until, self._paused_until.get(chat_key, 0.0))
+
+    def _pause_left(self, chat_key: str) -> float:
+        until = self._paused_until.get(chat_key)
+        if until is None:
+            return 0.0
+        left = until - asyncio.get_running_loop().time()
+        if left <= 0:
+            del self._paused_until[chat_key]
+            return 0.0
+        return left
+
+    async def _wait_until_unpaused(self, chat_key: str) -> None:
+        while (left := self._pause_left(chat_key)) > 0:
+            await asyncio.sleep(left)
+
+    def _resolve(self, chat_key: str) -> int | str:
+        if chat_key in self._migrated:
+            return self._migrated[chat_key]
+        try:
+            return int(chat_key)
+        except ValueError:
+            return chat_key  # "@channelusername"
+
+    def _remember(self, chat_key: str, message_id: int, part: Part) -> None:
+        self._shown[(chat_key, message_id)] = part
+        self._shown.move_to_end((chat_key, message_id))
+        while len(self._shown) > _SHOWN_CAPACITY:
+            self._shown.popitem(last=False)
+
+    def _bot(self) -> Any:
+        if self._app is None:
+            raise RuntimeError("the Telegram adapter is not started")
+        return self._app.bot
+
+
+def _thread(chat: ChatRef) -> int | None:
+    return int(chat.thread_id) if chat.thread_id else None
+
+
+def _retry_after_seconds(error: RetryAfter) -> float:
+    with warnings.catch_warnings():  # PTB 22 warns that the int will become a timedelta
+        warnings.simplefilter("ignore")
+        value = error.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _surely_not_sent(error: NetworkError) -> bool:
+    """True when the request cannot have reached Telegram (so repeating it is safe)."""
+    return isinstance(error.__cause__, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+class _RedactSecrets(logging.Filter):
+    """httpx logs every request URL and PTB logs its base URL; both contain the token."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self._secrets = [secret for secret in secrets if secret]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self._secrets):
+            for secret in self._secrets:
+                message = message.replace(secret, "<redacted>")
+            record.msg, record.args = message, ()
+        return True

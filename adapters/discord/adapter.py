@@ -1,0 +1,521 @@
+"""The Discord adapter: discord.py 2 connected to the gateway's adapter contract.
+
+Owns the live connection: the gateway websocket and REST client of discord.py, the `/moa`
+application commands, and delivery of rendered parts (`render.py`) to channels or to an
+interaction's followup webhook. Inbound payloads are read by the pure functions of
+`normalize.py` from the raw dispatch data (discord.py's documented `on_socket_raw_receive`
+debug event), so what is tested on recorded payloads is exactly what runs.
+
+Addresses: discord.py keeps the REST base (`Route.BASE`) and the gateway URL
+(`DiscordWebSocket.DEFAULT_GATEWAY`) class-wide; `start()` sets both from the settings, so one
+process talks to one Discord.
+
+Delivery rules:
+- an interaction is deferred before the gateway hears of it; its answer goes through the
+  followup webhook while the token is valid (`followup_window_s`), as channel messages after;
+- 429s are waited out (discord.py's buckets, then ours if discord.py gives up) and the value is
+  sent anyway; identical edits are skipped;
+- a channel message carries a nonce Discord enforces, so a send that timed out is retried with
+  the same nonce (Discord returns the first message instead of posting twice); a followup that
+  timed out is not retried, as webhooks have no such guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aiohttp
+import discord
+from discord import app_commands
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+from adapters.contract import (
+    ChatRef,
+    FileOut,
+    InboundHandler,
+    InboundMessage,
+    Outbound,
+    PlatformLimits,
+    Sent,
+)
+from adapters.discord.commands import build_moa_group
+from adapters.discord.normalize import (
+    PLATFORM,
+    InteractionHandle,
+    interaction_to_inbound,
+    message_to_inbound,
+)
+from adapters.discord.render import MAX_CONTENT, Part, render
+from adapters.discord.settings import DiscordSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_REMEMBERED = 2048  # posted parts kept to skip identical edits; raw interactions kept
+_MAX_OWN_RETRIES = 4  # after discord.py's own five tries
+_MAX_RETRY_AFTER_S = 60.0
+# What a followup webhook answers when the interaction token is no longer good.
+_TOKEN_REFUSED = frozenset({401, 403, 404})
+_LOOKUP_TIMEOUT_S = 10.0  # a channel lookup holds up the messages behind it
+_TIMEOUT_ERRORS = (asyncio.TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ClientConnectionError)
+# The upload limit of a server without boosts; an interaction says its own limit.
+_DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+
+
+class _Client(discord.Client):
+    """discord.py's client with the raw dispatch data handed to the adapter."""
+
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(**options)
+        self._adapter = adapter
+
+    async def on_socket_raw_receive(self, msg: str) -> None:
+        await self._adapter._on_raw_frame(msg)
+
+
+class DiscordAdapter:
+    """Discord through discord.py: `/moa` commands, mentions, DMs and replies in; parts out."""
+
+    platform = PLATFORM
+
+    def __init__(
+        self,
+        settings: DiscordSettings,
+        *,
+        presets: Sequence[str] = (),
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limits = PlatformLimits(max_message_chars=MAX_CONTENT, edit_interval_s=settings.edit_interval_s)
+        self._presets = tuple(presets)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._client: _Client | None = None
+        self._tree: app_commands.CommandTree | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._on_inbound: InboundHandler | None = None
+        self._posted: OrderedDict[str, str] = OrderedDict()  # message id -> part fingerprint
+        self._raw_interactions: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._thread_kinds: OrderedDict[int, bool] = OrderedDict()  # channel id -> is a thread
+        self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, on_inbound: InboundHandler) -> None:
+        """Log in, register the `/moa` commands, connect the gateway; returns once READY."""
+        if self._client is not None:
+            raise RuntimeError("the Discord adapter is already started")
+        self._on_inbound = on_inbound
+        Route.BASE = self.settings.api_base.rstrip("/")
+        # DEFAULT_GATEWAY is a yarl.URL; its own type builds ours without importing yarl here.
+        gateway_type = type(DiscordWebSocket.DEFAULT_GATEWAY)
+        DiscordWebSocket.DEFAULT_GATEWAY = gateway_type(self.settings.gateway_url)
+
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_messages = True
+        intents.dm_messages = True
+        intents.message_content = True
+        client = _Client(
+            self,
+            intents=intents,
+            enable_debug_events=True,  # for on_socket_raw_receive
+            guild_ready_timeout=self.settings.guild_ready_timeout_s,
+            # Model output must never ping @everyone, roles or users.
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        tree = app_commands.CommandTree(client)
+        tree.add_command(build_moa_group(self._presets, self._on_command))
+        self._client, self._tree = client, tree
+        try:
+            await client.login(self.settings.token)
+            if self.settings.sync_commands:
+                await tree.sync()
+            self._spawn(self._read_messages())
+            self._runner = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
+            ready = asyncio.create_task(client.wait_until_ready())
+            done, _ = await asyncio.wait(
+                {ready, self._runner},
+                timeout=self.settings.ready_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if ready not in done:
+                ready.cancel()
+                if self._runner in done:
+                    self._runner.result()  # raises what stopped the connection
+                    raise ConnectionError("the Discord gateway closed before READY")
+                raise TimeoutError(f"no READY from the Discord gateway in {self.settings.ready_timeout_s} s")
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("discord: connected as %s (%s)", client.user, client.user.id if client.user else "?")
+
+    async def stop(self) -> None:
+        client, runner = self._client, self._runner
+        self._client, self._tree, self._runner = None, None, None
+        if client is not None:
+            await client.close()
+        if runner is not None:
+            try:
+                await asyncio.wait_for(runner, timeout=5)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            except Exception:  # the connection's end is not the stop's concern
+                log.debug("discord: gateway task ended with an error", exc_info=True)
+        # The reader and any hand-over still running: the gateway has stopped taking turns.
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- inbound -------------------------------------------------------------------------------
+
+    async def _on_raw_frame(self, msg: str | bytes) -> None:
+        # Cheap test first: every gateway frame passes here, few are of interest.
+        if isinstance(msg, bytes) or ("MESSAGE_CREATE" not in msg and "INTERACTION_CREATE" not in msg):
+            return
+        try:
+            frame = json.loads(msg)
+        except ValueError:
+            return
+        event, data = frame.get("t"), frame.get("d")
+        if not isinstance(data, dict):
+            return
+        if event == "INTERACTION_CREATE":
+            # Kept for `_on_command`, which runs after discord.py has parsed the same frame.
+            self._remember(self._raw_interactions, str(data.get("id")), data)
+        elif event == "MESSAGE_CREATE":
+            # Queued before any await, so messages reach the gateway in the order Discord sent them.
+            self._messages.put_nowait(data)
+
+    async def _read_messages(self) -> None:
+        """Normalise queued messages one by one; each goes to the gateway in a task of its own."""
+        while True:
+            data = await self._messages.get()
+            try:
+                inbound = await self._message_inbound(data)
+            except Exception:
+                log.exception("discord: could not read message %s", data.get("id"))
+                continue
+            if inbound is not None:
+                # Started in order; the gateway may take its time with each.
+                self._spawn(self._forward(inbound))
+
+    async def _message_inbound(self, data: dict[str, Any]) -> InboundMessage | None:
+        client = self._client
+        if client is None or client.user is None:
+            return None
+        author = data.get("author") or {}
+        if author.get("bot") or data.get("webhook_id") or str(author.get("id")) == str(client.user.id):
+            return None  # before any lookup: never our own messages, nor other bots'
+        in_thread = False
+        role_ids: tuple[str, ...] = ()
+        guild_id = data.get("guild_id")
+        if guild_id is not None:
+            in_thread = await self._is_thread(int(data["channel_id"]))
+            guild = client.get_guild(int(guild_id))
+            if guild is not None and guild.self_role is not None:
+                role_ids = (str(guild.self_role.id),)
+        return message_to_inbound(
+            data,
+            bot_user_id=str(client.user.id),
+            bot_name=client.user.name,
+            bot_role_ids=role_ids,
+            in_thread=in_thread,
+        )
+
+    async def _is_thread(self, channel_id: int) -> bool:
+        """Whether a guild channel is a thread: from discord.py's cache, else asked once."""
+        assert self._client is not None
+        channel = self._client.get_channel(channel_id)
+        if channel is not None:
+            return isinstance(channel, discord.Thread)
+        if channel_id in self._thread_kinds:
+            return self._thread_kinds[channel_id]
+        try:
+            fetched = await asyncio.wait_for(self._client.fetch_channel(channel_id), _LOOKUP_TIMEOUT_S)
+        except (discord.NotFound, discord.Forbidden) as exc:
+            # Not a channel we may read: a definite answer, so asked once only.
+            self._remember(self._thread_kinds, channel_id, False)
+            log.info("discord: channel %s is not readable (%s); taken as no thread", channel_id, exc.status)
+            return False
+        except (TimeoutError, discord.HTTPException, discord.InvalidData) as exc:
+            log.warning("discord: could not look up channel %s: %r", channel_id, exc)
+            return False
+        is_thread = isinstance(fetched, discord.Thread)
+        self._remember(self._thread_kinds, channel_id, is_thread)
+        return is_thread
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_command(self, interaction: discord.Interaction) -> None:
+        """A `/moa` subcommand: defer at once (Discord allows 3 s), then hand it to the gateway."""
+        try:
+            await interaction.response.defer(thinking=True)
+        except discord.HTTPException as exc:
+            # Already acknowledged (the same interaction delivered again) or expired: the
+            # gateway still hears of it, de-duplicates by event id, and answers in the channel.
+            log.warning("discord: could not defer interaction %s: %s", interaction.id, exc)
+        payload = self._raw_interactions.get(str(interaction.id)) or _interaction_payload(interaction)
+        inbound = interaction_to_inbound(payload)
+        if inbound is not None:
+            await self._forward(inbound)
+
+    async def _forward(self, inbound: InboundMessage) -> None:
+        if self._on_inbound is None:
+            return
+        try:
+            await self._on_inbound(inbound)
+        except Exception:  # one bad message never takes the adapter down
+            log.exception("discord: the gateway failed on event %s", inbound.event_id)
+
+    # -- outbound ------------------------------------------------------------------------------
+
+    async def send(self, chat: ChatRef, item: Outbound) -> Sent:
+        ids: list[str] = []
+        for index, part in enumerate(render(item)):
+            ids.append(await self._post(chat, part, as_reply=index == 0))
+        return Sent(chat=chat, message_ids=tuple(ids))
+
+    async def edit(self, sent: Sent, item: Outbound) -> Sent:
+        if isinstance(item, FileOut):  # an attachment is posted anew, never swapped in place
+            return await self.send(sent.chat, item)
+        parts = render(item)
+        old = list(sent.message_ids)
+        ids: list[str] = []
+        for index, part in enumerate(parts):
+            if index < len(old):
+                ids.append(await self._edit_one(sent.chat, old[index], part))
+            else:
+                ids.append(await self._post(sent.chat, part, as_reply=False))
+        for extra in old[len(parts) :]:  # the new value needs fewer messages than the old one
+            await self._delete(sent.chat, extra)
+        return Sent(chat=sent.chat, message_ids=tuple(ids))
+
+    def _followup_handle(self, chat: ChatRef) -> InteractionHandle | None:
+        handle = InteractionHandle.decode(chat.reply_handle)
+        if handle is not None and handle.usable(self._clock(), self.settings.followup_window_s):
+            return handle
+        return None
+
+    def _webhook(self, handle: InteractionHandle) -> discord.Webhook:
+        return discord.Webhook.partial(
+            int(handle.application_id), handle.token, client=self._require_client()
+        )
+
+    def _require_client(self) -> _Client:
+        if self._client is None:
+            raise RuntimeError("the Discord adapter is not started")
+        return self._client
+
+    async def _post(self, chat: ChatRef, part: Part, *, as_reply: bool) -> str:
+        handle = self._followup_handle(chat)
+        if handle is not None:
+            try:
+                message_id = await self._post_followup(handle, part)
+            except discord.HTTPException as exc:
+                if exc.status not in _TOKEN_REFUSED:
+                    raise
+                # The token was refused (expired early, or the interaction is gone): the
+                # followup was not posted, so the channel gets it instead.
+                log.warning("discord: followup refused (%s); posting to the channel", exc.status)
+            else:
+                self._remember(self._posted, message_id, part.fingerprint())
+                return message_id
+        message_id = await self._post_channel(
+            chat, part, as_reply=as_reply, handle=InteractionHandle.decode(chat.reply_handle)
+        )
+        self._remember(self._posted, message_id, part.fingerprint())
+        return message_id
+
+    async def _post_followup(self, handle: InteractionHandle, part: Part) -> str:
+        webhook = self._webhook(handle)
+
+        async def attempt() -> discord.WebhookMessage:
+            kwargs = _message_kwargs(part, upload_limit=None)
+            return await webhook.send(wait=True, **kwargs)
+
+        message = await self._with_retries(attempt, resend_safe=False)
+        return str(message.id)
+
+    async def _post_channel(
+        self, chat: ChatRef, part: Part, *, as_reply: bool, handle: InteractionHandle | None
+    ) -> str:
+        channel = self._require_client().get_partial_messageable(int(chat.chat_id))
+        reference = None
+        # An interaction's id is no message to reply to.
+        if as_reply and chat.reply_to_id and (handle is None or handle.interaction_id != chat.reply_to_id):
+            reference = discord.MessageReference(
+                message_id=int(chat.reply_to_id), channel_id=int(chat.chat_id), fail_if_not_exists=False
+            )
+        nonce = str(secrets.randbits(63))  # Discord enforces it: a repeat returns the first message
+
+        async def attempt() -> discord.Message:
+            kwargs = _message_kwargs(part, upload_limit=_DEFAULT_UPLOAD_LIMIT)
+            if reference is not None:
+                kwargs["reference"] = reference
+            return await channel.send(nonce=nonce, **kwargs)
+
+        message = await self._with_retries(attempt, resend_safe=True)
+        return str(message.id)
+
+    async def _edit_one(self, chat: ChatRef, message_id: str, part: Part) -> str:
+        fingerprint = part.fingerprint()
+        if self._posted.get(message_id) == fingerprint:
+            return message_id  # identical edit: nothing to do
+        content = part.content
+        embeds = [discord.Embed.from_dict(e) for e in part.embeds]
+        handle = self._followup_handle(chat)
+        edited = False
+        if handle is not None:
+            webhook = self._webhook(handle)
+            try:
+                await self._with_retries(
+                    lambda: webhook.edit_message(int(message_id), content=content, embeds=embeds),
+                    resend_safe=True,
+                )
+                edited = True
+            except discord.HTTPException as exc:
+                if exc.status not in _TOKEN_REFUSED:
+                    raise
+                log.warning("discord: followup edit refused (%s); editing through the channel", exc.status)
+        if not edited:
+            message = (
+                self._require_client()
+                .get_partial_messageable(int(chat.chat_id))
+                .get_partial_message(int(message_id))
+            )
+            try:
+                await self._with_retries(
+                    lambda: message.edit(content=content, embeds=embeds), resend_safe=True
+                )
+            except discord.NotFound:
+                # The message is gone (deleted by someone): post the part anew, so nothing of
+                # the answer is lost.
+                log.warning("discord: message %s vanished; posting its part anew", message_id)
+                return await self._post(chat, part, as_reply=False)
+        self._remember(self._posted, message_id, fingerprint)
+        return message_id
+
+    async def _delete(self, chat: ChatRef, message_id: str) -> None:
+        handle = self._followup_handle(chat)
+        try:
+            if handle is not None:
+                await self._webhook(handle).delete_message(int(message_id))
+            else:
+                client = self._require_client()
+                await (
+                    client.get_partial_messageable(int(chat.chat_id))
+                    .get_partial_message(int(message_id))
+                    .delete()
+                )
+        except discord.HTTPException as exc:
+            log.warning("discord: could not delete surplus message %s: %s", message_id, exc)
+        self._posted.pop(message_id, None)
+
+    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], *, resend_safe: bool) -> T:
+        """Run one REST call, waiting out 429s discord.py gave up on.
+
+        A call that timed out is repeated only when `resend_safe` (an edit, or a send guarded by
+        an enforced nonce).
+        """
+        tries = 0
+        while True:
+            try:
+                return await attempt()
+            except discord.RateLimited as exc:  # only with max_ratelimit_timeout, kept for safety
+                delay = exc.retry_after
+            except discord.HTTPException as exc:
+                if exc.status != 429:
+                    raise
+                delay = await _retry_after(exc)
+            except _TIMEOUT_ERRORS:
+                if not resend_safe or tries >= 1:
+                    raise
+                delay = 0.5
+            tries += 1
+            if tries > _MAX_OWN_RETRIES:
+                raise RuntimeError(f"Discord kept refusing a request after {tries} retries")
+            log.warning("discord: retrying a request in %.2f s", delay)
+            await asyncio.sleep(min(max(delay, 0.0), _MAX_RETRY_AFTER_S))
+
+    @staticmethod
+    def _remember(store: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        store[key] = value
+        store.move_to_end(key)
+        while len(store) > _REMEMBERED:
+            store.popitem(last=False)
+
+
+def _message_kwargs(part: Part, *, upload_limit: int | None) -> dict[str, Any]:
+    """discord.py keyword arguments for one part (a fresh File each call: attempts consume it)."""
+    kwargs: dict[str, Any] = {}
+    content = part.content
+    if part.embeds:
+        kwargs["embeds"] = [discord.Embed.from_dict(e) for e in part.embeds]
+    if part.file is not None:
+        if upload_limit is not None and len(part.file.data) > upload_limit:
+            note = f"({part.file.filename} is too large to attach: {len(part.file.data) // 1024} KiB)"
+            content = f"{content}\n{note}" if content else note
+        else:
+            kwargs["file"] = discord.File(io.BytesIO(part.file.data), filename=part.file.filename)
+    if content is not None:
+        kwargs["content"] = content[:MAX_CONTENT]
+    return kwargs
+
+
+async def _retry_after(exc: discord.HTTPException) -> float:
+    """Seconds to wait after a 429: the body's precise `retry_after`, else the header's."""
+    response = exc.response
+    if response is None:
+        return 1.0
+    try:
+        body = await response.json(content_type=None)  # already read: aiohttp keeps the body
+        return float(body["retry_after"])
+    except Exception:
+        pass
+    try:
+        return float(response.headers.get("Retry-After", 1.0))
+    except ValueError:
+        return 1.0
+
+
+def _interaction_payload(interaction: discord.Interaction) -> dict[str, Any]:
+    """The raw shape of an interaction rebuilt from discord.py's object (a fallback only)."""
+    user = interaction.user
+    user_data = {"id": str(user.id), "username": user.name, "global_name": user.global_name, "bot": user.bot}
+    channel = interaction.channel
+    payload: dict[str, Any] = {
+        "id": str(interaction.id),
+        "type": interaction.type.value,
+        "application_id": str(interaction.application_id),
+        "token": interaction.token,
+        "data": interaction.data or {},
+        "channel_id": str(interaction.channel_id),
+    }
+    if channel is not None and getattr(channel, "type", None) is not None:
+        payload["channel"] = {"id": str(channel.id), "type": channel.type.value}  # type: ignore[union-attr]
+    if interaction.guild_id is not None:
+        payload["guild_id"] = str(interaction.guild_id)
+    if isinstance(user, discord.Member):
+        payload["member"] = {
+            "user": user_data,
+            "nick": user.nick,
+            "roles": [str(r.id) for r in user.roles[1:]],
+        }
+    else:
+        payload["user"] = user_data
+    return payload

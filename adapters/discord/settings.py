@@ -1,0 +1,42 @@
+"""Settings of the Discord adapter, built by the gateway from the `[discord]` TOML section.
+
+The bot token arrives here as a value already read from the environment; it is never logged and
+never shown in `repr`. `api_base` and `gateway_url` point discord.py at another Discord (a proxy,
+or the fake server of the tests); discord.py keeps both class-wide, so one process talks to one
+Discord.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class DiscordSettings:
+    token: str = field(repr=False)
+    api_base: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg"
+    edit_interval_s: float = 1.0
+    sync_commands: bool = True  # tree.sync() on start (global commands)
+    # Added fields (defaults keep the TOML section optional):
+    # Interaction tokens live 15 minutes; followups are used until this many seconds after the
+    # interaction was created, plain channel messages after that (a margin for slow requests).
+    followup_window_s: float = 14 * 60.0
+    # discord.py waits this long after READY for the guilds' GUILD_CREATE before "ready".
+    guild_ready_timeout_s: float = 2.0
+    # How long start() waits for the gateway's READY before giving up.
+    ready_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError("discord: the bot token is empty (check [discord] token_env)")
+        if not self.api_base.startswith(("http://", "https://")):
+            raise ValueError(f"discord.api_base must be an http(s) URL, not {self.api_base!r}")
+        if not self.gateway_url.startswith(("ws://", "wss://")):
+            raise ValueError(f"discord.gateway_url must be a ws(s) URL, not {self.gateway_url!r}")
+        if self.edit_interval_s < 0:
+            raise ValueError("discord.edit_interval_s must not be negative")
+        if not 0 < self.followup_window_s <= 15 * 60:
+            raise ValueError("discord.followup_window_s must be within (0, 900] seconds")
+        if self.guild_ready_timeout_s < 0 or self.ready_timeout_s <= 0:
+            raise ValueError("discord.guild_ready_timeout_s / ready_timeout_s must be positive")

@@ -42,6 +42,7 @@ from telegram.constants import ParseMode
 from telegram.error import (
     BadRequest,
     ChatMigrated,
+    InvalidToken,
     NetworkError,
     RetryAfter,
     TelegramError,
@@ -84,8 +85,15 @@ _SHOWN_CAPACITY = 2048
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 _PHOTO_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp"})
 _SUBCOMMANDS = "presets · default · cost · budget · digest · new · help"
-# Loggers that write Bot API URLs, which contain the token.
-_URL_LOGGERS = ("httpx", "telegram.Bot", "telegram.ext.ExtBot")
+# Loggers that may write the token: Bot API URLs contain it, PTB's InvalidToken message quotes it.
+_URL_LOGGERS = (
+    "httpx",
+    "telegram.Bot",
+    "telegram.ext.ExtBot",
+    "telegram.ext",
+    "telegram.ext.Updater",
+    "telegram.ext.Application",
+)
 
 
 class _Outcome(Enum):
@@ -165,6 +173,12 @@ class TelegramAdapter:
                 await app.updater.start_polling(
                     timeout=int(settings.poll_timeout_s), allowed_updates=[Update.MESSAGE]
                 )
+        except InvalidToken:
+            await self._close(app)
+            # PTB's message quotes the token; never let it reach a log.
+            raise RuntimeError(
+                "telegram: the Bot API refused the bot token (check [telegram] token_env)"
+            ) from None
         except BaseException:
             await self._close(app)
             raise
@@ -177,17 +191,22 @@ class TelegramAdapter:
             await self._close(app)
 
     async def _close(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
-        try:
-            if app.updater is not None and app.updater.running:
-                await app.updater.stop()
-            if app.running:
-                await app.stop()
-        finally:
+        """Stop what runs and shut down, step by step: a failed step does not skip the rest."""
+        steps: list[Callable[[], Awaitable[object]]] = []
+        if app.updater is not None and app.updater.running:
+            steps.append(app.updater.stop)  # re-raises what ended the polling, if anything did
+        if app.running:
+            steps.append(app.stop)
+        steps.append(app.shutdown)
+        for step in steps:
             try:
-                await app.shutdown()
-            finally:
-                for name in _URL_LOGGERS:
-                    logging.getLogger(name).removeFilter(self._redact)
+                await step()
+            except Exception as error:
+                log.warning(
+                    "telegram: while stopping: %s", self._redact.redact(f"{type(error).__name__}: {error}")
+                )
+        for name in _URL_LOGGERS:
+            logging.getLogger(name).removeFilter(self._redact)
 
     async def _register_commands(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         description = f"Ask the mixture: /moa <question> · {_SUBCOMMANDS}"
@@ -569,16 +588,21 @@ def _surely_not_sent(error: NetworkError) -> bool:
 
 
 class _RedactSecrets(logging.Filter):
-    """httpx logs every request URL and PTB logs its base URL; both contain the token."""
+    """Replaces the token (and webhook secret) in log records, tracebacks included."""
 
     def __init__(self, secrets: Sequence[str]) -> None:
         super().__init__()
         self._secrets = [secret for secret in secrets if secret]
 
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if any(secret in message for secret in self._secrets):
-            for secret in self._secrets:
-                message = message.replace(secret, "<redacted>")
-            record.msg, record.args = message, ()
+            record.msg, record.args = self.redact(message), ()
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
         return True

@@ -432,3 +432,87 @@ async def test_summary_of_many_long_references_is_one_message(telegram, fake):
     assert len(sent.message_ids) == 1 and message.parse_mode == "HTML"
     assert utf16_len(parse_html(message.raw)[0]) <= 4096
     assert message.raw.count("<blockquote expandable>") == 6 and message.text.count("$?") >= 6
+
+
+# -- odd situations --------------------------------------------------------------------------------
+
+
+async def test_a_wrong_token_fails_start_cleanly(fake):
+    adapter = TelegramAdapter(TelegramSettings(token="1:wrong", base_url=fake.base_url))
+    with pytest.raises(RuntimeError, match="refused the bot token") as error:
+        await adapter.start(asyncio.Queue().put)
+    assert "1:wrong" not in str(error.value)
+    await adapter.stop()  # nothing running: a no-op
+
+
+async def test_progress_edits_are_coalesced_while_the_chat_is_paused(telegram, fake):
+    adapter, _ = await telegram()
+    chat = ChatRef("telegram", str(GROUP_ID))
+    progress = await adapter.send(chat, Progress("references", 0, 3))
+    fake.fail_next("editMessageText", status=429, retry_after=1)
+    progress = await adapter.edit(progress, Progress("references", 1, 3))
+    progress = await adapter.edit(progress, Progress("references", 2, 3))
+    assert len(fake.calls_of("editMessageText")) == 1  # the second one did not even try
+    await adapter.send(chat, summary())  # a send waits the pause out and goes on
+    assert fake.calls_of("sendMessage")[-1].status == 200
+    assert [m.text.split("\n")[0] for m in fake.chat(GROUP_ID)] == [
+        "⏳ Asking references… 0/3",
+        "🧩 2 references · preset default · $0.0040",
+    ]
+
+
+async def test_a_group_upgraded_to_a_supergroup_is_followed(telegram, fake):
+    adapter, _ = await telegram()
+    fake.fail_next(
+        "sendMessage",
+        status=400,
+        description="Bad Request: group chat was upgraded to a supergroup chat",
+        migrate_to_chat_id=GROUP_ID,
+    )
+    sent = await adapter.send(ChatRef("telegram", "-4242"), Answer("hello"))
+    assert [c.params["chat_id"] for c in fake.calls_of("sendMessage")] == [-4242, GROUP_ID]
+    await adapter.edit(sent, Answer("hello again"))
+    assert [m.text for m in fake.chat(GROUP_ID)] == ["hello again"]
+
+
+async def test_a_deleted_stream_message_gets_the_final_answer_anew(telegram, fake):
+    adapter, _ = await telegram()
+    chat = ChatRef("telegram", str(GROUP_ID))
+    stream = await adapter.send(chat, Answer("partial", final=False))
+    fake.chats[GROUP_ID].clear()  # someone deleted it
+    stream = await adapter.edit(stream, Answer("the whole answer", final=True))
+    [message] = fake.chat(GROUP_ID)
+    assert message.text == "the whole answer" and stream.message_ids == (str(message.message_id),)
+
+
+async def test_drafts_unavailable_fall_back_to_edits(telegram, fake):
+    adapter, _ = await telegram(stream="draft")
+    fake.fail_next("sendMessageDraft", status=400, description="Bad Request: method is not available")
+    chat = ChatRef("telegram", "42")
+    stream = await adapter.send(chat, Answer("first words", final=False))
+    stream = await adapter.edit(stream, Answer("first words, then more", final=False))
+    stream = await adapter.edit(stream, Answer("first words, then more. Done.", final=True))
+    assert len(fake.calls_of("sendMessageDraft")) == 1
+    [message] = fake.chat(42)
+    assert message.text == "first words, then more. Done." and message.edits == 2
+
+
+async def test_stream_off_posts_only_the_final_answer(telegram, fake):
+    adapter, _ = await telegram(stream="off")
+    chat = ChatRef("telegram", str(GROUP_ID), reply_to_id="3")
+    stream = await adapter.send(chat, Answer("partial", final=False))
+    stream = await adapter.edit(stream, Answer("partial and more", final=False))
+    assert fake.chat(GROUP_ID) == [] and stream.message_ids == ()
+    stream = await adapter.edit(stream, Answer("the answer", final=True))
+    [message] = fake.chat(GROUP_ID)
+    assert message.text == "the answer" and message.reply_to == 3
+
+
+async def test_a_token_revoked_while_polling_is_not_logged(telegram, fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    await telegram(poll_timeout_s=0.0)
+    fake.token = "7000001:revoked"  # from now on the server refuses ours
+    await fake.wait_for(lambda: any(c.status == 401 for c in fake.calls_of("getUpdates")))
+    await asyncio.sleep(0.1)  # let PTB log the failure
+    assert "Invalid token" in caplog.text or "rejected" in caplog.text
+    assert TOKEN not in caplog.text

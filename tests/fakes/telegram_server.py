@@ -147,7 +147,7 @@ class ChatMessage:
 class _Fault:
     status: int
     description: str
-    retry_after: int | None = None
+    parameters: dict[str, int] | None = None
     stall_s: float = 0.0  # apply the call, then answer this late (a client timeout)
 
 
@@ -215,6 +215,7 @@ class FakeTelegram:
         status: int = 429,
         description: str | None = None,
         retry_after: int | None = None,
+        migrate_to_chat_id: int | None = None,
         times: int = 1,
     ) -> None:
         """The next `times` calls of `method` fail with Telegram's error shape."""
@@ -224,8 +225,13 @@ class FakeTelegram:
                 if status == 429
                 else 'Bad Request: can\'t parse entities: Unsupported start tag "x" at byte offset 0'
             )
+        parameters: dict[str, int] = {}
+        if retry_after is not None:
+            parameters["retry_after"] = retry_after
+        if migrate_to_chat_id is not None:
+            parameters["migrate_to_chat_id"] = migrate_to_chat_id
         for _ in range(times):
-            self._faults[method].append(_Fault(status, description, retry_after))
+            self._faults[method].append(_Fault(status, description, parameters or None))
 
     def stall_next(self, method: str, seconds: float, *, times: int = 1) -> None:
         """The next calls of `method` take effect but are answered `seconds` late."""
@@ -258,7 +264,7 @@ class FakeTelegram:
                 ApiError(
                     fault.status,
                     fault.description,
-                    {"retry_after": fault.retry_after} if fault.retry_after is not None else None,
+                    fault.parameters,
                 ),
             )
         handler = getattr(self, "_api_" + method, None)

@@ -187,8 +187,8 @@ class SlackAdapter:
             await self._runner.setup()
             site = web.TCPSite(self._runner, s.http_host, s.http_port)
             await site.start()
-            sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
-            self.http_port = sockets[0].getsockname()[1] if sockets else s.http_port
+            addresses = self._runner.addresses
+            self.http_port = int(addresses[0][1]) if addresses else s.http_port
             log.info("slack: HTTP mode on %s:%s%s", s.http_host, self.http_port, s.http_path)
 
     async def stop(self) -> None:

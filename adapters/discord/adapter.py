@@ -514,7 +514,7 @@ def _interaction_payload(interaction: discord.Interaction) -> dict[str, Any]:
         payload["member"] = {
             "user": user_data,
             "nick": user.nick,
-            "roles": [str(r.id) for r in user.roles[1:]],
+            "roles": [str(r.id) for r in user.roles if not r.is_default()],  # cached guilds only
         }
     else:
         payload["user"] = user_data

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import pytest
 
 from adapters.contract import (
@@ -371,3 +372,67 @@ async def test_a_reply_to_a_message_and_a_file_attachment(env: Env) -> None:
     assert upload.files == [("digest.png", png)]
     assert upload.json["content"] == "Weekly digest"
     assert fake.messages[sent.message_ids[0]]["attachments"][0]["filename"] == "digest.png"
+
+
+async def test_an_interaction_without_its_raw_frame_is_still_forwarded(env: Env) -> None:
+    """The fallback that rebuilds the payload from discord.py's objects (should never be needed)."""
+
+    class Forgetful(dict):
+        def __setitem__(self, key: object, value: object) -> None:
+            pass
+
+    env.adapter._raw_interactions = Forgetful()  # type: ignore[assignment]
+    fake = env.fake
+    payload = fake.interaction_payload(
+        subcommand="cost", options={"period": "week"}, channel_id=CHANNEL, guild_id=GUILD, user=alice(fake)
+    )
+    await fake.dispatch("INTERACTION_CREATE", payload)
+    inbound = await env.next_inbound()
+    assert (inbound.text, inbound.event_id, inbound.user_id) == (
+        "/moa cost week",
+        payload["id"],
+        alice(fake)["id"],
+    )
+    assert inbound.chat_id == CHANNEL and not inbound.is_dm and inbound.reply_handle
+
+
+async def test_a_channel_send_cut_off_is_retried_with_its_nonce_and_posted_once(env: Env) -> None:
+    fake = env.fake
+    fake.inject_disconnect("POST", rf"/channels/{CHANNEL}/messages")
+    sent = await env.adapter.send(ChatRef("discord", CHANNEL), Answer("exactly once"))
+    posts = fake.calls_to("POST", rf"/channels/{CHANNEL}/messages")
+    assert [c.status for c in posts] == [-1, 200]
+    assert posts[0].json["nonce"] == posts[1].json["nonce"] and posts[1].json["enforce_nonce"] is True
+    assert [m["content"] for m in fake.channel_messages(CHANNEL)] == ["exactly once"]
+    assert sent.message_ids == (fake.channel_messages(CHANNEL)[0]["id"],)
+
+
+async def test_a_followup_cut_off_is_not_sent_blindly_again(env: Env) -> None:
+    fake = env.fake
+    payload = fake.interaction_payload(
+        subcommand="ask", options={"prompt": "once"}, channel_id=CHANNEL, guild_id=GUILD, user=alice(fake)
+    )
+    await fake.dispatch("INTERACTION_CREATE", payload)
+    inbound = await env.next_inbound()
+    fake.inject_disconnect("POST", rf"/webhooks/{fake.application_id}/.*")
+    with pytest.raises(aiohttp.ClientError):
+        await env.adapter.send(
+            ChatRef("discord", CHANNEL, reply_handle=inbound.reply_handle), Answer("maybe posted")
+        )
+    assert len(fake.calls_to("POST", r"/webhooks/.*")) == 1
+    assert not fake.calls_to("POST", r"/channels/\d+/messages")
+    assert [m["content"] for m in fake.channel_messages(CHANNEL)] == ["maybe posted"]
+
+
+async def test_a_file_goes_through_the_followup_too(env: Env) -> None:
+    fake = env.fake
+    payload = fake.interaction_payload(
+        subcommand="digest", channel_id=CHANNEL, guild_id=GUILD, user=alice(fake)
+    )
+    await fake.dispatch("INTERACTION_CREATE", payload)
+    inbound = await env.next_inbound()
+    assert inbound.text == "/moa digest"
+    chat = ChatRef("discord", CHANNEL, reply_handle=inbound.reply_handle)
+    await env.adapter.send(chat, FileOut("digest.png", b"\x89PNG-chart", caption="Cost digest"))
+    (upload,) = fake.calls_to("POST", rf"/webhooks/{fake.application_id}/{payload['token']}")
+    assert upload.files == [("digest.png", b"\x89PNG-chart")] and upload.json["content"] == "Cost digest"

@@ -124,6 +124,7 @@ class FakeDiscord:
         self._expired_tokens: set[str] = set()
         self._nonces: dict[tuple[str, str], str] = {}  # (channel, nonce) -> message id
         self._injections: list[_Injection] = []
+        self._disconnects: list[tuple[str, re.Pattern[str], list[int]]] = []
         self._sequence = itertools.count(1)
         self._snowflake_counter = itertools.count()
         self._changed = asyncio.Condition()
@@ -183,6 +184,11 @@ class FakeDiscord:
         self._injections.append(
             _Injection(method.upper(), re.compile(path_regex), times, retry_after, is_global)
         )
+
+    def inject_disconnect(self, method: str, path_regex: str, *, times: int = 1) -> None:
+        """The next `times` matching calls are carried out, then the connection is dropped
+        before the answer: the client cannot tell whether its request went through."""
+        self._disconnects.append((method.upper(), re.compile(path_regex), [times]))
 
     def expire_token(self, token: str) -> None:
         """Webhook calls with this interaction token answer 401 from now on."""
@@ -423,7 +429,19 @@ class FakeDiscord:
         self.log.append(("rest", call))
         async with self._changed:
             self._changed.notify_all()
+        if self._take_disconnect(call):
+            call.status = -1  # done, but the answer never left
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
         return response
+
+    def _take_disconnect(self, call: Call) -> bool:
+        for method, pattern, left in self._disconnects:
+            if left[0] > 0 and method == call.method and pattern.fullmatch(call.path):
+                left[0] -= 1
+                return True
+        return False
 
     def _injected(self, call: Call) -> web.Response | None:
         for injection in self._injections:

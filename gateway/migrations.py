@@ -182,3 +182,38 @@ def m002_gateway_state(db: Database) -> None:
         pk=("platform", "chat_id"),
         not_null={"platform", "chat_id", "last_at"},
     )
+
+
+@migrations()
+def m003_digests(db: Database) -> None:
+    """The cost digests: one row per period, claimed before sending so none is sent twice.
+
+    status: baseline (the first start: the period before it is not owed), sending, sent, failed.
+    """
+    db["digests"].create(
+        {
+            "period_end": str,
+            "period_start": str,
+            "status": str,
+            "dollars": float,
+            "error": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="period_end",
+        not_null={"period_end", "period_start", "status", "created_at", "updated_at"},
+    )
+
+
+@migrations()
+def m004_spend_indexes(db: Database) -> None:
+    """Budget checks and per-chat sums read only the index: add cost_usd to the chat and user
+    indexes of model_calls (the new ones replace the old, whose columns they start with)."""
+    db["model_calls"].create_index(
+        ["platform", "chat_id", "created_at", "cost_usd"], index_name="idx_model_calls_chat_spend"
+    )
+    db["model_calls"].create_index(
+        ["platform", "user_id", "created_at", "cost_usd"], index_name="idx_model_calls_user_spend"
+    )
+    db.execute("DROP INDEX idx_model_calls_platform_chat_id_created_at")
+    db.execute("DROP INDEX idx_model_calls_platform_user_id_created_at")

@@ -29,9 +29,9 @@ from moa_core.events import (
     TurnDone,
     TurnResult,
 )
-from moa_core.fanout import ReferenceCall, fan_out, mark_late, reference_record
+from moa_core.fanout import ReferenceCall, fan_out, mark_late, partial_spend, reference_record
 from moa_core.pricing import price_call
-from moa_core.providers.base import CompletionRequest, ModelClient, ProviderError
+from moa_core.providers.base import CompletionRequest, ModelClient, ProviderError, ProviderTimeout
 from moa_core.settings import EngineSettings, Preset
 from moa_core.tools import Tool, run_tool
 from moa_core.trace import TraceWriter
@@ -294,10 +294,11 @@ class MoaEngine:
         try:
             completion = await self._client.complete(request, on_text if preset.stream else None)
         except ProviderError as failure:
-            status = "timeout" if "Timeout" in type(failure).__name__ else "failed"
+            status = "timeout" if isinstance(failure, ProviderTimeout) else "failed"
+            usage, cost = partial_spend(provider, slot.model, failure)
             return None, CallRecord(
                 "aggregator", step, 0, provider.name, slot.model, status,
-                int((self._clock.monotonic() - started) * 1000), UNKNOWN_USAGE, UNKNOWN_COST, str(failure),
+                int((self._clock.monotonic() - started) * 1000), usage, cost, str(failure),
             )
         if not preset.stream and completion.text:
             await emit(TextDelta(step, completion.text))

@@ -18,7 +18,7 @@ from moa_core.events import ReferenceResult
 from moa_core.pricing import price_call
 from moa_core.providers.base import CompletionRequest, ModelClient, ProviderError, ProviderTimeout
 from moa_core.settings import Preset, ProviderSettings, Slot
-from moa_core.values import UNKNOWN_COST, UNKNOWN_USAGE, CallRecord, Message
+from moa_core.values import UNKNOWN_COST, UNKNOWN_USAGE, CallRecord, Cost, Message, Usage
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ class FanOut:
     results: list[ReferenceResult]
     calls: list[ReferenceCall]
     late: list[asyncio.Task[ReferenceCall]] = field(default_factory=list)
+
+
+def partial_spend(provider: ProviderSettings, model: str, error: BaseException) -> tuple[Usage, Cost]:
+    """Usage and cost of a call that failed after producing output (estimated), else unknown."""
+    usage = getattr(error, "usage", None)
+    if not isinstance(usage, Usage):
+        return UNKNOWN_USAGE, UNKNOWN_COST
+    return usage, price_call(provider, model, usage, None)
 
 
 def _skipped(index: int, count: int, slot: Slot, step: int, why: str) -> ReferenceResult:
@@ -78,15 +86,17 @@ async def _ask_reference(
             # The outer timeout is a backstop in case a provider ignores the deadline.
             async with asyncio.timeout(preset.reference_timeout + 1.0):
                 completion = await client.complete(request)
-        except (ProviderTimeout, TimeoutError):
+        except (ProviderTimeout, TimeoutError) as error:
+            usage, cost = partial_spend(provider, slot.model, error)
             result = ReferenceResult(
-                index, count, slot.label, "timeout", "", UNKNOWN_USAGE, UNKNOWN_COST,
+                index, count, slot.label, "timeout", "", usage, cost,
                 int((clock.monotonic() - started) * 1000), step,
                 f"no answer within {preset.reference_timeout:g} s",
             )
         except ProviderError as error:
+            usage, cost = partial_spend(provider, slot.model, error)
             result = ReferenceResult(
-                index, count, slot.label, "failed", "", UNKNOWN_USAGE, UNKNOWN_COST,
+                index, count, slot.label, "failed", "", usage, cost,
                 int((clock.monotonic() - started) * 1000), step, str(error),
             )
         except Exception as error:  # a reference must never abort the turn

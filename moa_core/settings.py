@@ -20,7 +20,8 @@ class ProviderSettings:
     """A named model endpoint.
 
     `api_key_env` is the *name* of the environment variable; the key is read at call time and
-    never stored in a value. Prices are dollars per million tokens and override price tables.
+    never stored in a value. Prices are dollars per million tokens, used when the provider reports
+    no cost and the price table does not know the model (local models may be priced at zero).
     """
 
     name: str

@@ -1,0 +1,213 @@
+"""Benchmark: cost reports and the digest over 1,000,000 model-call rows.
+
+Fills a fresh SQLite file through the real Store (in its DB thread, one executemany per table)
+with 200,000 turns of 5 calls each (4 references + 1 aggregator) spread over 90 days, 50 chats
+on three platforms, 500 users, 3 presets, 8 models, 3% unpriced calls, 5% failed or timed-out
+references. Then times, median of 5 runs each:
+
+- the weekly digest (cron "0 9 * * 1", Europe/Berlin) that is due at "now";
+- `/moa cost month`: this chat's report and the caller's report (two `cost_report` calls);
+- `/moa cost month all` (every chat), the budget check run before every turn;
+- worst case: a digest whose period covers all 90 days (every row).
+
+Target: under 1 s for the digest and the `/moa cost` report. Prints peak RSS.
+
+    python bench/bench_costs.py [--rows 1000000] [--db PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway.costs import check_budget, cost_report  # noqa: E402
+from gateway.digest import build_digest, cron_trigger, digest_chart_png, due_period, previous_fire  # noqa: E402
+from gateway.storage import Store, to_iso  # noqa: E402
+
+NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
+TZ = ZoneInfo("Europe/Berlin")
+DAYS = 90
+CHATS = [(platform, f"{platform[0]}{n}") for n, platform in
+         enumerate(["telegram"] * 20 + ["discord"] * 15 + ["slack"] * 15)]
+USERS_PER_CHAT = 10
+PRESETS = ["default", "deep", "fast"]
+REFERENCE_MODELS = [("openrouter", "openai/gpt-5.1"), ("openrouter", "google/gemini-2.5-pro"),
+                    ("together", "deepseek-v3"), ("groq", "llama-3.3-70b"), ("mistral", "mistral-large"),
+                    ("openrouter", "x-ai/grok-4")]
+AGGREGATORS = [("openrouter", "anthropic/claude-sonnet-4.5"), ("anthropic", "claude-opus-4.1")]
+
+
+class FixedClock:
+    def now(self) -> datetime:
+        return NOW
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    per_user_usd_day: float | None = 0.5
+    per_chat_usd_month: float | None = 100.0
+
+
+def fill(db, rows: int, seed: int = 7) -> None:  # type: ignore[no-untyped-def]
+    """Insert sessions, turns and `rows` model calls (in the DB thread)."""
+    rng = random.Random(seed)
+    turns = rows // 5
+    first = NOW - timedelta(days=DAYS)
+    step = (NOW - first).total_seconds() / turns
+    conn = db.conn
+    with db.atomic():
+        conn.executemany(
+            "INSERT INTO sessions (id, platform, chat_id, thread_id, started_at) VALUES (?, ?, ?, '', ?)",
+            [(n + 1, p, c, to_iso(first)) for n, (p, c) in enumerate(CHATS)],
+        )
+        turn_rows, call_rows = [], []
+        for t in range(1, turns + 1):
+            chat = rng.randrange(len(CHATS))
+            platform, chat_id = CHATS[chat]
+            user_id = f"u{chat * USERS_PER_CHAT + rng.randrange(USERS_PER_CHAT)}"
+            preset = PRESETS[rng.randrange(3)]
+            at = first + timedelta(seconds=t * step)
+            started = to_iso(at)
+            finished = to_iso(at + timedelta(seconds=20))
+            turn_rows.append((t, chat + 1, platform, chat_id, user_id, f"name-{user_id}", str(t), str(t), preset,
+                              "q", "failed" if rng.random() < 0.01 else "done", started, finished))
+            refs = rng.sample(REFERENCE_MODELS, 4)
+            for idx, (provider, model) in enumerate([*refs, AGGREGATORS[rng.randrange(2)]]):
+                role = "reference" if idx < 4 else "aggregator"
+                roll = rng.random()
+                status = "failed" if role == "reference" and roll < 0.03 else (
+                    "timeout" if role == "reference" and roll < 0.05 else "ok")
+                cost = None if rng.random() < 0.03 else rng.uniform(0.0001, 0.02)
+                call_rows.append((t, role, 0, idx if role == "reference" else 0, provider, model, status, 900,
+                                  rng.randrange(2000), rng.randrange(500), 0, rng.randrange(800), 0,
+                                  "reported", cost, "price_table" if cost is not None else "unknown",
+                                  finished, platform, chat_id, user_id, preset))
+        conn.executemany(
+            "INSERT INTO turns (id, session_id, platform, chat_id, thread_id, user_id, user_name, event_id, "
+            "message_id, preset, prompt, status, started_at, finished_at) "
+            "VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            turn_rows,
+        )
+        conn.executemany(
+            "INSERT INTO model_calls (turn_id, role, step, idx, provider, model, status, latency_ms, input, "
+            "cache_read, cache_write, output, reasoning, usage_source, cost_usd, cost_source, created_at, "
+            "platform, chat_id, user_id, preset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?, ?)",
+            call_rows,
+        )
+    db.execute("ANALYZE")
+
+
+async def median_of(runs: int, fn: Callable[[], Awaitable[object]]) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(runs):
+        began = time.perf_counter()
+        result = await fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times), result
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--db", help="SQLite file to create (default: a temporary one)")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    workdir = tempfile.TemporaryDirectory()
+    path = Path(args.db) if args.db else Path(workdir.name) / "bench.db"
+    if path.exists():
+        raise SystemExit(f"{path} exists; give a new path")
+    store = await Store.open(path, FixedClock())
+    began = time.perf_counter()
+    await store.run(lambda db: fill(db, args.rows))
+    fill_s = time.perf_counter() - began
+    count = await store.run(lambda db: db.execute("SELECT COUNT(*) FROM model_calls").fetchone()[0])
+    size_mb = path.stat().st_size / 2**20
+    print(f"filled {count:,} model_calls + {count // 5:,} turns in {fill_s:.1f} s "
+          f"({count / fill_s:,.0f} rows/s); file {size_mb:.0f} MiB")
+
+    trigger = cron_trigger("0 9 * * 1", TZ)
+    period = due_period(trigger, None, NOW)
+    assert period is not None
+    start, end = period
+    budgets = Budgets()
+
+    async def weekly_digest():  # type: ignore[no-untyped-def]
+        return await build_digest(store, start=start, end=end, tz=TZ, budgets=budgets,
+                                  previous_start=previous_fire(trigger, start))
+
+    async def whole_range_digest():  # type: ignore[no-untyped-def]
+        return await build_digest(store, start=NOW - timedelta(days=DAYS + 1), end=NOW, tz=TZ, budgets=budgets)
+
+    platform, chat_id = CHATS[3]
+    user_id = f"u{3 * USERS_PER_CHAT + 1}"
+
+    async def moa_cost():  # type: ignore[no-untyped-def]
+        chat = await cost_report(store, period="month", now=NOW, tz=TZ, platform=platform, chat_id=chat_id,
+                                 user_id=None)
+        caller = await cost_report(store, period="month", now=NOW, tz=TZ, platform=platform, chat_id=None,
+                                   user_id=user_id)
+        return chat, caller
+
+    async def moa_cost_all():  # type: ignore[no-untyped-def]
+        return await cost_report(store, period="month", now=NOW, tz=TZ, platform=None, chat_id=None,
+                                 user_id=None)
+
+    async def budget():  # type: ignore[no-untyped-def]
+        return await check_budget(store, budgets, None, platform, chat_id, user_id, NOW, TZ)
+
+    in_period = await store.run(lambda db: db.execute(
+        "SELECT COUNT(*) FROM model_calls WHERE created_at >= ? AND created_at < ?",
+        [to_iso(start), to_iso(end)]).fetchone()[0])
+    figures = [
+        (f"weekly digest ({in_period:,} rows in period)", weekly_digest),
+        ("/moa cost month (chat + caller)", moa_cost),
+        ("/moa cost month all", moa_cost_all),
+        ("budget check before a turn", budget),
+        (f"digest over all {count:,} rows (worst case)", whole_range_digest),
+    ]
+    results = {}
+    for label, fn in figures:
+        seconds, result = await median_of(args.runs, fn)
+        results[label] = result
+        verdict = "" if "budget" in label or "all" in label else ("  OK (< 1 s)" if seconds < 1 else "  OVER 1 s")
+        print(f"{label:48s} median {seconds * 1000:8.1f} ms{verdict}")
+
+    digest = results[figures[0][0]]
+    began = time.perf_counter()
+    png = await asyncio.to_thread(digest_chart_png, digest)  # type: ignore[arg-type]
+    print(f"{'digest chart PNG':48s}        {(time.perf_counter() - began) * 1000:8.1f} ms ({len(png):,} bytes)")
+    chat_report = results[figures[1][0]][0]  # type: ignore[index]
+    print(f"check: weekly digest ${digest.dollars:,.2f} over {digest.calls:,} calls, "  # type: ignore[attr-defined]
+          f"{digest.turns:,} turns; chat month ${chat_report.dollars:,.2f} over {chat_report.calls:,} calls")
+    print(f"peak RSS {rss_mb():.0f} MiB")
+    await store.close()
+    workdir.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,131 @@
+"""Engine benchmark: one MoA turn's wall time against its ideal critical path.
+
+Run:  python bench/bench_turns.py            (about a minute on 2 cores)
+The fake provider runs in a separate process; references answer after 300 ms, the aggregator
+after 200 ms (streamed), so the ideal critical path of a turn is 500 ms.
+
+Prints, for N references (1, 4, 16) and C concurrent turns (1, 50, 200) of 4 references:
+p50/p95 wall time, the ratio to the critical path, the overhead per turn in ms, and the same for a
+naive baseline (references asked one after another). Then peak RSS, and the CPU time of 1,000
+concurrent streamed requests through httpx's default transport vs the aiohttp transport we use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from moa_core.clock import SystemClock  # noqa: E402
+from moa_core.engine import MoaEngine  # noqa: E402
+from moa_core.providers.client import ProviderClient  # noqa: E402
+from moa_core.providers.http import make_http_client  # noqa: E402
+from moa_core.settings import EngineSettings, Preset, ProviderSettings, Slot  # noqa: E402
+from moa_core.values import Message  # noqa: E402
+
+REF_MS, AGG_MS = 300, 200
+CRITICAL_S = (REF_MS + AGG_MS) / 1000
+
+
+def start_fake() -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fake_provider_process.py"))],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    url = process.stdout.readline().strip()
+    return process, url
+
+
+def make_engine(url: str, refs: int, http: httpx.AsyncClient) -> MoaEngine:
+    provider = ProviderSettings("bench", "openai", url + "/v1", None, price_in_per_mtok=1, price_out_per_mtok=2,
+                                max_retries=0)
+    preset = Preset("bench", tuple(Slot("bench", f"ref{i}-{REF_MS}") for i in range(refs)),
+                    Slot("bench", f"agg-{AGG_MS}"), max_steps=1)
+    settings = EngineSettings({"bench": provider}, {"bench": preset}, max_concurrent_references=64)
+    clock = SystemClock()
+    return MoaEngine(settings, ProviderClient(http, env={}, clock=clock), tools={}, clock=clock)
+
+
+async def one_turn(engine: MoaEngine, i: int, sequential: bool = False) -> float:
+    started = time.perf_counter()
+    if sequential:
+        # Naive baseline: each reference alone, one after another, then the aggregator.
+        preset = engine.preset("bench")
+        for slot in preset.references:
+            solo = Preset("solo", (slot,), preset.aggregator, enabled=False, max_steps=1)
+            await engine._client.complete(  # noqa: SLF001 - a baseline, not product code
+                __import__("moa_core.providers.base", fromlist=["CompletionRequest"]).CompletionRequest(
+                    engine.settings.providers["bench"], slot.model, (Message("user", f"q{i}"),)))
+            del solo
+        await engine._client.complete(  # noqa: SLF001
+            __import__("moa_core.providers.base", fromlist=["CompletionRequest"]).CompletionRequest(
+                engine.settings.providers["bench"], preset.aggregator.model, (Message("user", f"q{i}"),),
+                stream=True))
+    else:
+        result = await engine.run_turn("bench", [Message("user", f"question {i}")], session=f"s{i}")
+        assert result.error is None, result.error
+    return time.perf_counter() - started
+
+
+async def measure(url: str, refs: int, concurrent: int, rounds: int, sequential: bool = False) -> list[float]:
+    http = make_http_client()
+    engine = make_engine(url, refs, http)
+    await one_turn(engine, -1)  # warm the connection pool
+    walls: list[float] = []
+    for r in range(rounds):
+        walls += await asyncio.gather(*(one_turn(engine, r * concurrent + i, sequential) for i in range(concurrent)))
+    await http.aclose()
+    return walls
+
+
+def row(label: str, walls: list[float]) -> str:
+    p50 = statistics.median(walls)
+    p95 = sorted(walls)[max(0, int(len(walls) * 0.95) - 1)]
+    return (f"{label:<34} p50 {p50 * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms  "
+            f"p50/critical {p50 / CRITICAL_S:5.3f}  overhead p50 {(p50 - CRITICAL_S) * 1000:6.1f} ms")
+
+
+async def transport_cpu(url: str, transport: str, n: int = 1000) -> tuple[float, float]:
+    client = make_http_client() if transport == "aiohttp" else httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=n), timeout=60)
+    body = {"model": "stream-1000", "messages": [{"role": "user", "content": "x"}], "stream": True}
+
+    async def stream_one() -> None:
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
+            async for _ in response.aiter_lines():
+                pass
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(stream_one() for _ in range(n)))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    await client.aclose()
+    return cpu, wall
+
+
+async def main() -> None:
+    process, url = start_fake()
+    try:
+        print(f"critical path: slowest reference {REF_MS} ms + aggregator {AGG_MS} ms = {CRITICAL_S * 1000:.0f} ms")
+        for refs in (1, 4, 16):
+            print(row(f"1 turn, {refs} references", await measure(url, refs, 1, 15)))
+        for concurrent, rounds in ((1, 15), (50, 3), (200, 2)):
+            print(row(f"{concurrent} concurrent turns, 4 refs", await measure(url, 4, concurrent, rounds)))
+        print(row("naive sequential, 1 turn, 4 refs", await measure(url, 4, 1, 3, sequential=True)))
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS of the benchmark process: {rss_mb:.0f} MB")
+        for transport in ("aiohttp", "httpx-default"):
+            cpu, wall = await transport_cpu(url, transport)
+            print(f"1,000 concurrent streams (1 s latency), {transport:<14} CPU {cpu:6.2f} s  wall {wall:6.2f} s")
+    finally:
+        process.stdin.close()
+        process.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,61 @@
+"""The spend chart: a PNG of dollars per day, stacked by model.
+
+Drawn with matplotlib's object API on an Agg canvas (no pyplot, no display, no global figure
+state), so it is safe to call from a worker thread. matplotlib is imported on first use: it is
+slow to import and most processes never draw.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from datetime import date
+
+MAX_SERIES = 8  # more models than this are folded into "other" to keep the legend readable
+
+
+def _fold_series(series: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    ranked = sorted(series.items(), key=lambda item: -sum(item[1]))
+    if len(ranked) <= MAX_SERIES:
+        return {name: list(values) for name, values in ranked}
+    kept = dict((name, list(values)) for name, values in ranked[: MAX_SERIES - 1])
+    rest = [sum(column) for column in zip(*(values for _, values in ranked[MAX_SERIES - 1 :]), strict=True)]
+    kept[f"other ({len(ranked) - MAX_SERIES + 1} models)"] = rest
+    return kept
+
+
+def spend_chart_png(days: Sequence[date], series: Mapping[str, Sequence[float]], title: str) -> bytes:
+    """Stacked bars of dollars per day, one colour per series (model); returns PNG bytes.
+
+    Every series has one value per day. With no days or no spend the chart says so.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    for name, values in series.items():
+        if len(values) != len(days):
+            raise ValueError(f"series {name!r} has {len(values)} values for {len(days)} days")
+
+    figure = Figure(figsize=(9, 4.8), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.set_title(title)
+    axes.set_ylabel("US dollars")
+    positions = list(range(len(days)))
+    folded = _fold_series(series)
+    if not days or not any(any(v for v in values) for values in folded.values()):
+        axes.text(0.5, 0.5, "No spend in this period", ha="center", va="center", transform=axes.transAxes)
+    else:
+        bottom = [0.0] * len(days)
+        for name, values in folded.items():
+            axes.bar(positions, values, bottom=bottom, label=name, width=0.8)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        axes.legend(loc="upper left", fontsize="small", frameon=False)
+        axes.set_ylim(0, max(bottom) * 1.25)
+    axes.set_xticks(positions, [d.strftime("%a %d %b") for d in days], rotation=45 if len(days) > 10 else 0,
+                    ha="right" if len(days) > 10 else "center", fontsize="small")
+    axes.yaxis.set_major_formatter("${x:,.2f}")
+    axes.grid(axis="y", alpha=0.3)
+    out = io.BytesIO()
+    figure.savefig(out, format="png")
+    return out.getvalue()

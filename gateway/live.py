@@ -1,0 +1,77 @@
+"""A message that is posted once and then edited in place, at most every `interval` seconds.
+
+Used for the progress line and the streamed answer: updates only set the latest value; a
+background flusher edits with whatever is latest, so a slow or rate-limited platform never stalls
+the engine and intermediate states are coalesced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from adapters.contract import Adapter, ChatRef, Outbound, Sent
+
+log = logging.getLogger(__name__)
+
+
+class LiveMessage:
+    def __init__(self, adapter: Adapter, chat: ChatRef, interval: float | None = None):
+        self._adapter = adapter
+        self._chat = chat
+        self._interval = adapter.limits.edit_interval_s if interval is None else interval
+        self._latest: Outbound | None = None
+        self._shown: Outbound | None = None
+        self._changed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.sent: Sent | None = None
+
+    def update(self, item: Outbound) -> None:
+        self._latest = item
+        self._changed.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._changed.wait()
+            self._changed.clear()
+            if self._stop.is_set():
+                return
+            await self._show()
+            try:
+                await asyncio.wait_for(self._stop.wait(), self._interval)
+            except TimeoutError:
+                pass
+
+    async def _show(self) -> None:
+        item = self._latest
+        if item is None or item == self._shown:
+            return
+        try:
+            if self.sent is None:
+                self.sent = await self._adapter.send(self._chat, item)
+            elif self._adapter.limits.supports_edit:
+                self.sent = await self._adapter.edit(self.sent, item)
+            self._shown = item
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A failed intermediate update is not fatal: the next one (or the final) retries.
+            log.warning("live update on %s failed", self._chat.platform, exc_info=True)
+
+    async def close(self, final: Outbound | None = None) -> Sent | None:
+        """Stop the flusher; show `final` (or the latest value) once more if it differs.
+
+        An update already being sent is awaited, never cancelled, so nothing is posted twice.
+        """
+        self._stop.set()
+        self._changed.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if final is not None:
+            self._latest = final
+        await self._show()
+        return self.sent

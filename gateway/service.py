@@ -1,0 +1,445 @@
+"""The gateway service: from an inbound message to a delivered answer.
+
+It de-duplicates events, applies triggers and access rules, parses commands, keeps one turn at a
+time per session (later messages queue in order), runs MoA turns through the engine, records
+every call, and delivers answers through the ledger so a completed answer reaches its chat
+exactly once, even across a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from adapters.contract import (
+    Adapter,
+    Answer,
+    ChatRef,
+    InboundMessage,
+    Notice,
+    Progress,
+    Sent,
+)
+from gateway.access import is_admin, is_allowed, is_trigger
+from gateway.commands import (
+    Ask,
+    Command,
+    Help,
+    ListPresets,
+    NewSession,
+    ResetDefault,
+    SendDigest,
+    SetDefault,
+    ShowBudget,
+    ShowCost,
+    ShowDefault,
+    help_text,
+    parse_moa,
+)
+from gateway.config import AccessRules, Config
+from gateway.history import trim_history
+from gateway.live import LiveMessage
+from gateway.presentation import answer_footer, reference_summary
+from gateway.storage import Delivery, Store
+from moa_core.clock import Clock
+from moa_core.engine import MoaEngine
+from moa_core.events import Event, ReferenceFinished, ReferencesDone, TextDelta, ToolCallStarted, TurnResult
+
+log = logging.getLogger(__name__)
+
+# Handlers for the cost commands, provided by gateway.costs wiring (see app.py); each returns
+# the text to show. They receive the gateway, the message and the parsed command.
+CommandHook = Callable[["Gateway", InboundMessage, Command], Awaitable[str]]
+BudgetHook = Callable[["Gateway", InboundMessage], Awaitable[str | None]]
+
+
+@dataclass(slots=True)
+class _Lane:
+    """The queue of one session: turns run one at a time, in arrival order."""
+
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    worker: asyncio.Task | None = None
+
+
+def session_key(message: InboundMessage) -> str:
+    return f"{message.platform}:{message.chat_id}:{message.thread_id or ''}"
+
+
+def chat_ref(message: InboundMessage) -> ChatRef:
+    return ChatRef(message.platform, message.chat_id, message.thread_id, message.message_id, message.reply_handle)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        engine: MoaEngine,
+        adapters: Mapping[str, Adapter],
+        clock: Clock,
+        *,
+        cost_commands: CommandHook | None = None,
+        budget_check: BudgetHook | None = None,
+    ):
+        self.config = config
+        self.store = store
+        self.engine = engine
+        self.adapters = dict(adapters)
+        self.clock = clock
+        self._cost_commands = cost_commands
+        self._budget_check = budget_check
+        self._lanes: dict[str, _Lane] = {}
+        self._turn_slots = asyncio.Semaphore(config.gateway.max_concurrent_turns)
+        self._accepting = True
+        self._running: set[asyncio.Task] = set()
+        self._backlog_noticed: set[tuple[str, str]] = set()
+        self._retry_task: asyncio.Task | None = None
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover from a previous run, then start every adapter."""
+        await self.recover()
+        for adapter in self.adapters.values():
+            await adapter.start(self.handle_inbound)
+        self._retry_task = asyncio.create_task(self._retry_deliveries_forever())
+
+    async def recover(self) -> None:
+        """Report turns cut by a crash, then deliver what the ledger still owes."""
+        for turn in await self.store.running_turns():
+            chat = ChatRef(turn.platform, turn.chat_id, turn.thread_id or None, turn.message_id or None)
+            await self.store.complete_turn(
+                turn.id, status="interrupted", answer=None, cost_usd=None, messages=(),
+                delivery=(chat, "notice", {"text": _interrupted_text(turn.prompt), "level": "warning"}),
+                error="interrupted by a restart",
+            )
+        await self.deliver_pending()
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """Stop intake, let running turns finish within the grace period, checkpoint the rest."""
+        self._accepting = False
+        grace = self.config.gateway.shutdown_grace_s if grace_s is None else grace_s
+        for adapter in self.adapters.values():
+            try:
+                await adapter.stop()
+            except Exception:
+                log.warning("stopping %s failed", adapter.platform, exc_info=True)
+        if self._retry_task:
+            self._retry_task.cancel()
+        workers = [lane.worker for lane in self._lanes.values() if lane.worker]
+        if workers:
+            done, pending = await asyncio.wait(workers, timeout=grace)
+            for task in pending:
+                task.cancel()  # _run_turn marks the turn interrupted and tells the chat
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+
+    async def idle(self) -> None:
+        """Wait until no turn is queued or running (tests, the terminal chat)."""
+        while True:
+            workers = [lane.worker for lane in self._lanes.values() if lane.worker and not lane.worker.done()]
+            if not workers:
+                return
+            await asyncio.wait(workers)
+
+    # ----- intake ----------------------------------------------------------------------------
+
+    def access(self, platform: str) -> AccessRules:
+        section = self.config.platforms.get(platform)
+        return section.access if section else AccessRules()
+
+    async def handle_inbound(self, message: InboundMessage) -> None:
+        """Entry point for adapters. Never raises: a bad message must not kill the process."""
+        try:
+            await self._handle(message)
+        except Exception:
+            log.exception("could not handle a %s message in chat %s", message.platform, message.chat_id)
+            try:
+                await self.notify(chat_ref(message), "Sorry, something went wrong handling that message.", "error")
+            except Exception:
+                log.warning("could not report the failure", exc_info=True)
+
+    async def _handle(self, message: InboundMessage) -> None:
+        if not self._accepting:
+            return
+        command = parse_moa(message.text)
+        if not is_trigger(message, command is not None):
+            return
+        if not await self.store.mark_seen(message.platform, message.event_id):
+            log.info("duplicate %s event %s ignored", message.platform, message.event_id)
+            return
+        rules = self.access(message.platform)
+        if not is_allowed(rules, message):
+            if await self.store.refusal_notice_due(
+                message.platform, message.chat_id, self.config.gateway.refusal_notice_interval_s
+            ):
+                await self.notify(chat_ref(message), "This chat is not allowed to use this bot. "
+                                  "Ask its operator to add it to allowed_chats.", "warning")
+            return
+        age = self.clock.now() - message.sent_at
+        if age > timedelta(seconds=self.config.gateway.backlog_max_age_s):
+            key = (message.platform, message.chat_id)
+            if key not in self._backlog_noticed:
+                self._backlog_noticed.add(key)
+                minutes = int(age.total_seconds() // 60)
+                await self.notify(chat_ref(message), f"I was offline; a message from {minutes} min ago was "
+                                  "not answered. Send it again if you still need an answer.", "warning")
+            return
+        if command is None:
+            text = message.text.strip()
+            if not text:
+                return
+            command = Ask(prompt=text)
+        await self._dispatch(message, command, rules)
+
+    async def _dispatch(self, message: InboundMessage, command: Command, rules: AccessRules) -> None:
+        chat = chat_ref(message)
+        admin = is_admin(rules, message)
+        presets = self.config.engine.presets
+        if isinstance(command, Ask):
+            if command.preset is not None and command.preset not in presets:
+                await self.notify(chat, f"Unknown preset '{command.preset}'. Presets: {', '.join(presets)}.", "error")
+                return
+            if len(command.prompt) > 100_000:
+                await self.notify(chat, "That prompt is too long (over 100,000 characters).", "error")
+                return
+            await self._enqueue(message, command)
+        elif isinstance(command, Help):
+            text = help_text(list(presets))
+            await self.notify(chat, f"{command.reason}\n\n{text}" if command.reason else text)
+        elif isinstance(command, ListPresets):
+            current = await self.channel_default(message.platform, message.chat_id)
+            lines = []
+            for name, preset in presets.items():
+                refs = ", ".join(s.label for s in preset.references) or "none"
+                mark = " ← default here" if name == current else ""
+                lines.append(f"• {name}: {refs} → {preset.aggregator.label}{mark}")
+            await self.notify(chat, "Presets:\n" + "\n".join(lines))
+        elif isinstance(command, ShowDefault):
+            current = await self.channel_default(message.platform, message.chat_id)
+            await self.notify(chat, f"Default preset here: {current}.")
+        elif isinstance(command, (SetDefault, ResetDefault)):
+            if not admin:
+                await self.notify(chat, "Only admins can change this chat's default preset.", "warning")
+                return
+            if isinstance(command, SetDefault):
+                if command.preset not in presets:
+                    await self.notify(chat, f"Unknown preset '{command.preset}'. Presets: {', '.join(presets)}.",
+                                      "error")
+                    return
+                await self.store.set_channel_preset(message.platform, message.chat_id, command.preset, message.user_id)
+                await self.notify(chat, f"Default preset here is now {command.preset}.")
+            else:
+                await self.store.set_channel_preset(message.platform, message.chat_id, None, message.user_id)
+                current = await self.channel_default(message.platform, message.chat_id)
+                await self.notify(chat, f"Default preset reset; it is now {current}.")
+        elif isinstance(command, NewSession):
+            await self.store.new_session(message.platform, message.chat_id, message.thread_id)
+            self.engine.forget_session(session_key(message))
+            await self.notify(chat, "Started a new conversation here.")
+        elif isinstance(command, (ShowCost, ShowBudget, SendDigest)):
+            needs_admin = isinstance(command, SendDigest) or (isinstance(command, ShowCost) and command.all_chats)
+            if needs_admin and not admin:
+                await self.notify(chat, "Only admins can do that.", "warning")
+                return
+            if self._cost_commands is None:
+                await self.notify(chat, "Cost reports are not available in this build.", "warning")
+                return
+            text = await self._cost_commands(self, message, command)
+            if text:
+                await self.notify(chat, text)
+
+    async def channel_default(self, platform: str, chat_id: str) -> str:
+        """`/moa default P` (stored) > [channels."platform:chat"] > gateway.default_preset."""
+        stored = await self.store.channel_preset(platform, chat_id)
+        if stored and stored in self.config.engine.presets:
+            return stored
+        configured = self.config.channels.get(f"{platform}:{chat_id}")
+        if configured and configured.preset:
+            return configured.preset
+        return self.config.gateway.default_preset
+
+    async def _enqueue(self, message: InboundMessage, ask: Ask) -> None:
+        key = session_key(message)
+        lane = self._lanes.setdefault(key, _Lane())
+        lane.queue.put_nowait((message, ask))
+        if lane.worker is None or lane.worker.done():
+            lane.worker = asyncio.create_task(self._drain(key, lane))
+
+    async def _drain(self, key: str, lane: _Lane) -> None:
+        try:
+            while not lane.queue.empty():
+                message, ask = lane.queue.get_nowait()
+                async with self._turn_slots:
+                    await self._run_turn(message, ask)
+        finally:
+            if lane.queue.empty() and self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    # ----- a turn ----------------------------------------------------------------------------
+
+    async def _run_turn(self, message: InboundMessage, ask: Ask) -> None:
+        chat = chat_ref(message)
+        adapter = self.adapters[message.platform]
+        preset_name = ask.preset or await self.channel_default(message.platform, message.chat_id)
+        if self._budget_check is not None:
+            refusal = await self._budget_check(self, message)
+            if refusal:
+                await self.notify(chat, refusal, "warning")
+                return
+        session_id = await self.store.active_session(message.platform, message.chat_id, message.thread_id)
+        turn_id = await self.store.start_turn(
+            session_id=session_id, platform=message.platform, chat_id=message.chat_id,
+            thread_id=message.thread_id, user_id=message.user_id, user_name=message.user_name,
+            event_id=message.event_id, message_id=message.message_id, preset=preset_name, prompt=ask.prompt,
+        )
+        preset = self.config.engine.presets[preset_name]
+        channel = self.config.channels.get(f"{message.platform}:{message.chat_id}")
+        summary_mode = (channel.summary if channel and channel.summary else None) or preset.summary
+        progress = LiveMessage(adapter, chat) if self.config.gateway.progress and preset.enabled and preset.references else None
+        stream = LiveMessage(adapter, chat)
+        state = {"summary_sent": False, "step": None, "text": "", "done": 0}
+
+        async def on_event(event: Event) -> None:
+            if isinstance(event, ReferenceFinished) and progress is not None:
+                state["done"] += 1
+                progress.update(Progress("references", state["done"], event.result.count, event.result.label))
+            elif isinstance(event, ReferencesDone):
+                if progress is not None:
+                    await progress.close(Progress("aggregating", len(event.results), len(event.results),
+                                                  preset.aggregator.label))
+                if not state["summary_sent"] and summary_mode != "off" and event.results:
+                    state["summary_sent"] = True
+                    await adapter.send(chat, reference_summary(preset_name, summary_mode, event.results))
+            elif isinstance(event, ToolCallStarted) and self.config.gateway.stream:
+                stream.update(Answer(f"{state['text']}\n\n_using {event.call.name}…_".strip(), final=False))
+            elif isinstance(event, TextDelta):
+                if state["step"] != event.step:
+                    state["step"], state["text"] = event.step, ""
+                state["text"] += event.text
+                if self.config.gateway.stream and preset.stream:
+                    stream.update(Answer(state["text"], final=False))
+
+        try:
+            history = await self.store.history(session_id)
+            conversation = trim_history(history, self.config.gateway.context_chars)
+            result = await self.engine.run_turn(preset_name, conversation, session=session_key(message),
+                                                on_event=on_event)
+        except asyncio.CancelledError:
+            await self._close_quietly(progress, stream)
+            await self.store.record_calls(turn_id, ())
+            delivery_id = await self.store.complete_turn(
+                turn_id, status="interrupted", answer=None, cost_usd=None, messages=(),
+                delivery=(chat, "notice", {"text": _interrupted_text(ask.prompt, "shutdown"), "level": "warning"}),
+                error="interrupted by shutdown",
+            )
+            await self._deliver_by_id(delivery_id)
+            raise
+        except Exception as error:
+            log.exception("turn %s failed", turn_id)
+            await self._close_quietly(progress, stream)
+            delivery_id = await self.store.complete_turn(
+                turn_id, status="failed", answer=None, cost_usd=None, messages=(),
+                delivery=(chat, "notice", {"text": f"Sorry, this turn failed: {error}", "level": "error"}),
+                error=str(error),
+            )
+            await self._deliver_by_id(delivery_id)
+            return
+        await self._close_quietly(progress)
+        await stream.close()
+        await self.store.record_calls(turn_id, result.calls)
+        await self._finish(turn_id, chat, result, stream.sent)
+
+    async def _finish(self, turn_id: int, chat: ChatRef, result: TurnResult, streamed: Sent | None) -> None:
+        """Record the answer in the ledger first, then deliver it."""
+        if result.error:
+            text = f"The aggregator {result.aggregator_label} failed: {result.error}"
+            payload = {"text": text, "level": "error", "message_ids": list(streamed.message_ids) if streamed else []}
+            delivery_id = await self.store.complete_turn(
+                turn_id, status="failed", answer=None, cost_usd=result.total_cost_usd,
+                messages=(), delivery=(chat, "notice", payload), error=result.error,
+            )
+        else:
+            payload = {
+                "text": result.answer or "(the model returned an empty answer)",
+                "footer": answer_footer(result) if self.config.gateway.footer else None,
+                "message_ids": list(streamed.message_ids) if streamed else [],
+            }
+            delivery_id = await self.store.complete_turn(
+                turn_id, status="done", answer=result.answer, cost_usd=result.total_cost_usd,
+                messages=result.new_messages, delivery=(chat, "answer", payload),
+            )
+        await self._deliver_by_id(delivery_id)
+
+    @staticmethod
+    async def _close_quietly(*lives: LiveMessage | None) -> None:
+        for live in lives:
+            if live is not None:
+                try:
+                    await live.close()
+                except Exception:
+                    log.warning("closing a live message failed", exc_info=True)
+
+    # ----- delivery --------------------------------------------------------------------------
+
+    async def notify(self, chat: ChatRef, text: str, level: str = "info") -> None:
+        adapter = self.adapters.get(chat.platform)
+        if adapter is None:
+            log.warning("no adapter for %s; notice dropped: %s", chat.platform, text)
+            return
+        await adapter.send(chat, Notice(text, level))  # type: ignore[arg-type]
+
+    async def _deliver_by_id(self, delivery_id: int | None) -> None:
+        if delivery_id is None:
+            return
+        for delivery in await self.store.pending_deliveries():
+            if delivery.id == delivery_id:
+                await self.deliver(delivery)
+                return
+
+    async def deliver_pending(self) -> None:
+        for delivery in await self.store.pending_deliveries():
+            await self.deliver(delivery)
+
+    async def deliver(self, delivery: Delivery) -> bool:
+        """Send one ledger entry. Edits of already-posted stream messages are idempotent, so an
+        entry left 'sending' by a crash is completed by editing them again."""
+        adapter = self.adapters.get(delivery.chat.platform)
+        if adapter is None:
+            return False
+        payload = delivery.payload
+        ids = tuple(payload.get("message_ids") or ())
+        if delivery.kind == "answer":
+            item = Answer(payload["text"], final=True, footer=payload.get("footer"))
+        else:
+            item = Notice(payload["text"], payload.get("level", "info"))
+        try:
+            await self.store.mark_delivery(delivery.id, "sending")
+            if ids and delivery.kind == "answer":
+                sent = await adapter.edit(Sent(delivery.chat, ids), item)
+            else:
+                sent = await adapter.send(delivery.chat, item)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("delivery %s to %s failed; will retry", delivery.id, delivery.chat.platform, exc_info=True)
+            await self.store.mark_delivery(delivery.id, "pending")
+            return False
+        await self.store.mark_delivery(delivery.id, "sent", sent.message_ids)
+        return True
+
+    async def _retry_deliveries_forever(self, every_s: float = 60.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.deliver_pending()
+            except Exception:
+                log.warning("retrying deliveries failed", exc_info=True)
+
+
+def _interrupted_text(prompt: str, why: str = "restart") -> str:
+    short = prompt if len(prompt) <= 80 else prompt[:77] + "…"
+    return f"Your question “{short}” was interrupted by a {why} before it was answered. Please ask again."

@@ -1,0 +1,64 @@
+"""The dependency direction moa_core <- gateway -> adapters, checked by parsing imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PLATFORM_SDKS = {"telegram", "discord", "slack_bolt", "slack_sdk"}
+STORAGE = {"sqlite3", "sqlite_utils"}
+
+
+def imported_modules(package: str, root: Path = ROOT) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for path in sorted((root / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        out[str(path.relative_to(root))] = names
+    return out
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+@pytest.mark.parametrize("package", ["moa_core", "gateway", "adapters"])
+def test_every_package_has_modules(package):
+    assert imported_modules(package), f"{package} has no modules"
+
+
+def test_moa_core_imports_no_gateway_adapters_or_platform_sdk():
+    for path, names in imported_modules("moa_core").items():
+        bad = {n for n in names if top(n) in {"gateway", "adapters", *PLATFORM_SDKS, *STORAGE}}
+        assert not bad, f"{path} imports {sorted(bad)}"
+
+
+def test_adapters_import_no_moa_core_gateway_or_storage():
+    for path, names in imported_modules("adapters").items():
+        bad = {n for n in names if top(n) in {"moa_core", "gateway", *STORAGE}}
+        assert not bad, f"{path} imports {sorted(bad)}"
+
+
+def test_each_adapter_uses_only_its_own_platform_sdk():
+    allowed = {"telegram": {"telegram"}, "discord": {"discord"}, "slack": {"slack_bolt", "slack_sdk"}}
+    for path, names in imported_modules("adapters").items():
+        sdks_used = {top(n) for n in names} & PLATFORM_SDKS
+        parts = Path(path).parts
+        folder = parts[1] if len(parts) > 2 else ""
+        assert sdks_used <= allowed.get(folder, set()), f"{path} imports {sorted(sdks_used)}"
+
+
+def test_the_checker_would_catch_a_violation(tmp_path):
+    # Guard against a test that cannot fail: a planted import is found.
+    (tmp_path / "moa_core").mkdir()
+    (tmp_path / "moa_core" / "bad.py").write_text("import telegram\nfrom gateway.storage import Store\n")
+    found = imported_modules("moa_core", tmp_path)
+    assert {"telegram", "gateway.storage"} <= found["moa_core/bad.py"]

@@ -257,7 +257,7 @@ class TelegramAdapter:
         streaming = isinstance(item, Answer) and not item.final
         ids = list(sent.message_ids)
         if ids and ids[0].startswith(_DRAFT_PREFIX):
-            if streaming and self._use_draft(chat):
+            if isinstance(item, Answer) and streaming and self._use_draft(chat):
                 if await self._draft(chat, int(ids[0].removeprefix(_DRAFT_PREFIX)), item):
                     return sent
             ids = []  # a draft vanishes by itself; what stays is a real message

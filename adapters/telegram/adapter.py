@@ -4,33 +4,22 @@ Inbound: long polling (default) or a webhook guarded by a secret token; every up
 `normalize_update` to the gateway's handler. Outbound: the contract's values rendered by
 `render` and sent with flood control per chat.
 
-Delivery rules (SPEC 4.6):
-- 429 `retry_after`: every send and edit to that chat waits until the time asked has passed.
-  Intermediate stream edits (non-final Answer, Progress) are skipped instead of queued: the next
-  edit carries newer text anyway. Sends and the final answer wait and go on.
-- A send that timed out is repeated only when it surely never reached Telegram (connect or pool
-  timeout, connection refused). A read/write timeout may mean it was delivered, so it is logged
-  and not repeated; that message's id is then missing from `Sent` (if a later edit of a stream
-  needs that part, it posts it then). Edits are idempotent, so a timed-out edit (including the
-  final one) is simply repeated: if the first try had landed, Telegram answers "not modified",
-  which is a no-op.
-- Telegram refusing the markup ("can't parse entities") makes that one message go out as plain
-  text.
+Delivery rules (SPEC 4.6) live in `flood.py`: 429 pauses the chat (intermediate stream edits are
+skipped, everything else waits), sends that may have been delivered are not repeated, edits are
+(a repeat that finds it done gets "not modified", a no-op), refused markup goes out as plain
+text. A send whose outcome is unknown is missing from the returned `Sent`; if a later edit of a
+stream needs that part, it posts it then: at worst one extra partial message, never a lost
+final answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
-import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
-from enum import Enum
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
 from telegram import (
     BotCommand,
     InputFile,
@@ -38,13 +27,9 @@ from telegram import (
     ReplyParameters,
     Update,
 )
-from telegram.constants import ParseMode
 from telegram.error import (
     BadRequest,
-    ChatMigrated,
     InvalidToken,
-    NetworkError,
-    RetryAfter,
     TelegramError,
 )
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
@@ -61,6 +46,7 @@ from adapters.contract import (
     ReferenceSummary,
     Sent,
 )
+from adapters.telegram.flood import ChatDelivery, Outcome
 from adapters.telegram.normalize import normalize_update
 from adapters.telegram.render import (
     MAX_CAPTION,
@@ -76,10 +62,6 @@ from adapters.text import shorten, utf16_len
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-_MAX_ATTEMPTS = 8
-_RETRY_MARGIN_S = 0.1
 _DRAFT_PREFIX = "draft:"
 _SHOWN_CAPACITY = 2048
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
@@ -96,11 +78,6 @@ _URL_LOGGERS = (
 )
 
 
-class _Outcome(Enum):
-    SKIPPED = "skipped"  # a droppable edit not made (flood control): the next one carries it
-    UNCERTAIN = "uncertain"  # a send that timed out and may or may not have been delivered
-
-
 class TelegramAdapter:
     """The `Adapter` for Telegram (see adapters.contract)."""
 
@@ -114,8 +91,7 @@ class TelegramAdapter:
         self._on_inbound: InboundHandler | None = None
         self._bot_id = 0
         self._bot_username = ""
-        self._paused_until: dict[str, float] = {}
-        self._migrated: dict[str, int] = {}
+        self._delivery = ChatDelivery()
         self._shown: OrderedDict[tuple[str, int], Part] = OrderedDict()
         self._draft_ids = itertools.count(1)
         self._drafts_ok = True
@@ -264,19 +240,19 @@ class TelegramAdapter:
         if streaming and self._settings.stream == "off":
             return Sent(chat, tuple(ids))
         droppable = streaming or isinstance(item, Progress)
-        if droppable and self._pause_left(chat.chat_id) > 0:
+        if droppable and self._delivery.pause_left(chat.chat_id) > 0:
             return Sent(chat, tuple(ids))
         parts = self._render(item)
         new_ids: list[str] = []
         for index, part in enumerate(parts):
             if index < len(ids):
                 result = await self._edit_part(chat, int(ids[index]), part, droppable=droppable)
-                if result is _Outcome.SKIPPED:
+                if result is Outcome.SKIPPED:
                     return Sent(chat, tuple(new_ids + ids[index:]))
                 if result is not None:
                     new_ids.append(str(result))
                 continue
-            if droppable and self._pause_left(chat.chat_id) > 0:
+            if droppable and self._delivery.pause_left(chat.chat_id) > 0:
                 return Sent(chat, tuple(new_ids))
             message_id = await self._send_part(chat, part, reply=index == 0)
             if message_id is not None:
@@ -325,17 +301,17 @@ class TelegramAdapter:
 
             return op
 
-        result = await self._with_markup_fallback(
+        result = await self._delivery.with_markup_fallback(
             chat.chat_id, part, make, droppable=False, idempotent=False, what="sendMessage"
         )
-        if isinstance(result, _Outcome):
+        if isinstance(result, Outcome):
             return None
         self._remember(chat.chat_id, result, part)
         return result
 
     async def _edit_part(
         self, chat: ChatRef, message_id: int, part: Part, *, droppable: bool
-    ) -> int | _Outcome | None:
+    ) -> int | Outcome | None:
         if self._shown.get((chat.chat_id, message_id)) == part:
             return message_id
         bot = self._bot()
@@ -354,7 +330,7 @@ class TelegramAdapter:
             return op
 
         try:
-            result = await self._with_markup_fallback(
+            result = await self._delivery.with_markup_fallback(
                 chat.chat_id, part, make, droppable=droppable, idempotent=True, what="editMessageText"
             )
         except BadRequest as error:
@@ -366,7 +342,7 @@ class TelegramAdapter:
                 log.warning("telegram: message %s is gone (%s); posting anew", message_id, error)
                 return await self._send_part(chat, part, reply=False)
             raise
-        if result is _Outcome.SKIPPED:
+        if result is Outcome.SKIPPED:
             return result
         self._remember(chat.chat_id, message_id, part)
         return message_id
@@ -391,7 +367,7 @@ class TelegramAdapter:
             return op
 
         try:
-            await self._with_markup_fallback(
+            await self._delivery.with_markup_fallback(
                 chat.chat_id, part, make, droppable=True, idempotent=True, what="sendMessageDraft"
             )
         except TelegramError as error:
@@ -430,134 +406,29 @@ class TelegramAdapter:
             )
             return message.message_id
 
-        result: int | _Outcome
+        result: int | Outcome
         if item.mime.lower() in _PHOTO_TYPES:
             try:
-                result = await self._call(
+                result = await self._delivery.call(
                     chat.chat_id, photo, droppable=False, idempotent=False, what="sendPhoto"
                 )
             except BadRequest as error:  # e.g. dimensions Telegram will not take as a photo
                 log.warning("telegram: photo refused (%s); sending it as a document", error)
-                result = await self._call(
+                result = await self._delivery.call(
                     chat.chat_id, document, droppable=False, idempotent=False, what="sendDocument"
                 )
         else:
-            result = await self._call(
+            result = await self._delivery.call(
                 chat.chat_id, document, droppable=False, idempotent=False, what="sendDocument"
             )
-        return Sent(chat, () if isinstance(result, _Outcome) else (str(result),))
+        return Sent(chat, () if isinstance(result, Outcome) else (str(result),))
 
     async def _delete(self, chat: ChatRef, message_id: int) -> None:
         bot = self._bot()
         try:
-            await bot.delete_message(chat_id=self._resolve(chat.chat_id), message_id=message_id)
+            await bot.delete_message(chat_id=self._delivery.resolve(chat.chat_id), message_id=message_id)
         except TelegramError as error:
             log.info("telegram: could not delete message %s: %s", message_id, error)
-
-    # -- flood control, timeouts, markup fallback -------------------------------------------
-
-    async def _with_markup_fallback(
-        self,
-        chat_key: str,
-        part: Part,
-        make: Callable[[str, str | None], Callable[[int | str], Awaitable[T]]],
-        *,
-        droppable: bool,
-        idempotent: bool,
-        what: str,
-    ) -> T | _Outcome:
-        if part.html is not None:
-            try:
-                return await self._call(
-                    chat_key,
-                    make(part.html, ParseMode.HTML),
-                    droppable=droppable,
-                    idempotent=idempotent,
-                    what=what,
-                )
-            except BadRequest as error:
-                if "can't parse entities" not in str(error).lower():
-                    raise
-                log.warning("telegram: %s: markup refused (%s); sending plain text", what, error)
-        return await self._call(
-            chat_key, make(part.plain, None), droppable=droppable, idempotent=idempotent, what=what
-        )
-
-    async def _call(
-        self,
-        chat_key: str,
-        op: Callable[[int | str], Awaitable[T]],
-        *,
-        droppable: bool,
-        idempotent: bool,
-        what: str,
-    ) -> T | _Outcome:
-        """Run one Bot API call for a chat under its flood control; see the module docstring."""
-        last_error: TelegramError | None = None
-        for attempt in range(_MAX_ATTEMPTS):
-            if droppable and self._pause_left(chat_key) > 0:
-                return _Outcome.SKIPPED
-            await self._wait_until_unpaused(chat_key)
-            try:
-                return await op(self._resolve(chat_key))
-            except RetryAfter as error:
-                seconds = _retry_after_seconds(error)
-                self._pause(chat_key, seconds)
-                log.warning(
-                    "telegram: flood control in chat %s on %s: waiting %.1f s", chat_key, what, seconds
-                )
-                if droppable:
-                    return _Outcome.SKIPPED
-                last_error = error
-            except ChatMigrated as error:
-                log.info("telegram: chat %s migrated to %s", chat_key, error.new_chat_id)
-                self._migrated[chat_key] = error.new_chat_id
-                last_error = error
-            except BadRequest:
-                raise
-            except NetworkError as error:  # including TimedOut
-                if not (idempotent or _surely_not_sent(error)):
-                    log.warning(
-                        "telegram: %s in chat %s failed after it may have reached Telegram (%s); "
-                        "not repeating it",
-                        what,
-                        chat_key,
-                        error,
-                    )
-                    return _Outcome.UNCERTAIN
-                if droppable:
-                    return _Outcome.SKIPPED
-                log.warning("telegram: %s in chat %s failed (%s); retrying", what, chat_key, error)
-                last_error = error
-                await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
-        assert last_error is not None
-        raise last_error
-
-    def _pause(self, chat_key: str, seconds: float) -> None:
-        until = asyncio.get_running_loop().time() + seconds + _RETRY_MARGIN_S
-        self._paused_until[chat_key] = max(until, self._paused_until.get(chat_key, 0.0))
-
-    def _pause_left(self, chat_key: str) -> float:
-        until = self._paused_until.get(chat_key)
-        if until is None:
-            return 0.0
-        left = until - asyncio.get_running_loop().time()
-        if left <= 0:
-            del self._paused_until[chat_key]
-            return 0.0
-        return left
-
-    async def _wait_until_unpaused(self, chat_key: str) -> None:
-        while (left := self._pause_left(chat_key)) > 0:
-            await asyncio.sleep(left)
-
-    def _resolve(self, chat_key: str) -> int | str:
-        if chat_key in self._migrated:
-            return self._migrated[chat_key]
-        try:
-            return int(chat_key)
-        except ValueError:
-            return chat_key  # "@channelusername"
 
     def _remember(self, chat_key: str, message_id: int, part: Part) -> None:
         self._shown[(chat_key, message_id)] = part
@@ -573,18 +444,6 @@ class TelegramAdapter:
 
 def _thread(chat: ChatRef) -> int | None:
     return int(chat.thread_id) if chat.thread_id else None
-
-
-def _retry_after_seconds(error: RetryAfter) -> float:
-    with warnings.catch_warnings():  # PTB 22 warns that the int will become a timedelta
-        warnings.simplefilter("ignore")
-        value = error.retry_after
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-def _surely_not_sent(error: NetworkError) -> bool:
-    """True when the request cannot have reached Telegram (so repeating it is safe)."""
-    return isinstance(error.__cause__, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 class _RedactSecrets(logging.Filter):

@@ -99,6 +99,65 @@ def _cmd_check_config(args: argparse.Namespace, config: Config, env: Mapping[str
     return EXIT_OK
 
 
+def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
+    import logging
+
+    from gateway.app import NOTHING_CONFIGURED, NothingToRun, build_adapters, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        adapters = build_adapters(config, env)
+    except NothingToRun as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if not adapters:
+        print("error: " + NOTHING_CONFIGURED.format(path=config.path), file=sys.stderr)
+        return EXIT_USAGE
+    problems = [p for preset in config.engine.presets.values() for p in missing_keys(config, preset, env)]
+    for problem in dict.fromkeys(problems):
+        print(f"warning: {problem}", file=sys.stderr)
+    asyncio.run(serve(config, adapters, env=env))
+    return EXIT_OK
+
+
+def _cmd_chat(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
+    return asyncio.run(chat(config, env))
+
+
+async def chat(config: Config, env: Mapping[str, str]) -> int:
+    """An interactive session through the same gateway and adapter contract as the platforms."""
+    from pathlib import Path
+
+    from adapters.terminal import TerminalAdapter
+
+    from gateway.app import build_app
+
+    problems = missing_keys(config, config.engine.presets[config.gateway.default_preset], env)
+    if problems:
+        print(f"error: {problems[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    terminal = TerminalAdapter(stdin=reader, files_dir=Path(config.gateway.files_dir))
+    app = await build_app(config, {"terminal": terminal}, env=env)
+    print("moa-gateway chat: type a question, or /moa help. Ctrl-D to quit.", file=sys.stderr)
+    try:
+        await app.gateway.start()
+        await terminal.wait_closed()
+        await app.gateway.idle()
+        await app.gateway.shutdown()
+    finally:
+        await app.close()
+    return EXIT_OK
+
+
+def _cmd_costs(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
+    from gateway import costs_wiring
+
+    return asyncio.run(costs_wiring.print_costs(config, since=args.since, by=args.by))
+
+
 def _cmd_ask(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
     return asyncio.run(ask(config, " ".join(args.prompt), preset=args.preset, as_json=args.json, env=env))
 

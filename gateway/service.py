@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from adapters.contract import (
@@ -70,6 +70,11 @@ def session_key(message: InboundMessage) -> str:
 
 def chat_ref(message: InboundMessage) -> ChatRef:
     return ChatRef(message.platform, message.chat_id, message.thread_id, message.message_id, message.reply_handle)
+
+
+def storable(chat: ChatRef) -> ChatRef:
+    """The ledger never stores reply handles: they can be credentials (Discord interaction tokens)."""
+    return replace(chat, reply_handle=None)
 
 
 class Gateway:
@@ -333,20 +338,20 @@ class Gateway:
             await self.store.record_calls(turn_id, ())
             delivery_id = await self.store.complete_turn(
                 turn_id, status="interrupted", answer=None, cost_usd=None, messages=(),
-                delivery=(chat, "notice", {"text": _interrupted_text(ask.prompt, "shutdown"), "level": "warning"}),
+                delivery=(storable(chat), "notice", {"text": _interrupted_text(ask.prompt, "shutdown"), "level": "warning"}),
                 error="interrupted by shutdown",
             )
-            await self._deliver_by_id(delivery_id)
+            await self._deliver_by_id(delivery_id, chat.reply_handle)
             raise
         except Exception as error:
             log.exception("turn %s failed", turn_id)
             await self._close_quietly(progress, stream)
             delivery_id = await self.store.complete_turn(
                 turn_id, status="failed", answer=None, cost_usd=None, messages=(),
-                delivery=(chat, "notice", {"text": f"Sorry, this turn failed: {error}", "level": "error"}),
+                delivery=(storable(chat), "notice", {"text": f"Sorry, this turn failed: {error}", "level": "error"}),
                 error=str(error),
             )
-            await self._deliver_by_id(delivery_id)
+            await self._deliver_by_id(delivery_id, chat.reply_handle)
             return
         await self._close_quietly(progress)
         await stream.close()
@@ -360,7 +365,7 @@ class Gateway:
             payload = {"text": text, "level": "error", "message_ids": list(streamed.message_ids) if streamed else []}
             delivery_id = await self.store.complete_turn(
                 turn_id, status="failed", answer=None, cost_usd=result.total_cost_usd,
-                messages=(), delivery=(chat, "notice", payload), error=result.error,
+                messages=(), delivery=(storable(chat), "notice", payload), error=result.error,
             )
         else:
             payload = {
@@ -370,9 +375,9 @@ class Gateway:
             }
             delivery_id = await self.store.complete_turn(
                 turn_id, status="done", answer=result.answer, cost_usd=result.total_cost_usd,
-                messages=result.new_messages, delivery=(chat, "answer", payload),
+                messages=result.new_messages, delivery=(storable(chat), "answer", payload),
             )
-        await self._deliver_by_id(delivery_id)
+        await self._deliver_by_id(delivery_id, chat.reply_handle)
 
     @staticmethod
     async def _close_quietly(*lives: LiveMessage | None) -> None:
@@ -392,12 +397,12 @@ class Gateway:
             return
         await adapter.send(chat, Notice(text, level))  # type: ignore[arg-type]
 
-    async def _deliver_by_id(self, delivery_id: int | None) -> None:
+    async def _deliver_by_id(self, delivery_id: int | None, reply_handle: str | None) -> None:
         if delivery_id is None:
             return
         for delivery in await self.store.pending_deliveries():
             if delivery.id == delivery_id:
-                await self.deliver(delivery)
+                await self.deliver(replace(delivery, chat=replace(delivery.chat, reply_handle=reply_handle)))
                 return
 
     async def deliver_pending(self) -> None:

@@ -1,0 +1,172 @@
+"""App wiring: adapters from config, the gateway, the digest scheduler, and signal handling.
+
+The only module that knows every part; `moa-gateway run` and `moa-gateway chat` go through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.contract import Adapter
+from gateway.config import Config, ConfigError, PlatformSection
+from gateway.runtime import EngineRuntime, build_engine
+from gateway.service import Gateway
+from gateway.storage import Store
+from moa_core.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+
+class NothingToRun(ConfigError):
+    """No platform is configured, or its secrets are missing."""
+
+
+def _secret(section: PlatformSection, key: str, env: Mapping[str, str], config: Config, *, required: bool) -> str | None:
+    name = section.options.get(key)
+    if name is None:
+        if required:
+            raise ConfigError(f"{config.path}: {section.platform}.{key}: is required (the NAME of the variable "
+                              "holding the secret)")
+        return None
+    value = env.get(name, "").strip()
+    if not value and required:
+        raise NothingToRun(f"environment variable {name} is not set ({section.platform}.{key} in {config.path})")
+    return value or None
+
+
+def _options(section: PlatformSection, keys: dict[str, str]) -> dict[str, Any]:
+    return {field_name: section.options[key] for key, field_name in keys.items() if key in section.options}
+
+
+def build_adapters(config: Config, env: Mapping[str, str]) -> dict[str, Adapter]:
+    """One adapter per configured (and not disabled) platform section."""
+    presets = tuple(config.engine.presets)
+    adapters: dict[str, Adapter] = {}
+    for name, section in config.platforms.items():
+        if section.options.get("enabled") is False:
+            continue
+        if name == "telegram":
+            from adapters.telegram.adapter import TelegramAdapter
+            from adapters.telegram.settings import TelegramSettings
+
+            settings = TelegramSettings(
+                token=_secret(section, "token_env", env, config, required=True),
+                webhook_secret=_secret(section, "webhook_secret_env", env, config, required=False),
+                **_options(section, {k: k for k in ("base_url", "base_file_url", "mode", "webhook_listen",
+                                                      "webhook_port", "webhook_path", "webhook_url", "stream",
+                                                      "edit_interval_s")}),
+            )
+            adapters[name] = TelegramAdapter(settings, presets=presets)
+        elif name == "discord":
+            from adapters.discord.adapter import DiscordAdapter
+            from adapters.discord.settings import DiscordSettings
+
+            settings = DiscordSettings(
+                token=_secret(section, "token_env", env, config, required=True),
+                **_options(section, {k: k for k in ("api_base", "gateway_url", "edit_interval_s",
+                                                      "sync_commands")}),
+            )
+            adapters[name] = DiscordAdapter(settings, presets=presets)
+        elif name == "slack":
+            from adapters.slack.adapter import SlackAdapter
+            from adapters.slack.settings import SlackSettings
+
+            app_token = _secret(section, "app_token_env", env, config, required=False)
+            signing = _secret(section, "signing_secret_env", env, config, required=False)
+            if not app_token and not signing:
+                raise NothingToRun(
+                    f"slack needs Socket Mode or HTTP mode: set app_token_env (and that variable) or "
+                    f"signing_secret_env (and that variable) in [slack] of {config.path}"
+                )
+            settings = SlackSettings(
+                bot_token=_secret(section, "bot_token_env", env, config, required=True),
+                app_token=app_token,
+                signing_secret=signing,
+                **_options(section, {k: k for k in ("base_url", "http_host", "http_port", "http_path",
+                                                      "edit_interval_s", "reply_in_thread")}),
+            )
+            adapters[name] = SlackAdapter(settings, presets=presets)
+    return adapters
+
+
+NOTHING_CONFIGURED = (
+    "no platform is configured. Add at least one of these sections to {path} and set its variables:\n"
+    "  [telegram] token_env = \"TELEGRAM_BOT_TOKEN\"   (then export TELEGRAM_BOT_TOKEN=...)\n"
+    "  [discord]  token_env = \"DISCORD_BOT_TOKEN\"    (then export DISCORD_BOT_TOKEN=...)\n"
+    "  [slack]    bot_token_env = \"SLACK_BOT_TOKEN\" and app_token_env = \"SLACK_APP_TOKEN\"\n"
+    "             (then export SLACK_BOT_TOKEN=... SLACK_APP_TOKEN=...)\n"
+    "Or try the bot in this terminal: moa-gateway chat --config {path}"
+)
+
+
+@dataclass(slots=True)
+class App:
+    gateway: Gateway
+    store: Store
+    runtime: EngineRuntime
+    extras: list[Any] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for extra in self.extras:
+            try:
+                stop = getattr(extra, "stop", None)
+                if stop:
+                    result = stop()
+                    if asyncio.iscoroutine(result):
+                        await result
+            except Exception:
+                log.warning("stopping %r failed", extra, exc_info=True)
+        await self.runtime.aclose()
+        await self.store.close()
+
+
+async def build_app(config: Config, adapters: Mapping[str, Adapter], *, env: Mapping[str, str],
+                    clock: Clock | None = None) -> App:
+    clock = clock or SystemClock()
+    store = await Store.open(config.gateway.database, clock)
+    runtime = build_engine(config, env=env, clock=clock)
+    hooks = cost_hooks(config)
+    gateway = Gateway(config, store, runtime.engine, adapters, clock, **hooks)
+    return App(gateway, store, runtime)
+
+
+def cost_hooks(config: Config) -> dict[str, Any]:
+    """The cost commands and budget check, when the costs module is present."""
+    try:
+        from gateway import costs_wiring
+    except ImportError:
+        return {}
+    return costs_wiring.hooks(config)
+
+
+async def serve(config: Config, adapters: Mapping[str, Adapter], *, env: Mapping[str, str],
+                stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop`), then shut down gracefully."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    app = await build_app(config, adapters, env=env)
+    try:
+        await app.gateway.start()
+        try:
+            from gateway import costs_wiring
+
+            app.extras.append(await costs_wiring.start_digest(config, app.gateway))
+        except ImportError:
+            pass
+        log.info("moa-gateway running: %s", ", ".join(adapters))
+        await stop.wait()
+        log.info("shutting down: no new turns; waiting up to %.0f s for running ones",
+                 config.gateway.shutdown_grace_s)
+        await app.gateway.shutdown()
+    finally:
+        await app.close()

@@ -6,8 +6,8 @@ Inbound: long polling (default) or a webhook guarded by a secret token; every up
 
 Delivery rules (SPEC 4.6) live in `flood.py`: 429 pauses the chat (intermediate stream edits are
 skipped, everything else waits), sends that may have been delivered are not repeated, edits are
-(a repeat that finds it done gets "not modified", a no-op), refused markup goes out as plain
-text. A send whose outcome is unknown is missing from the returned `Sent`; if a later edit of a
+repeated (a repeat that finds it done gets "not modified", a no-op), refused markup goes out as
+plain text. A send whose outcome is unknown is missing from the returned `Sent`; if a later edit of a
 stream needs that part, it posts it then: at worst one extra partial message, never a lost
 final answer.
 """

@@ -62,3 +62,10 @@ def test_the_checker_would_catch_a_violation(tmp_path):
     (tmp_path / "moa_core" / "bad.py").write_text("import telegram\nfrom gateway.storage import Store\n")
     found = imported_modules("moa_core", tmp_path)
     assert {"telegram", "gateway.storage"} <= found["moa_core/bad.py"]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    command = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest -q"
+    assert command in readme and command in ci.splitlines()

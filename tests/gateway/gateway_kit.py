@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from gateway.config import AccessRules, PlatformSection, parse_config
+from gateway.config import AccessRules, ChannelSettings, PlatformSection, parse_config
 from gateway.service import Gateway
 from gateway.storage import Store
 from moa_core.clock import SystemClock
@@ -31,7 +31,6 @@ def raw_config(fake: FakeProvider, db: Path, **gateway_overrides) -> dict:
             "deep": {"references": ["fake:deep-ref"], "aggregator": "fake:deep-agg"},
             "solo": {"references": ["fake:ref-a"], "aggregator": "fake:agg", "enabled": False},
         },
-        "channels": {'fakechat:configured': {"preset": "solo"}},
     }
 
 
@@ -40,7 +39,9 @@ async def make_gateway(fake: FakeProvider, http, tmp_path: Path, *, admins=("adm
     raw = raw or raw_config(fake, tmp_path / "gw.db")
     config = parse_config(raw, tmp_path / "test.toml")
     access = AccessRules(admins=frozenset(admins), allowed_chats=frozenset(allowed))
-    config = dataclasses.replace(config, platforms={"fakechat": PlatformSection("fakechat", access)})
+    # "fakechat" is the RecordingAdapter's platform, unknown to the config parser.
+    config = dataclasses.replace(config, platforms={"fakechat": PlatformSection("fakechat", access)},
+                                 channels={"fakechat:configured": ChannelSettings(preset="solo")})
     clock = SystemClock()
     store = await Store.open(config.gateway.database, clock)
     engine = MoaEngine(config.engine, ProviderClient(http, env=ENV, clock=clock),

@@ -50,7 +50,12 @@ from adapters.contract import (
     ReferenceSummary,
     Sent,
 )
-from adapters.slack.normalize import PLATFORM, inbound_from_command, inbound_from_event
+from adapters.slack.normalize import (
+    PLATFORM,
+    inbound_from_command,
+    inbound_from_event,
+    slack_text_to_plain,
+)
 from adapters.slack.render import (
     MESSAGE_CHARS,
     Payload,
@@ -122,6 +127,8 @@ class SlackAdapter:
     ) -> None:
         settings.validate()
         self.settings = settings
+        # Known preset names; Slack slash commands have no option autocomplete, so they are
+        # only kept for parity with the other adapters.
         self.presets = tuple(presets)
         # Per message: MESSAGE_CHARS of mrkdwn `text`; summaries use blocks (render.py).
         self.limits = PlatformLimits(
@@ -235,14 +242,15 @@ class SlackAdapter:
         thread_id: str | None = None
         channel = str(body.get("channel_id") or "")
         if self.settings.reply_in_thread and channel:
-            asked = shorten(" ".join(str(body.get("text") or "").split()), 280)
+            # The command's text arrives Slack-escaped: unescape, shorten, escape again.
+            asked = shorten(" ".join(slack_text_to_plain(str(body.get("text") or "")).split()), 280)
             text = f"<@{body.get('user_id')}> asked: /moa {escape(asked)}".rstrip()
             try:
                 resp = await self._call(
                     lambda: self.client.chat_postMessage(channel=channel, text=text), persistent=False
                 )
                 thread_id = str(resp["ts"])
-                self._last.remember(f"{channel}:{thread_id}", text)
+                self._last.remember(f"{channel}:{thread_id}", _fingerprint(Payload(text)))
             except (SlackApiError, TimeoutError) as exc:
                 log.warning("slack: could not post the root message for /moa in %s: %s", channel, exc)
         message = inbound_from_command(

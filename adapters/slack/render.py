@@ -191,11 +191,15 @@ def answer_chunks(md: str, *, limit: int = MESSAGE_CHARS, footer: str | None = N
         piece = pending.pop(0)
         text = markdown_to_mrkdwn(piece)
         size = utf16_len(text)
-        if size <= limit or utf16_len(piece) <= 1:
-            chunks.append(text if size <= limit else shorten(text, limit, measure=utf16_len))
+        if size <= limit:
+            chunks.append(text)
             continue
         # Escaping grew this piece past the limit: split its Markdown finer.
-        smaller = max(1, utf16_len(piece) * limit // size - 16)
+        piece_len = utf16_len(piece)
+        smaller = min(piece_len - 1, piece_len * limit // size - 16)
+        if smaller < 8:  # only with tiny limits and escape-heavy text
+            chunks.append(shorten(text, limit, measure=utf16_len))
+            continue
         pending[:0] = split_message(piece, smaller, measure=utf16_len)
     if footer:
         line = "_" + escape(footer.strip()) + "_"

@@ -99,7 +99,7 @@ async def test_slash_command_is_acked_at_once_then_summary_and_answer_in_its_thr
     inbox.turn = turn
     pushed = time.monotonic()
     envelope = await fake.push_command(
-        "what is  the answer", user_id="U1", channel_id="C1", trigger_id="trig-9"
+        "what is  the answer &lt;b&gt;", user_id="U1", channel_id="C1", trigger_id="trig-9"
     )
     ack = await fake.wait_for(lambda: fake.ack_for(envelope))
     assert ack.at - pushed < 3.0
@@ -107,10 +107,10 @@ async def test_slash_command_is_acked_at_once_then_summary_and_answer_in_its_thr
     release.set()
 
     message = inbox.messages[0]
-    assert message.text == "/moa what is  the answer" and message.is_command
+    assert message.text == "/moa what is  the answer <b>" and message.is_command
     assert message.event_id == "cmd:trig-9" and message.user_id == "U1" and message.chat_id == "C1"
     root = fake.message("C1", message.thread_id or "")
-    assert root["text"] == "<@U1> asked: /moa what is the answer"
+    assert root["text"] == "<@U1> asked: /moa what is the answer &lt;b&gt;"
 
     await fake.wait_for(lambda: any(m.get("edits") == 3 for m in fake.thread("C1", root["ts"])))
     turn_posts = fake.calls_to("chat.postMessage")[1:]  # after the adapter's own root message

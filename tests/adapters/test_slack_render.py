@@ -58,7 +58,7 @@ def test_long_answer_is_split_within_the_limit_with_footer_last() -> None:
     assert chunks[-1].endswith("_3 references · $0.01 · 12 s_")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("ab &<>*_~`[]()#-\n|é😀")), max_size=3000), st.integers(20, 600))
 def test_chunks_always_fit(md: str, limit: int) -> None:
     for chunk in answer_chunks(md, limit=limit):
@@ -97,3 +97,12 @@ def test_summary_never_exceeds_fifty_blocks() -> None:
 def test_short_lines() -> None:
     assert progress_text(Progress("references", 2, 3)) == ":hourglass_flowing_sand: _References 2/3_"
     assert notice_chunks(Notice("Only admins <here>", "error")) == [":x: Only admins &lt;here&gt;"]
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab &<>*_~`[]()#-\n|>")), max_size=400))
+def test_mrkdwn_fences_pair_up_and_nothing_is_left_unescaped(md: str) -> None:
+    out = markdown_to_mrkdwn(md)
+    assert sum(1 for line in out.split("\n") if line == "```") % 2 == 0
+    # Every '<' left is one of ours: a link we built.
+    assert "<" not in out.replace("<http", "").replace("<mailto", "")

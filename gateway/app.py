@@ -14,6 +14,8 @@ from typing import Any
 
 from adapters.contract import Adapter
 from gateway.config import Config, ConfigError, PlatformSection
+from gateway.cost_commands import CostCommands
+from gateway.digest_delivery import start_digest
 from gateway.runtime import EngineRuntime, build_engine
 from gateway.service import Gateway
 from gateway.storage import Store
@@ -136,12 +138,9 @@ async def build_app(config: Config, adapters: Mapping[str, Adapter], *, env: Map
 
 
 def cost_hooks(config: Config) -> dict[str, Any]:
-    """The cost commands and budget check, when the costs module is present."""
-    try:
-        from gateway import costs_wiring
-    except ImportError:
-        return {}
-    return costs_wiring.hooks(config)
+    """`/moa cost|budget|digest` and the budget check before every turn."""
+    commands = CostCommands(config)
+    return {"cost_commands": commands, "budget_check": commands.budget_check}
 
 
 async def serve(config: Config, adapters: Mapping[str, Adapter], *, env: Mapping[str, str],
@@ -157,12 +156,8 @@ async def serve(config: Config, adapters: Mapping[str, Adapter], *, env: Mapping
     app = await build_app(config, adapters, env=env)
     try:
         await app.gateway.start()
-        try:
-            from gateway import costs_wiring
-
-            app.extras.append(await costs_wiring.start_digest(config, app.gateway))
-        except ImportError:
-            pass
+        if config.digest is not None:
+            app.extras.append(await start_digest(config, app.gateway))
         log.info("moa-gateway running: %s", ", ".join(adapters))
         await stop.wait()
         log.info("shutting down: no new turns; waiting up to %.0f s for running ones",

@@ -27,7 +27,7 @@ from moa_core.events import (
     ToolCallStarted,
     TurnResult,
 )
-from moa_core.values import Message
+from moa_core.values import Message, sum_dollars
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -153,9 +153,9 @@ async def chat(config: Config, env: Mapping[str, str]) -> int:
 
 
 def _cmd_costs(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
-    from gateway import costs_wiring
+    from gateway.digest_delivery import print_costs
 
-    return asyncio.run(costs_wiring.print_costs(config, since=args.since, by=args.by))
+    return asyncio.run(print_costs(config, since=args.since, by=args.by))
 
 
 def _cmd_ask(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
@@ -260,7 +260,7 @@ async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool,
     if not (printer and printer.streamed):
         print(result.answer, file=out)
     print(f"\n\n— {answer_footer(result)}", file=out)
-    refs = format_dollars(sum(c.cost.usd or 0 for c in result.calls if c.role == "reference") or None)
+    refs = format_dollars(sum_dollars([c.cost for c in result.calls if c.role == "reference"]))
     print(f"  references {refs} · aggregator {format_dollars(result.aggregator_cost.usd)}", file=out)
     return EXIT_OK
 

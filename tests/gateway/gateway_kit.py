@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from gateway.config import AccessRules, ChannelSettings, PlatformSection, parse_config
+from gateway.app import cost_hooks
 from gateway.service import Gateway
 from gateway.storage import Store
 from moa_core.clock import SystemClock
@@ -35,9 +36,12 @@ def raw_config(fake: FakeProvider, db: Path, **gateway_overrides) -> dict:
 
 
 async def make_gateway(fake: FakeProvider, http, tmp_path: Path, *, admins=("admin",), allowed=("c1", "c2", "configured"),
-                       raw: dict | None = None, adapter: RecordingAdapter | None = None) -> tuple[Gateway, RecordingAdapter]:
+                       raw: dict | None = None, adapter: RecordingAdapter | None = None,
+                       **config_changes) -> tuple[Gateway, RecordingAdapter]:
     raw = raw or raw_config(fake, tmp_path / "gw.db")
     config = parse_config(raw, tmp_path / "test.toml")
+    if config_changes:
+        config = dataclasses.replace(config, **config_changes)
     access = AccessRules(admins=frozenset(admins), allowed_chats=frozenset(allowed))
     # "fakechat" is the RecordingAdapter's platform, unknown to the config parser.
     config = dataclasses.replace(config, platforms={"fakechat": PlatformSection("fakechat", access)},
@@ -47,6 +51,6 @@ async def make_gateway(fake: FakeProvider, http, tmp_path: Path, *, admins=("adm
     engine = MoaEngine(config.engine, ProviderClient(http, env=ENV, clock=clock),
                        tools=builtin_tools(config.engine.tool_limits, http, clock), clock=clock)
     adapter = adapter or RecordingAdapter()
-    gateway = Gateway(config, store, engine, {adapter.platform: adapter}, clock)
+    gateway = Gateway(config, store, engine, {adapter.platform: adapter}, clock, **cost_hooks(config))
     await gateway.start()
     return gateway, adapter

@@ -336,22 +336,18 @@ class Gateway:
         except asyncio.CancelledError:
             await self._close_quietly(progress, stream)
             await self.store.record_calls(turn_id, ())
-            delivery_id = await self.store.complete_turn(
-                turn_id, status="interrupted", answer=None, cost_usd=None, messages=(),
-                delivery=(storable(chat), "notice", {"text": _interrupted_text(ask.prompt, "shutdown"), "level": "warning"}),
-                error="interrupted by shutdown",
+            await self._record_and_deliver(
+                turn_id, chat, "notice", {"text": _interrupted_text(ask.prompt, "shutdown"), "level": "warning"},
+                status="interrupted", answer=None, cost_usd=None, messages=(), error="interrupted by shutdown",
             )
-            await self._deliver_by_id(delivery_id, chat.reply_handle)
             raise
         except Exception as error:
             log.exception("turn %s failed", turn_id)
             await self._close_quietly(progress, stream)
-            delivery_id = await self.store.complete_turn(
-                turn_id, status="failed", answer=None, cost_usd=None, messages=(),
-                delivery=(storable(chat), "notice", {"text": f"Sorry, this turn failed: {error}", "level": "error"}),
-                error=str(error),
+            await self._record_and_deliver(
+                turn_id, chat, "notice", {"text": f"Sorry, this turn failed: {error}", "level": "error"},
+                status="failed", answer=None, cost_usd=None, messages=(), error=str(error),
             )
-            await self._deliver_by_id(delivery_id, chat.reply_handle)
             return
         await self._close_quietly(progress)
         await stream.close()
@@ -363,21 +359,16 @@ class Gateway:
         if result.error:
             text = f"The aggregator {result.aggregator_label} failed: {result.error}"
             payload = {"text": text, "level": "error", "message_ids": list(streamed.message_ids) if streamed else []}
-            delivery_id = await self.store.complete_turn(
-                turn_id, status="failed", answer=None, cost_usd=result.total_cost_usd,
-                messages=(), delivery=(storable(chat), "notice", payload), error=result.error,
-            )
+            await self._record_and_deliver(turn_id, chat, "notice", payload, status="failed", answer=None,
+                                           cost_usd=result.total_cost_usd, messages=(), error=result.error)
         else:
             payload = {
                 "text": result.answer or "(the model returned an empty answer)",
                 "footer": answer_footer(result) if self.config.gateway.footer else None,
                 "message_ids": list(streamed.message_ids) if streamed else [],
             }
-            delivery_id = await self.store.complete_turn(
-                turn_id, status="done", answer=result.answer, cost_usd=result.total_cost_usd,
-                messages=result.new_messages, delivery=(storable(chat), "answer", payload),
-            )
-        await self._deliver_by_id(delivery_id, chat.reply_handle)
+            await self._record_and_deliver(turn_id, chat, "answer", payload, status="done", answer=result.answer,
+                                           cost_usd=result.total_cost_usd, messages=result.new_messages)
 
     @staticmethod
     async def _close_quietly(*lives: LiveMessage | None) -> None:
@@ -397,13 +388,13 @@ class Gateway:
             return
         await adapter.send(chat, Notice(text, level))  # type: ignore[arg-type]
 
-    async def _deliver_by_id(self, delivery_id: int | None, reply_handle: str | None) -> None:
-        if delivery_id is None:
-            return
-        for delivery in await self.store.pending_deliveries():
-            if delivery.id == delivery_id:
-                await self.deliver(replace(delivery, chat=replace(delivery.chat, reply_handle=reply_handle)))
-                return
+    async def _record_and_deliver(self, turn_id: int, chat: ChatRef, kind: str, payload: dict, **turn) -> None:
+        """Complete the turn with its ledger row in one transaction, then deliver that row.
+
+        The stored row never holds the reply handle; this in-process delivery still uses it."""
+        delivery_id = await self.store.complete_turn(turn_id, delivery=(storable(chat), kind, payload), **turn)
+        if delivery_id is not None:
+            await self.deliver(Delivery(delivery_id, turn_id, chat, kind, payload, "pending"))
 
     async def deliver_pending(self) -> None:
         for delivery in await self.store.pending_deliveries():

@@ -1,0 +1,146 @@
+"""Gateway benchmark: storage throughput and the time the gateway adds to a turn.
+
+Run:  python bench/bench_gateway.py
+1. Stored turns per second: start_turn + 5 model-call rows + complete_turn (answer, messages and a
+   ledger row) + mark_delivery, through the single writer thread, on a real SQLite file.
+2. 200 sessions active at once: each sends `/moa ...` through the real Gateway (RecordingAdapter
+   platform, lean fake provider in another process, 4 references). The gateway's added time of a
+   turn = time from inbound to the final answer delivered minus the engine's own run_turn time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters.contract import Answer, ChatRef  # noqa: E402
+from bench.bench_turns import start_fake  # noqa: E402
+from gateway.config import AccessRules, PlatformSection, parse_config  # noqa: E402
+from gateway.service import Gateway  # noqa: E402
+from gateway.storage import Store  # noqa: E402
+from moa_core.clock import SystemClock  # noqa: E402
+from moa_core.engine import MoaEngine  # noqa: E402
+from moa_core.providers.client import ProviderClient  # noqa: E402
+from moa_core.providers.http import make_http_client  # noqa: E402
+from moa_core.values import CallRecord, Cost, Message, Usage  # noqa: E402
+from tests.fakes.recording_adapter import RecordingAdapter  # noqa: E402
+
+CALLS = [CallRecord("reference" if i < 4 else "aggregator", 1, i % 4, "p", f"m{i}", "ok", 300,
+                    Usage(100, 0, 0, 50), Cost(0.001, "price_table")) for i in range(5)]
+
+
+class TimedAdapter(RecordingAdapter):
+    """Notes when each chat's final answer is delivered."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.answered: dict[str, float] = {}
+
+    def _note(self, chat: ChatRef, item) -> None:
+        if isinstance(item, Answer) and item.final:
+            self.answered[chat.chat_id] = time.perf_counter()
+
+    async def send(self, chat, item):
+        sent = await super().send(chat, item)
+        self._note(chat, item)
+        return sent
+
+    async def edit(self, sent, item):
+        result = await super().edit(sent, item)
+        self._note(sent.chat, item)
+        return result
+
+
+async def stored_turn(store: Store, n: int) -> None:
+    session = await store.active_session("bench", f"c{n % 50}", None)
+    turn = await store.start_turn(session_id=session, platform="bench", chat_id=f"c{n % 50}", thread_id=None,
+                                  user_id="u", user_name="u", event_id=f"e{n}", message_id=f"m{n}",
+                                  preset="p", prompt="question")
+    await store.record_calls(turn, CALLS)
+    delivery = await store.complete_turn(turn, status="done", answer="answer", cost_usd=0.005,
+                                         messages=[Message("assistant", "answer")],
+                                         delivery=(ChatRef("bench", f"c{n % 50}"), "answer", {"text": "answer"}))
+    await store.mark_delivery(delivery, "sent", ["1"])
+
+
+async def bench_storage(directory: Path) -> None:
+    store = await Store.open(directory / "bench.db", SystemClock())
+    for concurrency, total in ((1, 1000), (50, 3000)):
+        started = time.perf_counter()
+        for batch in range(0, total, concurrency):
+            await asyncio.gather(*(stored_turn(store, batch + i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        print(f"stored turns (5 call rows each), {concurrency:>2} at a time: {total / elapsed:8.0f} turns/s")
+    await store.close()
+
+
+async def bench_sessions(directory: Path, url: str, sessions: int = 200) -> None:
+    raw = {
+        "gateway": {"database": str(directory / "gw.db"), "default_preset": "p", "progress": True},
+        "providers": {"lean": {"api": "openai", "base_url": url + "/v1", "max_retries": 0,
+                               "price_in_per_mtok": 1, "price_out_per_mtok": 2}},
+        "presets": {"p": {"references": [f"lean:ref{i}-300" for i in range(4)], "aggregator": "lean:agg-200"}},
+    }
+    config = parse_config(raw, directory / "bench.toml")
+    config = dataclasses.replace(config, platforms={"fakechat": PlatformSection("fakechat", AccessRules(allow_all=True))},
+                                 gateway=dataclasses.replace(config.gateway, max_concurrent_turns=sessions))
+    clock = SystemClock()
+    http = make_http_client()
+    store = await Store.open(config.gateway.database, clock)
+    engine = MoaEngine(config.engine, ProviderClient(http, env={}, clock=clock), tools={}, clock=clock)
+    engine_time: dict[str, float] = {}
+    run_turn = engine.run_turn
+
+    async def timed_run_turn(*args, session: str, **kwargs):
+        started = time.perf_counter()
+        try:
+            return await run_turn(*args, session=session, **kwargs)
+        finally:
+            engine_time[session] = time.perf_counter() - started
+
+    engine.run_turn = timed_run_turn  # type: ignore[method-assign]
+    adapter = TimedAdapter(edit_interval_s=0.25)
+    gateway = Gateway(config, store, engine, {adapter.platform: adapter}, clock)
+    await gateway.start()
+    for round_ in range(2):  # round 0 warms connections
+        engine_time.clear()
+        messages = [adapter.message(f"/moa question {round_}-{i}", chat=f"chat{i}") for i in range(sessions)]
+        adapter.answered.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(adapter.push(m) for m in messages))
+        await gateway.idle()
+        wall = time.perf_counter() - started
+    # Every message was pushed at `started` (pushing only enqueues); a turn's wall time runs to
+    # its final answer being delivered.
+    added = sorted(adapter.answered[f"chat{i}"] - started - engine_time[f"fakechat:chat{i}:"]
+                   for i in range(sessions))
+    p50 = statistics.median(added)
+    p95 = added[int(len(added) * 0.95) - 1]
+    print(f"{sessions} sessions at once: all answered in {wall:.2f} s; gateway-added time per turn "
+          f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms (engine p50 "
+          f"{statistics.median(engine_time.values()) * 1000:.0f} ms)")
+    await gateway.shutdown(grace_s=1)
+    await store.close()
+    await http.aclose()
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        await bench_storage(Path(tmp))
+        process, url = start_fake()
+        try:
+            await bench_sessions(Path(tmp), url)
+        finally:
+            process.stdin.close()
+            process.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

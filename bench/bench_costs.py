@@ -67,8 +67,20 @@ class Budgets:
     per_chat_usd_month: float | None = 100.0
 
 
-def fill(db, rows: int, seed: int = 7) -> None:  # type: ignore[no-untyped-def]
-    """Insert sessions, turns and `rows` model calls (in the DB thread)."""
+TURN_SQL = (
+    "INSERT INTO turns (id, session_id, platform, chat_id, thread_id, user_id, user_name, event_id, message_id, "
+    "preset, prompt, status, started_at, finished_at) VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+CALL_SQL = (
+    "INSERT INTO model_calls (turn_id, role, step, idx, provider, model, status, latency_ms, input, cache_read, "
+    "cache_write, output, reasoning, usage_source, cost_usd, cost_source, created_at, platform, chat_id, user_id, "
+    "preset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def fill(db, rows: int, seed: int = 7, batch: int = 20_000) -> None:  # type: ignore[no-untyped-def]
+    """Insert sessions, turns and `rows` model calls (in the DB thread), in batches so that the
+    benchmark's own memory stays small."""
     rng = random.Random(seed)
     turns = rows // 5
     first = NOW - timedelta(days=DAYS)
@@ -79,41 +91,31 @@ def fill(db, rows: int, seed: int = 7) -> None:  # type: ignore[no-untyped-def]
             "INSERT INTO sessions (id, platform, chat_id, thread_id, started_at) VALUES (?, ?, ?, '', ?)",
             [(n + 1, p, c, to_iso(first)) for n, (p, c) in enumerate(CHATS)],
         )
-        turn_rows, call_rows = [], []
-        for t in range(1, turns + 1):
-            chat = rng.randrange(len(CHATS))
-            platform, chat_id = CHATS[chat]
-            user_id = f"u{chat * USERS_PER_CHAT + rng.randrange(USERS_PER_CHAT)}"
-            preset = PRESETS[rng.randrange(3)]
-            at = first + timedelta(seconds=t * step)
-            started = to_iso(at)
-            finished = to_iso(at + timedelta(seconds=20))
-            turn_rows.append((t, chat + 1, platform, chat_id, user_id, f"name-{user_id}", str(t), str(t), preset,
-                              "q", "failed" if rng.random() < 0.01 else "done", started, finished))
-            refs = rng.sample(REFERENCE_MODELS, 4)
-            for idx, (provider, model) in enumerate([*refs, AGGREGATORS[rng.randrange(2)]]):
-                role = "reference" if idx < 4 else "aggregator"
-                roll = rng.random()
-                status = "failed" if role == "reference" and roll < 0.03 else (
-                    "timeout" if role == "reference" and roll < 0.05 else "ok")
-                cost = None if rng.random() < 0.03 else rng.uniform(0.0001, 0.02)
-                call_rows.append((t, role, 0, idx if role == "reference" else 0, provider, model, status, 900,
-                                  rng.randrange(2000), rng.randrange(500), 0, rng.randrange(800), 0,
-                                  "reported", cost, "price_table" if cost is not None else "unknown",
-                                  finished, platform, chat_id, user_id, preset))
-        conn.executemany(
-            "INSERT INTO turns (id, session_id, platform, chat_id, thread_id, user_id, user_name, event_id, "
-            "message_id, preset, prompt, status, started_at, finished_at) "
-            "VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            turn_rows,
-        )
-        conn.executemany(
-            "INSERT INTO model_calls (turn_id, role, step, idx, provider, model, status, latency_ms, input, "
-            "cache_read, cache_write, output, reasoning, usage_source, cost_usd, cost_source, created_at, "
-            "platform, chat_id, user_id, preset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?)",
-            call_rows,
-        )
+        for low in range(1, turns + 1, batch):
+            turn_rows, call_rows = [], []
+            for t in range(low, min(low + batch, turns + 1)):
+                chat = rng.randrange(len(CHATS))
+                platform, chat_id = CHATS[chat]
+                user_id = f"u{chat * USERS_PER_CHAT + rng.randrange(USERS_PER_CHAT)}"
+                preset = PRESETS[rng.randrange(3)]
+                at = first + timedelta(seconds=t * step)
+                started = to_iso(at)
+                finished = to_iso(at + timedelta(seconds=20))
+                turn_rows.append((t, chat + 1, platform, chat_id, user_id, f"name-{user_id}", str(t), str(t),
+                                  preset, "q", "failed" if rng.random() < 0.01 else "done", started, finished))
+                refs = rng.sample(REFERENCE_MODELS, 4)
+                for idx, (provider, model) in enumerate([*refs, AGGREGATORS[rng.randrange(2)]]):
+                    role = "reference" if idx < 4 else "aggregator"
+                    roll = rng.random()
+                    status = "failed" if role == "reference" and roll < 0.03 else (
+                        "timeout" if role == "reference" and roll < 0.05 else "ok")
+                    cost = None if rng.random() < 0.03 else rng.uniform(0.0001, 0.02)
+                    call_rows.append((t, role, 0, idx if role == "reference" else 0, provider, model, status,
+                                      900, rng.randrange(2000), rng.randrange(500), 0, rng.randrange(800), 0,
+                                      "reported", cost, "price_table" if cost is not None else "unknown",
+                                      finished, platform, chat_id, user_id, preset))
+            conn.executemany(TURN_SQL, turn_rows)
+            conn.executemany(CALL_SQL, call_rows)
     db.execute("ANALYZE")
 
 
@@ -142,10 +144,12 @@ async def main() -> None:
     if path.exists():
         raise SystemExit(f"{path} exists; give a new path")
     store = await Store.open(path, FixedClock())
+    print(f"RSS before filling {rss_mb():.0f} MiB")
     began = time.perf_counter()
     await store.run(lambda db: fill(db, args.rows))
     fill_s = time.perf_counter() - began
     count = await store.run(lambda db: db.execute("SELECT COUNT(*) FROM model_calls").fetchone()[0])
+    rss_after_fill = rss_mb()
     size_mb = path.stat().st_size / 2**20
     print(f"filled {count:,} model_calls + {count // 5:,} turns in {fill_s:.1f} s "
           f"({count / fill_s:,.0f} rows/s); file {size_mb:.0f} MiB")
@@ -204,7 +208,7 @@ async def main() -> None:
     chat_report = results[figures[1][0]][0]  # type: ignore[index]
     print(f"check: weekly digest ${digest.dollars:,.2f} over {digest.calls:,} calls, "  # type: ignore[attr-defined]
           f"{digest.turns:,} turns; chat month ${chat_report.dollars:,.2f} over {chat_report.calls:,} calls")
-    print(f"peak RSS {rss_mb():.0f} MiB")
+    print(f"peak RSS {rss_mb():.0f} MiB (after filling: {rss_after_fill:.0f} MiB)")
     await store.close()
     workdir.cleanup()
 

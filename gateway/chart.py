@@ -36,7 +36,7 @@ def spend_chart_png(days: Sequence[date], series: Mapping[str, Sequence[float]],
         if len(values) != len(days):
             raise ValueError(f"series {name!r} has {len(values)} values for {len(days)} days")
 
-    figure = Figure(figsize=(9, 4.8), dpi=100, layout="constrained")
+    figure = Figure(figsize=(10, 4.8), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     axes.set_title(title)
@@ -50,10 +50,11 @@ def spend_chart_png(days: Sequence[date], series: Mapping[str, Sequence[float]],
         for name, values in folded.items():
             axes.bar(positions, values, bottom=bottom, label=name, width=0.8)
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-        axes.legend(loc="upper left", fontsize="small", frameon=False)
-        axes.set_ylim(0, max(bottom) * 1.25)
-    axes.set_xticks(positions, [d.strftime("%a %d %b") for d in days], rotation=45 if len(days) > 10 else 0,
-                    ha="right" if len(days) > 10 else "center", fontsize="small")
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+        axes.set_ylim(0, max(bottom) * 1.1)
+    crowded = len(days) > 6
+    axes.set_xticks(positions, [d.strftime("%a %d %b") for d in days], rotation=30 if crowded else 0,
+                    ha="right" if crowded else "center", fontsize="small")
     axes.yaxis.set_major_formatter("${x:,.2f}")
     axes.grid(axis="y", alpha=0.3)
     out = io.BytesIO()

@@ -203,8 +203,9 @@ class Digest:
     """The cost digest of one period [start, end) (aware datetimes in `timezone`).
 
     `change_pct` is None when the previous period spent nothing. `by_model` rows carry their
-    role (reference or aggregator). Failed and timed-out counts are of reference calls;
-    `failed_turns` counts turns that failed or were interrupted.
+    role (reference or aggregator) and no turn count (0). Failed and timed-out counts are of
+    reference calls; `failed_turns` counts turns that failed or were interrupted. `daily` holds
+    the known dollars per local day and model, for the chart.
     """
 
     start: datetime
@@ -299,7 +300,7 @@ async def build_digest(
     day_starts = [to_iso(local_midnight(day, tz)) for day in days[1:]]
     day_of_row = "CASE " + "".join(f"WHEN created_at < ? THEN {n} " for n in range(len(day_starts))) + \
         f"ELSE {len(day_starts)} END"
-    whole_days = [to_iso(local_midnight(days[0], tz)), to_iso(local_midnight(days[-1] + timedelta(days=1), tz))]
+    whole_days = [to_iso(local_midnight(days[0], tz)), to_iso(end)]
     month_start = period_bounds("month", end - _TICK, tz)[0]
     user_day_limit = getattr(budgets, "per_user_usd_day", None)
     chat_month_default = getattr(budgets, "per_chat_usd_month", None)
@@ -308,8 +309,11 @@ async def build_digest(
     )
 
     def work(db: sqlite_utils.Database) -> Digest:
-        total, by_chat, by_user, by_preset, by_model = _Sums(), defaultdict(_Sums), defaultdict(_Sums), \
-            defaultdict(_Sums), defaultdict(_Sums)
+        total = _Sums()
+        by_chat: defaultdict[tuple[str, str], _Sums] = defaultdict(_Sums)
+        by_user: defaultdict[tuple[str, str], _Sums] = defaultdict(_Sums)
+        by_preset: defaultdict[str, _Sums] = defaultdict(_Sums)
+        by_model: defaultdict[tuple[str, str, str], _Sums] = defaultdict(_Sums)
         failed_refs = timed_out_refs = 0
         # One grouped scan of the period; every breakdown is folded from it in Python.
         for row in db.execute(
@@ -351,26 +355,30 @@ async def build_digest(
             for s in users
         )
 
-        daily = [
-            DaySpend(days[n], f"{provider}:{model}", dollars)
-            for n, provider, model, dollars in db.execute(
-                f"SELECT {day_of_row} AS day, provider, model, TOTAL(cost_usd) FROM model_calls {_BY_TIME} "
-                "WHERE created_at >= ? AND created_at < ? GROUP BY day, provider, model ORDER BY day",
-                [*day_starts, *span],
-            )
-        ]
+        # Per model and per user, one short index-only read each (no sort of the whole period).
+        daily: list[DaySpend] = []
+        for provider, model in sorted({(provider, model) for _, provider, model in by_model}):
+            for n, dollars in db.execute(
+                f"SELECT {day_of_row} AS day, TOTAL(cost_usd) FROM model_calls "
+                "INDEXED BY idx_model_calls_model_spend WHERE provider = ? AND model = ? "
+                "AND created_at >= ? AND created_at < ? GROUP BY day ORDER BY day",
+                [*day_starts, provider, model, *span],
+            ):
+                daily.append(DaySpend(days[n], f"{provider}:{model}", dollars))
+        daily.sort(key=lambda d: (d.day, d.model))
         user_alerts: dict[str, BudgetAlert] = {}
         if user_day_limit is not None:
-            # A user's whole local day counts, also its part outside the period.
-            for n, platform, user_id, dollars in db.execute(
-                f"SELECT {day_of_row} AS day, platform, user_id, TOTAL(cost_usd) FROM model_calls {_BY_TIME} "
-                "WHERE created_at >= ? AND created_at < ? GROUP BY day, platform, user_id "
-                "HAVING TOTAL(cost_usd) >= ?",
-                [*day_starts, *whole_days, NEAR_BUDGET * user_day_limit],
-            ):
-                scope = f"{platform}:{user_id}"
-                if scope not in user_alerts or user_alerts[scope].spent < dollars:
-                    user_alerts[scope] = BudgetAlert("user_day", scope, dollars, user_day_limit, days[n])
+            # A user's local day counts from its midnight, also before the period began.
+            for platform, user_id in by_user:
+                for n, dollars in db.execute(
+                    f"SELECT {day_of_row} AS day, TOTAL(cost_usd) FROM model_calls "
+                    "INDEXED BY idx_model_calls_user_spend WHERE platform = ? AND user_id = ? "
+                    "AND created_at >= ? AND created_at < ? GROUP BY day HAVING TOTAL(cost_usd) >= ?",
+                    [*day_starts, platform, user_id, *whole_days, NEAR_BUDGET * user_day_limit],
+                ):
+                    scope = f"{platform}:{user_id}"
+                    if scope not in user_alerts or user_alerts[scope].spent < dollars:
+                        user_alerts[scope] = BudgetAlert("user_day", scope, dollars, user_day_limit, days[n])
 
         alerts: list[BudgetAlert] = []
         if check_chats:
@@ -438,7 +446,7 @@ def _pct(digest: Digest) -> str:
     pct = digest.change_pct
     sign = "+" if digest.change_usd >= 0 else "-"
     money = f"{sign}{format_usd(abs(digest.change_usd))}"
-    return f"{money} ({sign}{abs(pct):.0f}%)" if pct is not None else f"{money} (nothing spent before)"
+    return f"{money} ({pct:+.1f}%)" if pct is not None else f"{money} (nothing spent before)"
 
 
 def _spend_line(s: Spend, name: str | None = None) -> str:
@@ -612,10 +620,10 @@ class DigestScheduler:
             at = to_iso(now)
             any_row, last_end = await self.store.run(_last_recorded_end)
             if not any_row:
-                end = latest_fire(self.trigger, now)
-                if end is not None:
-                    start = previous_fire(self.trigger, end) or end
-                    await self.store.run(lambda db: _claim(db, start, end, "baseline", at))
+                last = latest_fire(self.trigger, now)
+                if last is not None:
+                    first = previous_fire(self.trigger, last) or last
+                    await self.store.run(lambda db: _claim(db, first, last, "baseline", at))
                 return None
             period = due_period(self.trigger, last_end, now)
             if period is None:

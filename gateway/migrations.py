@@ -217,3 +217,11 @@ def m004_spend_indexes(db: Database) -> None:
     )
     db.execute("DROP INDEX idx_model_calls_platform_chat_id_created_at")
     db.execute("DROP INDEX idx_model_calls_platform_user_id_created_at")
+
+
+@migrations()
+def m005_model_spend_index(db: Database) -> None:
+    """The digest's per-day chart reads spend by model over time from an index alone."""
+    db.table("model_calls").create_index(
+        ["provider", "model", "created_at", "cost_usd"], index_name="idx_model_calls_model_spend"
+    )

@@ -204,10 +204,17 @@ def _connect(path: str) -> sqlite_utils.Database:
     return db
 
 
+def _inserted_id(table: sqlite_utils.db.Table) -> int:
+    if table.last_rowid is None:
+        raise RuntimeError(f"insert into {table.name} returned no row id")
+    return int(table.last_rowid)
+
+
 def _open_session(db: sqlite_utils.Database, platform: str, chat_id: str, thread: str, at: str) -> int:
-    return db["sessions"].insert(
+    table = db.table("sessions").insert(
         {"platform": platform, "chat_id": chat_id, "thread_id": thread, "started_at": at, "closed_at": None}
-    ).last_pk
+    )
+    return _inserted_id(table)
 
 
 def _find_open_session(db: sqlite_utils.Database, platform: str, chat_id: str, thread: str) -> int | None:
@@ -348,8 +355,8 @@ class Store:
 
         def work(db: sqlite_utils.Database) -> int:
             with db.atomic():
-                turn_id = db["turns"].insert(turn).last_pk
-                db["messages"].insert(_message_row(session_id, turn_id, Message("user", prompt), at))
+                turn_id = _inserted_id(db.table("turns").insert(turn))
+                db.table("messages").insert(_message_row(session_id, turn_id, Message("user", prompt), at))
                 return turn_id
 
         return await self.run(work)
@@ -363,7 +370,7 @@ class Store:
         def work(db: sqlite_utils.Database) -> None:
             with db.atomic():
                 turn = _turn_columns(db, turn_id)
-                db["model_calls"].insert_all([_call_row(turn, call, at) for call in calls])
+                db.table("model_calls").insert_all([_call_row(turn, call, at) for call in calls])
 
         await self.run(work)
 
@@ -410,12 +417,12 @@ class Store:
                     [status, answer, cost_usd, error, at, turn_id],
                 )
                 if messages:
-                    db["messages"].insert_all(
+                    db.table("messages").insert_all(
                         [_message_row(turn["session_id"], turn_id, m, at) for m in messages]
                     )
                 if ledger is None:
                     return None
-                return db["deliveries"].insert(ledger).last_pk
+                return _inserted_id(db.table("deliveries").insert(ledger))
 
         return await self.run(work)
 
@@ -524,7 +531,7 @@ class Store:
                     "DELETE FROM channel_settings WHERE platform = ? AND chat_id = ?", [platform, chat_id]
                 )
                 return
-            db["channel_settings"].upsert(
+            db.table("channel_settings").upsert(
                 {"platform": platform, "chat_id": chat_id, "preset": preset, "updated_by": by_user,
                  "updated_at": at},
                 pk=("platform", "chat_id"),

@@ -103,8 +103,9 @@ EXPECTED_INDEXES = {
     "turns": [["session_id"], ["platform", "chat_id", "started_at"], ["platform", "user_id", "started_at"],
               ["started_at"], ["id"]],
     "messages": [["session_id", "id"], ["turn_id"]],
-    "model_calls": [["turn_id"], ["created_at"], ["platform", "chat_id", "created_at"],
-                    ["platform", "user_id", "created_at"], ["preset", "created_at"]],
+    "model_calls": [["turn_id"], ["created_at"], ["platform", "chat_id", "created_at", "cost_usd"],
+                    ["platform", "user_id", "created_at", "cost_usd"], ["preset", "created_at"],
+                    ["provider", "model", "created_at", "cost_usd"]],
     "deliveries": [["turn_id"], ["id"]],
 }
 

@@ -10,9 +10,14 @@ Addresses: discord.py keeps the REST base (`Route.BASE`) and the gateway URL
 (`DiscordWebSocket.DEFAULT_GATEWAY`) class-wide; `start()` sets both from the settings, so one
 process talks to one Discord.
 
+Threads: a value for a `ChatRef` with a `thread_id` goes to the thread's channel (`chat_id` is
+its parent channel, see `normalize.py`); an interaction's followups land where it was used.
+
 Delivery rules:
-- an interaction is deferred before the gateway hears of it; its answer goes through the
-  followup webhook while the token is valid (`followup_window_s`), as channel messages after;
+- an interaction is deferred ("thinking...") before the gateway hears of it; whatever the
+  gateway sends for it goes through the followup webhook while the token is valid
+  (`followup_window_s`), as channel messages after. The first followup replaces the thinking
+  state, so a refusal Notice is what the member sees in its place;
 - 429s are waited out (discord.py's buckets, then ours if discord.py gives up) and the value is
   sent anyway; identical edits are skipped;
 - a channel message carries a nonce Discord enforces, so a send that timed out is retried with
@@ -105,7 +110,8 @@ class DiscordAdapter:
         self._on_inbound: InboundHandler | None = None
         self._posted: OrderedDict[str, str] = OrderedDict()  # message id -> part fingerprint
         self._raw_interactions: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._thread_kinds: OrderedDict[int, bool] = OrderedDict()  # channel id -> is a thread
+        # channel id -> its parent when it is a thread, None when it is not
+        self._thread_parents: OrderedDict[int, str | None] = OrderedDict()
         self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -218,11 +224,11 @@ class DiscordAdapter:
         author = data.get("author") or {}
         if author.get("bot") or data.get("webhook_id") or str(author.get("id")) == str(client.user.id):
             return None  # before any lookup: never our own messages, nor other bots'
-        in_thread = False
+        parent_id: str | None = None
         role_ids: tuple[str, ...] = ()
         guild_id = data.get("guild_id")
         if guild_id is not None:
-            in_thread = await self._is_thread(int(data["channel_id"]))
+            parent_id = await self._thread_parent(int(data["channel_id"]))
             guild = client.get_guild(int(guild_id))
             if guild is not None and guild.self_role is not None:
                 role_ids = (str(guild.self_role.id),)
@@ -231,30 +237,31 @@ class DiscordAdapter:
             bot_user_id=str(client.user.id),
             bot_name=client.user.name,
             bot_role_ids=role_ids,
-            in_thread=in_thread,
+            parent_id=parent_id,
         )
 
-    async def _is_thread(self, channel_id: int) -> bool:
-        """Whether a guild channel is a thread: from discord.py's cache, else asked once."""
+    async def _thread_parent(self, channel_id: int) -> str | None:
+        """The parent channel of a guild channel that is a thread, None for any other channel:
+        from discord.py's cache, else asked once."""
         assert self._client is not None
         channel = self._client.get_channel(channel_id)
         if channel is not None:
-            return isinstance(channel, discord.Thread)
-        if channel_id in self._thread_kinds:
-            return self._thread_kinds[channel_id]
+            return _parent_of(channel)
+        if channel_id in self._thread_parents:
+            return self._thread_parents[channel_id]
         try:
             fetched = await asyncio.wait_for(self._client.fetch_channel(channel_id), _LOOKUP_TIMEOUT_S)
         except (discord.NotFound, discord.Forbidden) as exc:
             # Not a channel we may read: a definite answer, so asked once only.
-            self._remember(self._thread_kinds, channel_id, False)
+            self._remember(self._thread_parents, channel_id, None)
             log.info("discord: channel %s is not readable (%s); taken as no thread", channel_id, exc.status)
-            return False
+            return None
         except (TimeoutError, discord.HTTPException, discord.InvalidData) as exc:
             log.warning("discord: could not look up channel %s: %r", channel_id, exc)
-            return False
-        is_thread = isinstance(fetched, discord.Thread)
-        self._remember(self._thread_kinds, channel_id, is_thread)
-        return is_thread
+            return None
+        parent = _parent_of(fetched)
+        self._remember(self._thread_parents, channel_id, parent)
+        return parent
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -270,7 +277,7 @@ class DiscordAdapter:
             # gateway still hears of it, de-duplicates by event id, and answers in the channel.
             log.warning("discord: could not defer interaction %s: %s", interaction.id, exc)
         payload = self._raw_interactions.get(str(interaction.id)) or _interaction_payload(interaction)
-        inbound = interaction_to_inbound(payload)
+        inbound = interaction_to_inbound(payload, parent_id=_parent_of(interaction.channel))
         if inbound is not None:
             await self._forward(inbound)
 
@@ -316,6 +323,10 @@ class DiscordAdapter:
             int(handle.application_id), handle.token, client=self._require_client()
         )
 
+    def _channel(self, chat: ChatRef) -> discord.PartialMessageable:
+        """Where channel messages of `chat` go: its thread when it has one, else the chat."""
+        return self._require_client().get_partial_messageable(int(chat.thread_id or chat.chat_id))
+
     def _require_client(self) -> _Client:
         if self._client is None:
             raise RuntimeError("the Discord adapter is not started")
@@ -354,12 +365,12 @@ class DiscordAdapter:
     async def _post_channel(
         self, chat: ChatRef, part: Part, *, as_reply: bool, handle: InteractionHandle | None
     ) -> str:
-        channel = self._require_client().get_partial_messageable(int(chat.chat_id))
+        channel = self._channel(chat)
         reference = None
         # An interaction's id is no message to reply to.
         if as_reply and chat.reply_to_id and (handle is None or handle.interaction_id != chat.reply_to_id):
             reference = discord.MessageReference(
-                message_id=int(chat.reply_to_id), channel_id=int(chat.chat_id), fail_if_not_exists=False
+                message_id=int(chat.reply_to_id), channel_id=channel.id, fail_if_not_exists=False
             )
         nonce = str(secrets.randbits(63))  # Discord enforces it: a repeat returns the first message
 
@@ -393,11 +404,7 @@ class DiscordAdapter:
                     raise
                 log.warning("discord: followup edit refused (%s); editing through the channel", exc.status)
         if not edited:
-            message = (
-                self._require_client()
-                .get_partial_messageable(int(chat.chat_id))
-                .get_partial_message(int(message_id))
-            )
+            message = self._channel(chat).get_partial_message(int(message_id))
             try:
                 await self._with_retries(
                     lambda: message.edit(content=content, embeds=embeds), resend_safe=True
@@ -416,12 +423,7 @@ class DiscordAdapter:
             if handle is not None:
                 await self._webhook(handle).delete_message(int(message_id))
             else:
-                client = self._require_client()
-                await (
-                    client.get_partial_messageable(int(chat.chat_id))
-                    .get_partial_message(int(message_id))
-                    .delete()
-                )
+                await self._channel(chat).get_partial_message(int(message_id)).delete()
         except discord.HTTPException as exc:
             log.warning("discord: could not delete surplus message %s: %s", message_id, exc)
         self._posted.pop(message_id, None)
@@ -493,6 +495,13 @@ async def _retry_after(exc: discord.HTTPException) -> float:
         return 1.0
 
 
+def _parent_of(channel: object) -> str | None:
+    """The parent channel id of a discord.py thread, None for anything else."""
+    if isinstance(channel, discord.Thread) and channel.parent_id:
+        return str(channel.parent_id)
+    return None
+
+
 def _interaction_payload(interaction: discord.Interaction) -> dict[str, Any]:
     """The raw shape of an interaction rebuilt from discord.py's object (a fallback only)."""
     user = interaction.user
@@ -508,6 +517,8 @@ def _interaction_payload(interaction: discord.Interaction) -> dict[str, Any]:
     }
     if channel is not None and getattr(channel, "type", None) is not None:
         payload["channel"] = {"id": str(channel.id), "type": channel.type.value}  # type: ignore[union-attr]
+        if (parent := _parent_of(channel)) is not None:
+            payload["channel"]["parent_id"] = parent
     if interaction.guild_id is not None:
         payload["guild_id"] = str(interaction.guild_id)
     if isinstance(user, discord.Member):

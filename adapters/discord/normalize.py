@@ -8,10 +8,12 @@ Owns the Discord-specific reading of an event, on the payload shapes Discord sen
 - the opaque `reply_handle` that lets the adapter answer an interaction through its followup
   webhook later.
 
-Threads: `chat_id` is always the id of the channel the message was posted in, so a thread's own
-channel id for a message in a thread; `thread_id` is that same id when the channel is a thread
-and None otherwise. Each thread is therefore a session of its own, and replies go to `chat_id`.
-Whether a channel is a thread is not in `MESSAGE_CREATE`; the caller says so (`in_thread`).
+Threads: a message in a thread has `chat_id` = the thread's PARENT channel and `thread_id` = the
+thread's own channel id; elsewhere `chat_id` is the channel and `thread_id` is None. So a thread
+shares its parent's access rules and default preset (both keyed by chat) while being a session
+of its own (sessions are platform + chat + thread), and replies go to `thread_id or chat_id`.
+Whether a channel is a thread, and its parent, are not in `MESSAGE_CREATE`; the caller says so
+(`parent_id`). An interaction carries its channel, with `parent_id` for a thread.
 
 Whether to answer is the gateway's decision, not this module's.
 """
@@ -72,9 +74,12 @@ def message_to_inbound(
     bot_user_id: str,
     bot_name: str = "",
     bot_role_ids: Collection[str] = (),
-    in_thread: bool = False,
+    parent_id: str | None = None,
 ) -> InboundMessage | None:
-    """The inbound value for a `MESSAGE_CREATE` payload, or None when the bot must not see it."""
+    """The inbound value for a `MESSAGE_CREATE` payload, or None when the bot must not see it.
+
+    `parent_id` is the parent channel when the message's channel is a thread, else None.
+    """
     author = payload.get("author") or {}
     author_id = str(author.get("id", ""))
     if not author_id or author.get("bot") or author_id == bot_user_id or payload.get("webhook_id"):
@@ -124,10 +129,11 @@ def message_to_inbound(
     member = payload.get("member") or None
     message_id = str(payload["id"])
     channel_id = str(payload["channel_id"])
+    chat_id, thread_id = _chat_and_thread(channel_id, parent_id)
     return InboundMessage(
         platform=PLATFORM,
-        chat_id=channel_id,
-        thread_id=channel_id if in_thread else None,
+        chat_id=chat_id,
+        thread_id=thread_id,
         user_id=author_id,
         user_name=_user_name(author, member),
         message_id=message_id,
@@ -141,6 +147,13 @@ def message_to_inbound(
         is_command=is_command,
         user_roles=tuple(str(r) for r in (member or {}).get("roles") or ()),
     )
+
+
+def _chat_and_thread(channel_id: str, parent_id: str | None) -> tuple[str, str | None]:
+    """(chat_id, thread_id) of a channel: a thread is a thread of its parent's chat."""
+    if parent_id:
+        return str(parent_id), channel_id
+    return channel_id, None
 
 
 def command_text(data: Mapping[str, Any]) -> str | None:
@@ -205,8 +218,14 @@ class InteractionHandle:
         return cls(application_id=parts[1], interaction_id=parts[2], token=parts[3])
 
 
-def interaction_to_inbound(payload: Mapping[str, Any]) -> InboundMessage | None:
-    """The inbound value for an `INTERACTION_CREATE` payload of a `/moa` command, or None."""
+def interaction_to_inbound(
+    payload: Mapping[str, Any], *, parent_id: str | None = None
+) -> InboundMessage | None:
+    """The inbound value for an `INTERACTION_CREATE` payload of a `/moa` command, or None.
+
+    A thread's parent comes from the payload's `channel`; `parent_id` is the caller's answer
+    when the payload says the channel is a thread but not its parent.
+    """
     if payload.get("type") != _APPLICATION_COMMAND:
         return None
     text = command_text(payload.get("data") or {})
@@ -222,6 +241,10 @@ def interaction_to_inbound(payload: Mapping[str, Any]) -> InboundMessage | None:
     if not channel_id:
         return None
     channel_type = channel.get("type")
+    if channel_type in THREAD_CHANNEL_TYPES:
+        parent_id = str(channel.get("parent_id") or parent_id or "") or None
+    else:
+        parent_id = None
     if channel_type is not None:
         is_dm = channel_type == DM_CHANNEL_TYPE
     else:
@@ -232,10 +255,11 @@ def interaction_to_inbound(payload: Mapping[str, Any]) -> InboundMessage | None:
         interaction_id=interaction_id,
         token=str(payload["token"]),
     )
+    chat_id, thread_id = _chat_and_thread(channel_id, parent_id)
     return InboundMessage(
         platform=PLATFORM,
-        chat_id=channel_id,
-        thread_id=channel_id if channel_type in THREAD_CHANNEL_TYPES else None,
+        chat_id=chat_id,
+        thread_id=thread_id,
         user_id=user_id,
         user_name=_user_name(user, member),
         message_id=interaction_id,

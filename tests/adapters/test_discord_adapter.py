@@ -149,21 +149,60 @@ async def test_own_and_bot_messages_are_never_forwarded_dms_and_replies_are(env:
     assert env.inbox.empty()
 
 
-async def test_a_thread_is_a_session_of_its_own(env: Env) -> None:
+async def test_a_thread_is_a_thread_of_its_parent_channel_and_answered_in_the_thread(env: Env) -> None:
     fake = env.fake
     thread = "1600000000000000001"
     fake.add_channel(thread, guild_id=GUILD, type=11, parent_id=CHANNEL)
-    for text in ("first in thread", "second in thread"):
-        await fake.dispatch(
-            "MESSAGE_CREATE",
-            fake.message_payload(channel_id=thread, guild_id=GUILD, author=alice(fake), content=text),
-        )
+    fake.add_channel(CHANNEL, guild_id=GUILD)
+    payloads = [
+        fake.message_payload(channel_id=channel, guild_id=GUILD, author=alice(fake), content=text)
+        for channel, text in ((thread, "first in thread"), (thread, "second in thread"), (CHANNEL, "top"))
+    ]
+    for payload in payloads:
+        await fake.dispatch("MESSAGE_CREATE", payload)
     for text in ("first in thread", "second in thread"):
         inbound = await env.next_inbound()
-        assert (inbound.text, inbound.chat_id, inbound.thread_id) == (text, thread, thread)
-    assert len(fake.calls_to("GET", rf"/channels/{thread}")) == 1  # asked once, then remembered
+        assert (inbound.text, inbound.chat_id, inbound.thread_id) == (text, CHANNEL, thread)
+    top = await env.next_inbound()
+    assert (top.text, top.chat_id, top.thread_id) == ("top", CHANNEL, None)
+    # Each channel asked once, then remembered.
+    assert len(fake.calls_to("GET", rf"/channels/{thread}")) == 1
+    assert len(fake.calls_to("GET", rf"/channels/{CHANNEL}")) == 1
 
-    sent = await env.adapter.send(ChatRef("discord", thread, thread_id=thread), Answer("in the thread"))
+    # Outbound values of the thread's session go to the thread: posts, replies, edits, deletes.
+    chat = ChatRef("discord", CHANNEL, thread_id=thread, reply_to_id=payloads[0]["id"])
+    sent = await env.adapter.send(chat, Answer("in the thread " * 200, final=False))
+    assert len(sent.message_ids) == 2
+    assert [fake.messages[i]["channel_id"] for i in sent.message_ids] == [thread, thread]
+    first_post = fake.calls_to("POST", rf"/channels/{thread}/messages")[0]
+    assert first_post.json["message_reference"]["channel_id"] == int(thread)
+    done = await env.adapter.edit(sent, Answer("short now", final=True))
+    assert done.message_ids == sent.message_ids[:1]
+    assert fake.calls_to("PATCH", rf"/channels/{thread}/messages/{sent.message_ids[0]}")
+    assert fake.calls_to("DELETE", rf"/channels/{thread}/messages/{sent.message_ids[1]}")
+    assert [m["content"] for m in fake.channel_messages(thread)] == ["short now"]
+    assert not fake.calls_to("POST", rf"/channels/{CHANNEL}/messages")
+
+
+async def test_an_interaction_in_a_thread_is_a_thread_of_its_parent(env: Env) -> None:
+    fake = env.fake
+    thread = "1600000000000000002"
+    payload = fake.interaction_payload(
+        subcommand="ask",
+        options={"prompt": "in a thread"},
+        channel_id=thread,
+        guild_id=GUILD,
+        user=alice(fake),
+        channel_type=11,
+        parent_id=CHANNEL,
+    )
+    await fake.dispatch("INTERACTION_CREATE", payload)
+    inbound = await env.next_inbound()
+    assert (inbound.chat_id, inbound.thread_id) == (CHANNEL, thread)
+    # When the token is refused, the channel fallback goes to the thread, not its parent.
+    fake.expire_token(payload["token"])
+    chat = ChatRef("discord", inbound.chat_id, inbound.thread_id, reply_handle=inbound.reply_handle)
+    sent = await env.adapter.send(chat, Notice("fallback"))
     assert fake.messages[sent.message_ids[0]]["channel_id"] == thread
 
 
@@ -294,11 +333,17 @@ async def test_default_command_forwards_the_user_and_roles(env: Env) -> None:
     assert inbound.user_id == "1100000000000000002"
     assert inbound.user_roles == ("1200000000000000003", ADMIN_ROLE)
     assert inbound.chat_id == CHANNEL and not inbound.is_dm
-    # The gateway's refusal for a non-admin is a Notice, sent back through the followup.
+    # The gateway's refusal for a non-admin is a Notice, sent back as the first followup, which
+    # is what replaces the deferred "thinking..." state (discord.py: defer(thinking=True)).
     chat = ChatRef("discord", inbound.chat_id, reply_handle=inbound.reply_handle)
     await env.adapter.send(chat, Notice("Only admins can set the channel default.", level="warning"))
-    (followup,) = fake.calls_to("POST", rf"/webhooks/{fake.application_id}/{payload['token']}")
+    token_calls = [c for c in fake.calls if payload["token"] in c.path]
+    assert [c.route.split("/")[1] for c in token_calls] == ["interactions", "webhooks"]
+    assert token_calls[0].json == {"type": 5}
+    followup = token_calls[1]
+    assert followup.method == "POST" and followup.query.get("wait") in ("1", "true")
     assert followup.json["content"] == "⚠️ Only admins can set the channel default."
+    assert not fake.calls_to("POST", r"/channels/\d+/messages")
 
 
 async def test_preset_autocomplete_answers_from_the_configured_presets(env: Env) -> None:

@@ -239,10 +239,12 @@ def test_reply_to_someone_else_and_a_forward_are_not_replies_to_the_bot() -> Non
     assert inbound is not None and inbound.reply_to_id is None
 
 
-def test_message_in_a_thread_is_a_session_of_its_own() -> None:
-    inbound = message_to_inbound(GUILD_MESSAGE, bot_user_id=BOT, in_thread=True)
+def test_message_in_a_thread_is_a_thread_of_its_parent_channel() -> None:
+    in_thread = message(channel_id="1600000000000000001", channel_type=11)
+    inbound = message_to_inbound(in_thread, bot_user_id=BOT, parent_id="1300000000000000001")
     assert inbound is not None
-    assert inbound.chat_id == inbound.thread_id == "1300000000000000001"
+    # The parent is the chat (its access rules and default preset), the thread the session.
+    assert (inbound.chat_id, inbound.thread_id) == ("1300000000000000001", "1600000000000000001")
 
 
 @pytest.mark.parametrize(
@@ -327,8 +329,17 @@ def test_interaction_in_a_dm_and_in_a_thread() -> None:
     thread["channel"] = {"type": 11, "id": "1600000000000000001", "parent_id": "1300000000000000001"}
     thread["channel_id"] = "1600000000000000001"
     inbound = interaction_to_inbound(thread)
+    assert inbound is not None and not inbound.is_dm
+    assert (inbound.chat_id, inbound.thread_id) == ("1300000000000000001", "1600000000000000001")
+
+    # A thread whose payload lacks its parent: the caller's answer is used.
+    del thread["channel"]["parent_id"]
+    inbound = interaction_to_inbound(thread, parent_id="1300000000000000009")
     assert inbound is not None
-    assert inbound.chat_id == inbound.thread_id == "1600000000000000001" and not inbound.is_dm
+    assert (inbound.chat_id, inbound.thread_id) == ("1300000000000000009", "1600000000000000001")
+    # ...and a parent given for a channel that is no thread is ignored.
+    inbound = interaction_to_inbound(ASK_INTERACTION, parent_id="1300000000000000009")
+    assert inbound is not None and (inbound.chat_id, inbound.thread_id) == ("1300000000000000001", None)
 
 
 @given(st.text(min_size=1).filter(lambda s: s.strip() and not s.strip().startswith("+")))

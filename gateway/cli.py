@@ -136,10 +136,8 @@ async def chat(config: Config, env: Mapping[str, str]) -> int:
     if problems:
         print(f"error: {problems[0]}", file=sys.stderr)
         return EXIT_USAGE
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    terminal = TerminalAdapter(stdin=reader, files_dir=Path(config.gateway.files_dir))
+    # stdin=None: the adapter reads stdin itself (a terminal, a pipe or a file all work).
+    terminal = TerminalAdapter(stdin=None, files_dir=Path(config.gateway.files_dir))
     app = await build_app(config, {"terminal": terminal}, env=env)
     print("moa-gateway chat: type a question, or /moa help. Ctrl-D to quit.", file=sys.stderr)
     try:

@@ -101,7 +101,8 @@ async def test_ask_text_prints_summary_then_answer_then_totals(fake, tmp_path):
     fake.reply("anthropic/claude-sonnet-4.5", Reply(text="STREAMED-ANSWER", chunk_chars=3))
     code, out, err = await run_cli(tmp_path, "ask", "hello", config=config_text(fake, tmp_path, traces=True))
     assert code == 0, err
-    assert out.index("ADVICE-ONE") < out.index("STREAMED-ANSWER") < out.index("$")
+    assert out.index("ADVICE-ONE") < out.index("STREAMED-ANSWER") < out.rindex("$")
+    assert "references" in out.splitlines()[-1] and "aggregator" in out.splitlines()[-1]  # the totals line
     assert "skipped" in out
     assert list((tmp_path / "traces").glob("*.jsonl"))
 
@@ -127,3 +128,42 @@ async def test_check_config_and_presets(fake, tmp_path):
     assert code == 0 and "config OK" in out
     code, out, err = await run_cli(tmp_path, "check-config", config=config.replace('api = "anthropic"', 'api = "x"'))
     assert code == 2 and "providers.claude.api" in err
+
+
+async def run_cli_with_input(tmp_path: Path, *args: str, config: str, stdin: bytes) -> tuple[int, str, str]:
+    path = tmp_path / "moa-gateway.toml"
+    path.write_text(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEST_")}
+    env.update({"TEST_OPENROUTER_KEY": "sk-or-secret-123", "TEST_ANTHROPIC_KEY": "sk-ant-secret-456",
+                "PYTHONPATH": str(ROOT)})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", *args, "--config", str(path), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_chat_runs_turns_and_commands_through_the_gateway(fake, tmp_path):
+    fake.reply("openai/gpt-5.1", Reply(text="CHAT-ADVICE"))
+    fake.reply("anthropic/claude-sonnet-4.5", Reply(text="CHAT-ANSWER-1", cost=0.25), Reply(text="CHAT-ANSWER-2"))
+    code, out, err = await run_cli_with_input(
+        tmp_path, "chat", config=config_text(fake, tmp_path),
+        stdin=b"first question\nsecond question\n/moa cost\n/moa presets\n")
+    assert code == 0, err
+    assert out.index("CHAT-ADVICE") < out.index("CHAT-ANSWER-1") < out.index("CHAT-ANSWER-2")
+    assert "This chat — day" in out and "$0.25" in out
+    assert "default (default)" in out or "← default here" in out
+    # The session continued: the second aggregator call saw the first exchange.
+    second = fake.for_model("anthropic/claude-sonnet-4.5")[1].body["messages"]
+    assert [m["role"] for m in second[:3]] == ["user", "assistant", "user"]
+    assert (tmp_path / "moa.db").exists()
+
+
+async def test_run_without_platforms_names_what_to_set(fake, tmp_path):
+    code, out, err = await run_cli(tmp_path, "run", config=config_text(fake, tmp_path))
+    assert code == 2
+    assert "[telegram] token_env" in err and "TELEGRAM_BOT_TOKEN" in err and "SLACK_APP_TOKEN" in err
+    with_section = config_text(fake, tmp_path) + '\n[telegram]\ntoken_env = "TEST_TG_TOKEN_UNSET"\nallow_all = true\n'
+    code, out, err = await run_cli(tmp_path, "run", config=with_section)
+    assert code == 2 and "TEST_TG_TOKEN_UNSET is not set" in err and len(err.strip().splitlines()) == 1

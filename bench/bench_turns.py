@@ -76,7 +76,9 @@ async def one_turn(engine: MoaEngine, i: int, sequential: bool = False) -> float
 async def measure(url: str, refs: int, concurrent: int, rounds: int, sequential: bool = False) -> list[float]:
     http = make_http_client()
     engine = make_engine(url, refs, http)
-    await one_turn(engine, -1)  # warm the connection pool
+    # Warm the connection pool at this concurrency: a running gateway keeps its provider
+    # connections alive, so steady state is what a turn sees.
+    await asyncio.gather(*(one_turn(engine, -1 - i, sequential) for i in range(concurrent)))
     walls: list[float] = []
     for r in range(rounds):
         walls += await asyncio.gather(*(one_turn(engine, r * concurrent + i, sequential) for i in range(concurrent)))

@@ -106,14 +106,20 @@ class Gateway:
     # ----- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover from a previous run, then start every adapter."""
-        await self.recover()
+        """Recover from a previous run: turns a crash cut are marked before any new message can
+        start a turn, and what the ledger still owes is delivered once the adapters can send."""
+        await self._interrupt_cut_turns()
         for adapter in self.adapters.values():
             await adapter.start(self.handle_inbound)
+        await self.deliver_pending()
         self._retry_task = asyncio.create_task(self._retry_deliveries_forever())
 
     async def recover(self) -> None:
         """Report turns cut by a crash, then deliver what the ledger still owes."""
+        await self._interrupt_cut_turns()
+        await self.deliver_pending()
+
+    async def _interrupt_cut_turns(self) -> None:
         for turn in await self.store.running_turns():
             chat = ChatRef(turn.platform, turn.chat_id, turn.thread_id or None, turn.message_id or None)
             await self.store.complete_turn(
@@ -121,17 +127,14 @@ class Gateway:
                 delivery=(chat, "notice", {"text": _interrupted_text(turn.prompt), "level": "warning"}),
                 error="interrupted by a restart",
             )
-        await self.deliver_pending()
 
     async def shutdown(self, grace_s: float | None = None) -> None:
-        """Stop intake, let running turns finish within the grace period, checkpoint the rest."""
+        """Stop intake, let running turns finish within the grace period, checkpoint the rest.
+
+        Adapters are stopped last: finishing turns (and the notices of checkpointed ones) still
+        need them to send."""
         self._accepting = False
         grace = self.config.gateway.shutdown_grace_s if grace_s is None else grace_s
-        for adapter in self.adapters.values():
-            try:
-                await adapter.stop()
-            except Exception:
-                log.warning("stopping %s failed", adapter.platform, exc_info=True)
         if self._retry_task:
             self._retry_task.cancel()
         workers = [lane.worker for lane in self._lanes.values() if lane.worker]
@@ -141,6 +144,11 @@ class Gateway:
                 task.cancel()  # _run_turn marks the turn interrupted and tells the chat
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        for adapter in self.adapters.values():
+            try:
+                await adapter.stop()
+            except Exception:
+                log.warning("stopping %s failed", adapter.platform, exc_info=True)
 
     async def idle(self) -> None:
         """Wait until no turn is queued or running (tests, the terminal chat)."""

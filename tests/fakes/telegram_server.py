@@ -6,7 +6,9 @@ with `{"ok": true, "result": ...}` or Telegram's error shape. It keeps what each
 (messages with their current visible text), checks HTML like Telegram does (unknown or
 unbalanced tags are "can't parse entities", over 4096 UTF-16 units is "message is too long",
 an identical edit is "message is not modified"), long-polls getUpdates, records every call, and
-can fail or stall the next calls of a method (429 with retry_after, 400 can't parse entities).
+can fail, stall or hold the next calls of a method (429 with retry_after, 400 can't parse
+entities, a request left unanswered as if the bot crashed while sending it), optionally only
+the calls whose parameters match a predicate.
 """
 
 from __future__ import annotations
@@ -144,11 +146,29 @@ class ChatMessage:
 
 
 @dataclass
+class Hold:
+    """A call held by `FakeTelegram.hold_next`: recorded, but neither applied nor answered."""
+
+    method: str
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    call: Call | None = None
+
+    def release(self) -> None:
+        self.released.set()
+
+
+Params = Callable[[dict[str, Any]], bool]
+
+
+@dataclass
 class _Fault:
     status: int
     description: str
     parameters: dict[str, int] | None = None
     stall_s: float = 0.0  # apply the call, then answer this late (a client timeout)
+    when: Params | None = None  # only calls whose parameters match
+    hold: Hold | None = None  # neither apply nor answer the call until released
 
 
 @dataclass
@@ -167,6 +187,7 @@ class FakeTelegram:
         self._update_ids = itertools.count(1000)
         self._message_ids = itertools.count(500)
         self._faults: dict[str, deque[_Fault]] = defaultdict(deque)
+        self._holds: list[Hold] = []
         self._changed = asyncio.Condition()
         self._new_update = asyncio.Event()
         self._closing = False
@@ -187,6 +208,8 @@ class FakeTelegram:
     async def stop(self) -> None:
         self._closing = True
         self._new_update.set()
+        for hold in self._holds:
+            hold.release()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -217,8 +240,9 @@ class FakeTelegram:
         retry_after: int | None = None,
         migrate_to_chat_id: int | None = None,
         times: int = 1,
+        when: Params | None = None,
     ) -> None:
-        """The next `times` calls of `method` fail with Telegram's error shape."""
+        """The next `times` calls of `method` (matching `when`) fail with Telegram's error shape."""
         if description is None:
             description = (
                 f"Too Many Requests: retry after {retry_after}"
@@ -231,12 +255,21 @@ class FakeTelegram:
         if migrate_to_chat_id is not None:
             parameters["migrate_to_chat_id"] = migrate_to_chat_id
         for _ in range(times):
-            self._faults[method].append(_Fault(status, description, parameters or None))
+            self._faults[method].append(_Fault(status, description, parameters or None, when=when))
 
-    def stall_next(self, method: str, seconds: float, *, times: int = 1) -> None:
-        """The next calls of `method` take effect but are answered `seconds` late."""
+    def stall_next(self, method: str, seconds: float, *, times: int = 1, when: Params | None = None) -> None:
+        """The next calls of `method` (matching `when`) take effect but are answered `seconds` late."""
         for _ in range(times):
-            self._faults[method].append(_Fault(200, "", stall_s=seconds))
+            self._faults[method].append(_Fault(200, "", stall_s=seconds, when=when))
+
+    def hold_next(self, method: str, *, when: Params | None = None) -> Hold:
+        """The next call of `method` (matching `when`) is recorded, then neither applied nor
+        answered until `Hold.release()` (or `stop()`), when it is refused with a 502: a request
+        cut off by a crash of the bot before Telegram acted on it."""
+        hold = Hold(method)
+        self._holds.append(hold)
+        self._faults[method].append(_Fault(200, "", when=when, hold=hold))
+        return hold
 
     def chat(self, chat_id: int) -> list[ChatMessage]:
         return list(self.chats.get(chat_id, []))
@@ -257,7 +290,13 @@ class FakeTelegram:
         self.calls.append(call)
         if request.match_info["token"] != self.token:
             return await self._answer(call, ApiError(401, "Unauthorized"))
-        fault = self._faults[method].popleft() if self._faults[method] else None
+        fault = self._take_fault(method, params)
+        if fault is not None and fault.hold is not None:
+            fault.hold.call = call
+            fault.hold.arrived.set()
+            await self._notify()
+            await fault.hold.released.wait()
+            return await self._answer(call, ApiError(502, "Bad Gateway"))
         if fault is not None and fault.stall_s == 0:
             return await self._answer(
                 call,
@@ -278,6 +317,14 @@ class FakeTelegram:
             await self._notify()
             await asyncio.sleep(fault.stall_s)
         return await self._answer(call, result)
+
+    def _take_fault(self, method: str, params: dict[str, Any]) -> _Fault | None:
+        queue = self._faults[method]
+        for fault in queue:
+            if fault.when is None or fault.when(params):
+                queue.remove(fault)
+                return fault
+        return None
 
     async def _answer(self, call: Call, result: Any) -> web.Response:
         if isinstance(result, ApiError):

@@ -102,6 +102,8 @@ class Gateway:
         self._running: set[asyncio.Task] = set()
         self._backlog_noticed: set[tuple[str, str]] = set()
         self._retry_task: asyncio.Task | None = None
+        # Ledger rows being delivered right now: the retry loop must not send them a second time.
+        self._delivering: set[int] = set()
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -412,8 +414,15 @@ class Gateway:
         """Send one ledger entry. Edits of already-posted stream messages are idempotent, so an
         entry left 'sending' by a crash is completed by editing them again."""
         adapter = self.adapters.get(delivery.chat.platform)
-        if adapter is None:
+        if adapter is None or delivery.id in self._delivering:
             return False
+        self._delivering.add(delivery.id)
+        try:
+            return await self._deliver(adapter, delivery)
+        finally:
+            self._delivering.discard(delivery.id)
+
+    async def _deliver(self, adapter: Adapter, delivery: Delivery) -> bool:
         payload = delivery.payload
         ids = tuple(payload.get("message_ids") or ())
         if delivery.kind == "answer":

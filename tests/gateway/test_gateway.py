@@ -276,3 +276,31 @@ def test_summary_and_notice_values_are_platform_neutral():
     # The gateway hands adapters contract values only.
     assert ReferenceSummary.__module__ == Notice.__module__ == "adapters.contract"
     assert SystemClock().now().tzinfo is not None
+
+
+async def test_a_delivery_in_flight_is_not_sent_again_by_the_retry_loop(fake, http, tmp_path):
+    from tests.fakes.recording_adapter import RecordingAdapter
+
+    class SlowFinal(RecordingAdapter):
+        async def send(self, chat, item):
+            if isinstance(item, Answer) and item.final:
+                await asyncio.sleep(0.3)  # e.g. waiting out a rate limit
+            return await super().send(chat, item)
+
+        async def edit(self, sent, item):
+            if isinstance(item, Answer) and item.final:
+                await asyncio.sleep(0.3)
+                self.final_edits = getattr(self, "final_edits", 0) + 1
+            return await super().edit(sent, item)
+
+    chat = SlowFinal()
+    gw, _ = await make_gateway(fake, http, tmp_path, adapter=chat)
+    fake.reply("agg", Reply(text="only once"))
+    await chat.push(chat.message("/moa once"))
+    await fake.wait_for_requests(3)
+    await asyncio.sleep(0.1)
+    for _ in range(3):  # the retry loop ticking while the answer is being delivered
+        await gw.deliver_pending()
+    await gw.idle()
+    assert [a.text for a in chat.final_answers()] == ["only once"]
+    assert getattr(chat, "final_edits", 0) <= 1

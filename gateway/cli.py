@@ -129,7 +129,6 @@ async def chat(config: Config, env: Mapping[str, str]) -> int:
     from pathlib import Path
 
     from adapters.terminal import TerminalAdapter
-
     from gateway.app import build_app
 
     problems = missing_keys(config, config.engine.presets[config.gateway.default_preset], env)

@@ -177,10 +177,9 @@ async def test_slash_command_is_acked_then_summary_and_answer_in_its_thread(worl
     assert len(texts) == 2 and "fake:ref-a" in texts[0] and "fake:ref-b" in texts[1]
     assert answer["thread_ts"] == root["ts"] and summary["thread_ts"] == root["ts"]
     assert answer["text"].startswith("A monad is a *monoid* in the category of endofunctors.\n\n_default · ")
-    # Every post of the turn (after the adapter's own root message) came after the ack; the
-    # model saw the prompt without "/moa".
-    turn_posts = fake.calls_to("chat.postMessage")[1:]
-    assert turn_posts and all(ack.at < c.at for c in turn_posts)
+    # The ack travels on the websocket and the posts over HTTP, so their arrival order at the
+    # fake proves nothing; tests/adapters/test_slack_adapter.py holds the turn until the ack
+    # has arrived. Here: acked within 3 s, and the model saw the prompt without "/moa".
     assert world.models.for_model("ref-a")[0].body["messages"][-1]["content"] == "what is a monad?"
 
     (turn,) = await world.table("select * from turns")

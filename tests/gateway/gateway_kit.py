@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from gateway.config import AccessRules, ChannelSettings, PlatformSection, parse_config
 from gateway.app import cost_hooks
+from gateway.config import AccessRules, ChannelSettings, PlatformSection, parse_config
 from gateway.service import Gateway
 from gateway.storage import Store
 from moa_core.clock import SystemClock

@@ -85,19 +85,16 @@ async def print_costs(config: Config, *, since: str | None, by: str, out=sys.std
         rows = await cost_table(store, start, by)  # type: ignore[arg-type]
     finally:
         await store.close()
+    names = [f"{row.label or row.key}{f' ({row.role})' if row.role else ''}" for row in rows]
+    width = max([len(by), len("total"), *map(len, names)])
     print(f"spend since {start:%Y-%m-%d %H:%M %Z}, by {by}", file=out)
-    header = f"{by:<40} {'dollars':>12} {'turns':>7} {'calls':>7} {'unpriced':>9} {'tokens':>12}"
+    header = f"{by:<{width}} {'dollars':>12} {'turns':>7} {'calls':>7} {'unpriced':>9} {'tokens':>12}"
     print(header, file=out)
     print("-" * len(header), file=out)
-    total = 0.0
-    for row in rows:
-        name = row.label or row.key
-        if row.role:
-            name = f"{name} ({row.role})"
-        total += row.dollars
-        print(f"{name[:40]:<40} {format_usd(row.dollars):>12} {row.turns:>7} {row.calls:>7} "
+    for name, row in zip(names, rows, strict=True):
+        print(f"{name:<{width}} {format_usd(row.dollars):>12} {row.turns:>7} {row.calls:>7} "
               f"{row.unknown_calls:>9} {row.tokens.total:>12,}", file=out)
-    print(f"{'total':<40} {format_usd(total):>12}", file=out)
+    print(f"{'total':<{width}} {format_usd(sum(row.dollars for row in rows)):>12}", file=out)
     return 0
 
 

@@ -167,3 +167,21 @@ async def test_run_without_platforms_names_what_to_set(fake, tmp_path):
     with_section = config_text(fake, tmp_path) + '\n[telegram]\ntoken_env = "TEST_TG_TOKEN_UNSET"\nallow_all = true\n'
     code, out, err = await run_cli(tmp_path, "run", config=with_section)
     assert code == 2 and "TEST_TG_TOKEN_UNSET is not set" in err and len(err.strip().splitlines()) == 1
+
+
+async def test_costs_table_from_the_database(fake, tmp_path):
+    fake.reply("openai/gpt-5.1", Reply(text="advice", cost=0.5))
+    fake.reply("anthropic/claude-sonnet-4.5", Reply(text="answer", cost=0.25))
+    code, out, err = await run_cli_with_input(tmp_path, "chat", config=config_text(fake, tmp_path),
+                                              stdin=b"spend something\n")
+    assert code == 0, err
+    code, out, err = await run_cli(tmp_path, "costs", "--by", "model", config=config_text(fake, tmp_path))
+    assert code == 0, err
+    assert "openrouter:openai/gpt-5.1 (reference)" in out and "$0.50" in out
+    assert "(aggregator)" in out and "$0.25" in out
+    assert out.strip().splitlines()[-1].split() == ["total", "$0.75"]
+    code, out, err = await run_cli(tmp_path, "costs", "--by", "preset", "--since", "2000-01-01",
+                                   config=config_text(fake, tmp_path))
+    assert code == 0 and "default" in out
+    code, out, err = await run_cli(tmp_path, "costs", "--since", "yesterday", config=config_text(fake, tmp_path))
+    assert code == 2 and "--since" in err

@@ -13,6 +13,7 @@ from adapters.contract import ChatRef, FileOut, InboundMessage, Notice
 from gateway.config import Config
 from gateway.costs import cost_table, format_usd
 from gateway.digest import Digest, DigestScheduler, digest_chart_png, digest_destinations, render_digest_text
+from gateway.service import chat_ref
 from gateway.storage import Store
 from moa_core.clock import SystemClock
 
@@ -64,8 +65,7 @@ async def send_digest_now(gateway: Gateway, config: Config, message: InboundMess
     """`/moa digest`: the current period so far, in the asking chat; nothing is recorded."""
     scheduler = _scheduler(config, gateway, send=None)
     digest, png = await scheduler.digest_now()
-    chat = ChatRef(message.platform, message.chat_id, message.thread_id, message.message_id, message.reply_handle)
-    await _post(gateway, chat, digest, png)
+    await _post(gateway, chat_ref(message), digest, png)
 
 
 async def print_costs(config: Config, *, since: str | None, by: str, out=sys.stdout) -> int:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from gateway.config import BudgetSettings, ChannelSettings
 from gateway.costs import (
     BudgetLine,
     Tokens,
@@ -21,34 +21,9 @@ from gateway.costs import (
 )
 from gateway.storage import Store
 from moa_core.values import CallRecord, Cost, Usage
+from tests.fakes.clock import FakeClock
 
 BERLIN = ZoneInfo("Europe/Berlin")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.current = datetime(2026, 3, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-    def monotonic(self) -> float:
-        return self.current.timestamp()
-
-    async def sleep(self, seconds: float) -> None:
-        self.current += timedelta(seconds=seconds)
-
-
-@dataclass(frozen=True)
-class Budgets:
-    per_user_usd_day: float | None = None
-    per_chat_usd_month: float | None = None
-
-
-@dataclass(frozen=True)
-class Channel:
-    budget_usd_month: float | None = None
-    budget_usd_day_per_user: float | None = None
 
 
 @pytest.fixture
@@ -181,7 +156,7 @@ async def test_cost_table_groups(store: Store, clock: FakeClock) -> None:
 
 
 async def test_budget_refused_exactly_when_spend_reaches_it(store: Store, clock: FakeClock) -> None:
-    budgets = Budgets(per_user_usd_day=1.0)
+    budgets = BudgetSettings(per_user_usd_day=1.0)
     now = utc(2026, 4, 10, 12)
     # Exactly representable figures, so "equal" is exact.
     await turn(store, clock, utc(2026, 4, 10, 8), [rec(0.5), rec(0.25)])
@@ -206,17 +181,17 @@ async def test_chat_month_budget_and_channel_overrides(store: Store, clock: Fake
     await turn(store, clock, utc(2026, 4, 1, 6), [rec(30.0)], user="a")
     await turn(store, clock, utc(2026, 4, 20), [rec(20.0)], user="b")
     now = utc(2026, 4, 25)
-    budgets = Budgets(per_user_usd_day=100.0, per_chat_usd_month=50.0)
+    budgets = BudgetSettings(per_user_usd_day=100.0, per_chat_usd_month=50.0)
     verdict = await check_budget(store, budgets, None, "telegram", "c1", "c", now, BERLIN)
     assert not verdict.allowed and (verdict.spent, verdict.limit) == (50.0, 50.0)
     assert verdict.resets_at == datetime(2026, 5, 1, tzinfo=BERLIN)
     assert "This chat" in verdict.reason
 
     # The channel's own budget replaces [budgets] for that chat.
-    looser = Channel(budget_usd_month=80.0)
+    looser = ChannelSettings(budget_usd_month=80.0)
     verdict = await check_budget(store, budgets, looser, "telegram", "c1", "c", now, BERLIN)
     assert verdict.allowed and (verdict.spent, verdict.limit) == (50.0, 80.0)
-    stricter = Channel(budget_usd_day_per_user=20.0)
+    stricter = ChannelSettings(budget_usd_day_per_user=20.0)
     verdict = await check_budget(store, budgets, stricter, "telegram", "c1", "b", utc(2026, 4, 20, 12), BERLIN)
     assert not verdict.allowed and verdict.limit == 50.0  # both reached; the month lasts longer
 
@@ -227,14 +202,14 @@ async def test_chat_month_budget_and_channel_overrides(store: Store, clock: Fake
 
     # No budget at all: always allowed; a zero budget refuses everything.
     assert (await check_budget(store, None, None, "telegram", "c1", "c", now, BERLIN)).allowed
-    assert await budget_status(store, Budgets(), None, "telegram", "c1", "c", now, BERLIN) == ()
-    zero = await check_budget(store, Budgets(per_user_usd_day=0.0), None, "telegram", "zz", "new", now, BERLIN)
+    assert await budget_status(store, BudgetSettings(), None, "telegram", "c1", "c", now, BERLIN) == ()
+    zero = await check_budget(store, BudgetSettings(per_user_usd_day=0.0), None, "telegram", "zz", "new", now, BERLIN)
     assert not zero.allowed and zero.spent == 0.0
 
 
 async def test_unknown_prices_do_not_count_against_budgets(store: Store, clock: FakeClock) -> None:
     await turn(store, clock, utc(2026, 4, 10, 8), [rec(None), rec(None)])
-    verdict = await check_budget(store, Budgets(per_user_usd_day=0.01), None, "telegram", "c1", "u1",
+    verdict = await check_budget(store, BudgetSettings(per_user_usd_day=0.01), None, "telegram", "c1", "u1",
                                  utc(2026, 4, 10, 9), BERLIN)
     assert verdict.allowed and verdict.spent == 0.0
 

@@ -4,7 +4,6 @@ downtime, figures against hand-computed sums, and the chart. An injected clock; 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 from gateway.chart import spend_chart_png
+from gateway.config import BudgetSettings, ChannelSettings
 from gateway.digest import (
     Digest,
     DigestScheduler,
@@ -29,6 +29,7 @@ from gateway.digest import (
 )
 from gateway.storage import Store
 from moa_core.values import CallRecord, Cost, Usage
+from tests.fakes.clock import FakeClock
 
 BERLIN = ZoneInfo("Europe/Berlin")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -40,32 +41,6 @@ def utc(*args: int) -> datetime:
 
 def berlin(*args: int) -> datetime:
     return datetime(*args, tzinfo=BERLIN)
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.current = now
-
-    def now(self) -> datetime:
-        return self.current
-
-    def monotonic(self) -> float:
-        return self.current.timestamp()
-
-    async def sleep(self, seconds: float) -> None:
-        self.current += timedelta(seconds=seconds)
-
-
-@dataclass(frozen=True)
-class Budgets:
-    per_user_usd_day: float | None = None
-    per_chat_usd_month: float | None = None
-
-
-@dataclass(frozen=True)
-class Channel:
-    budget_usd_month: float | None = None
-    budget_usd_day_per_user: float | None = None
 
 
 class Outbox:
@@ -219,8 +194,8 @@ async def test_digest_figures_match_hand_computed_sums(store: Store) -> None:
     await turn(store, clock, end, [rec(64.0)])
 
     digest = await build_digest(store, start=start, end=end, tz=BERLIN,
-                                budgets=Budgets(per_user_usd_day=3.0, per_chat_usd_month=7.0),
-                                channels={"slack:C9": Channel(budget_usd_month=100.0)})
+                                budgets=BudgetSettings(per_user_usd_day=3.0, per_chat_usd_month=7.0),
+                                channels={"slack:C9": ChannelSettings(budget_usd_month=100.0)})
 
     assert digest.start == berlin(2026, 3, 23, 9) and digest.end == berlin(2026, 3, 30, 9)
     assert digest.dollars == pytest.approx(1.0 + 0.5 + 0.25 + 2.0 + 1.0 + 4.0 + 0.125)

@@ -1,13 +1,20 @@
 """Engine benchmark: one MoA turn's wall time against its ideal critical path.
 
-Run:  python bench/bench_turns.py            (about a minute on 2 cores)
-The fake provider runs in a separate process; references answer after 300 ms, the aggregator
-after 200 ms (streamed), so the ideal critical path of a turn is 500 ms.
+Run:  python bench/bench_turns.py            (about two minutes on 2 cores)
+      python bench/bench_turns.py --quick    (the 500 ms profile only)
 
-Prints, for N references (1, 4, 16) and C concurrent turns (1, 50, 200) of 4 references:
-p50/p95 wall time, the ratio to the critical path, the overhead per turn in ms, and the same for a
-naive baseline (references asked one after another). Then peak RSS, and the CPU time of 1,000
-concurrent streamed requests through httpx's default transport vs the aiohttp transport we use.
+The fake provider runs in a separate process and answers after the latency its model name
+carries. Two latency profiles:
+  - stress:  references 300 ms, aggregator 200 ms (streamed): critical path 500 ms. Far shorter
+             than real models, so the engine's own CPU shows as plainly as it can.
+  - typical: references 3 s, aggregator 2 s: critical path 5 s, still short for models that
+             write a few hundred tokens of advice and then a streamed answer.
+For N references (1, 4, 16) and C concurrent turns (1, 50, 200) of 4 references it prints p50 /
+p95 wall time, the ratio to the critical path and the overhead in ms, and a naive baseline
+(references asked one after another). Then peak RSS, and the CPU time of 1,000 concurrent
+streamed requests through httpx's default transport vs the aiohttp transport we use.
+
+The process runs as `moa-gateway run` does: the heap settled after start-up (gateway.heap).
 """
 
 from __future__ import annotations
@@ -18,21 +25,36 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gateway.heap import settle_heap  # noqa: E402
 from moa_core.clock import SystemClock  # noqa: E402
 from moa_core.engine import MoaEngine  # noqa: E402
+from moa_core.providers.base import CompletionRequest  # noqa: E402
 from moa_core.providers.client import ProviderClient  # noqa: E402
 from moa_core.providers.http import make_http_client  # noqa: E402
 from moa_core.settings import EngineSettings, Preset, ProviderSettings, Slot  # noqa: E402
 from moa_core.values import Message  # noqa: E402
 
-REF_MS, AGG_MS = 300, 200
-CRITICAL_S = (REF_MS + AGG_MS) / 1000
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    reference_ms: int
+    aggregator_ms: int
+
+    @property
+    def critical_s(self) -> float:
+        return (self.reference_ms + self.aggregator_ms) / 1000
+
+
+STRESS = Profile("stress", 300, 200)
+TYPICAL = Profile("typical", 3000, 2000)
 
 
 def start_fake() -> tuple[subprocess.Popen, str]:
@@ -42,40 +64,41 @@ def start_fake() -> tuple[subprocess.Popen, str]:
     return process, url
 
 
-def make_engine(url: str, refs: int, http: httpx.AsyncClient) -> MoaEngine:
+def make_engine(url: str, refs: int, http: httpx.AsyncClient, profile: Profile = STRESS) -> MoaEngine:
     provider = ProviderSettings("bench", "openai", url + "/v1", None, price_in_per_mtok=1, price_out_per_mtok=2,
                                 max_retries=0)
-    preset = Preset("bench", tuple(Slot("bench", f"ref{i}-{REF_MS}") for i in range(refs)),
-                    Slot("bench", f"agg-{AGG_MS}"), max_steps=1)
+    preset = Preset("bench", tuple(Slot("bench", f"ref{i}-{profile.reference_ms}") for i in range(refs)),
+                    Slot("bench", f"agg-{profile.aggregator_ms}"), max_steps=1)
     settings = EngineSettings({"bench": provider}, {"bench": preset}, max_concurrent_references=64)
     clock = SystemClock()
     return MoaEngine(settings, ProviderClient(http, env={}, clock=clock), tools={}, clock=clock)
 
 
+async def sequential_turn(engine: MoaEngine, question: str) -> None:
+    """Naive baseline: each reference alone, one after another, then the aggregator."""
+    preset = engine.preset("bench")
+    provider = engine.settings.providers["bench"]
+    client = ProviderClient(engine._client._http, env={}, clock=SystemClock())  # noqa: SLF001 - a baseline
+    for slot in preset.references:
+        await client.complete(CompletionRequest(provider, slot.model, (Message("user", question),)))
+    await client.complete(CompletionRequest(provider, preset.aggregator.model, (Message("user", question),),
+                                            stream=True))
+
+
 async def one_turn(engine: MoaEngine, i: int, sequential: bool = False) -> float:
     started = time.perf_counter()
     if sequential:
-        # Naive baseline: each reference alone, one after another, then the aggregator.
-        preset = engine.preset("bench")
-        for slot in preset.references:
-            solo = Preset("solo", (slot,), preset.aggregator, enabled=False, max_steps=1)
-            await engine._client.complete(  # noqa: SLF001 - a baseline, not product code
-                __import__("moa_core.providers.base", fromlist=["CompletionRequest"]).CompletionRequest(
-                    engine.settings.providers["bench"], slot.model, (Message("user", f"q{i}"),)))
-            del solo
-        await engine._client.complete(  # noqa: SLF001
-            __import__("moa_core.providers.base", fromlist=["CompletionRequest"]).CompletionRequest(
-                engine.settings.providers["bench"], preset.aggregator.model, (Message("user", f"q{i}"),),
-                stream=True))
+        await sequential_turn(engine, f"q{i}")
     else:
         result = await engine.run_turn("bench", [Message("user", f"question {i}")], session=f"s{i}")
         assert result.error is None, result.error
     return time.perf_counter() - started
 
 
-async def measure(url: str, refs: int, concurrent: int, rounds: int, sequential: bool = False) -> list[float]:
+async def measure(url: str, refs: int, concurrent: int, rounds: int, profile: Profile = STRESS,
+                  sequential: bool = False) -> list[float]:
     http = make_http_client()
-    engine = make_engine(url, refs, http)
+    engine = make_engine(url, refs, http, profile)
     # Warm the connection pool at this concurrency: a running gateway keeps its provider
     # connections alive, so steady state is what a turn sees.
     await asyncio.gather(*(one_turn(engine, -1 - i, sequential) for i in range(concurrent)))
@@ -86,11 +109,12 @@ async def measure(url: str, refs: int, concurrent: int, rounds: int, sequential:
     return walls
 
 
-def row(label: str, walls: list[float]) -> str:
+def row(label: str, walls: list[float], profile: Profile) -> str:
     p50 = statistics.median(walls)
     p95 = sorted(walls)[max(0, int(len(walls) * 0.95) - 1)]
+    critical = profile.critical_s
     return (f"{label:<34} p50 {p50 * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms  "
-            f"p50/critical {p50 / CRITICAL_S:5.3f}  overhead p50 {(p50 - CRITICAL_S) * 1000:6.1f} ms")
+            f"p50/critical {p50 / critical:5.3f}  overhead p50 {(p50 - critical) * 1000:6.1f} ms")
 
 
 async def transport_cpu(url: str, transport: str, n: int = 1000) -> tuple[float, float]:
@@ -110,24 +134,37 @@ async def transport_cpu(url: str, transport: str, n: int = 1000) -> tuple[float,
     return cpu, wall
 
 
-async def main() -> None:
+async def run_profile(url: str, profile: Profile, *, full: bool) -> None:
+    print(f"\n[{profile.name}] critical path: slowest reference {profile.reference_ms} ms "
+          f"+ aggregator {profile.aggregator_ms} ms = {profile.critical_s * 1000:.0f} ms")
+    if full:
+        for refs in (1, 4, 16):
+            print(row(f"1 turn, {refs} references", await measure(url, refs, 1, 9, profile), profile))
+    for concurrent, rounds in ((1, 9), (50, 3), (200, 3)) if full else ((200, 3),):
+        walls = await measure(url, 4, concurrent, rounds, profile)
+        print(row(f"{concurrent} concurrent turns, 4 refs", walls, profile))
+    if full:
+        walls = await measure(url, 4, 1, 3, profile, sequential=True)
+        print(row("naive sequential, 1 turn, 4 refs", walls, profile))
+
+
+async def main(quick: bool) -> None:
     process, url = start_fake()
     try:
-        print(f"critical path: slowest reference {REF_MS} ms + aggregator {AGG_MS} ms = {CRITICAL_S * 1000:.0f} ms")
-        for refs in (1, 4, 16):
-            print(row(f"1 turn, {refs} references", await measure(url, refs, 1, 15)))
-        for concurrent, rounds in ((1, 15), (50, 3), (200, 2)):
-            print(row(f"{concurrent} concurrent turns, 4 refs", await measure(url, 4, concurrent, rounds)))
-        print(row("naive sequential, 1 turn, 4 refs", await measure(url, 4, 1, 3, sequential=True)))
+        settle_heap()
+        await run_profile(url, STRESS, full=True)
+        if not quick:
+            await run_profile(url, TYPICAL, full=False)
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"peak RSS of the benchmark process: {rss_mb:.0f} MB")
-        for transport in ("aiohttp", "httpx-default"):
-            cpu, wall = await transport_cpu(url, transport)
-            print(f"1,000 concurrent streams (1 s latency), {transport:<14} CPU {cpu:6.2f} s  wall {wall:6.2f} s")
+        print(f"\npeak RSS of the benchmark process: {rss_mb:.0f} MB")
+        if not quick:
+            for transport in ("aiohttp", "httpx-default"):
+                cpu, wall = await transport_cpu(url, transport)
+                print(f"1,000 concurrent streams (1 s latency), {transport:<14} CPU {cpu:6.2f} s  wall {wall:6.2f} s")
     finally:
         process.stdin.close()
         process.wait(timeout=10)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(quick="--quick" in sys.argv[1:]))

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from gateway.config import Config, ConfigError, load_config
+from gateway.heap import settle_heap
 from gateway.presentation import answer_footer, format_dollars, reference_summary
 from gateway.runtime import build_engine, missing_keys
 from moa_core.engine import ConfigurationError
@@ -116,11 +117,13 @@ def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -
     problems = [p for preset in config.engine.presets.values() for p in missing_keys(config, preset, env)]
     for problem in dict.fromkeys(problems):
         print(f"warning: {problem}", file=sys.stderr)
+    settle_heap()
     asyncio.run(serve(config, adapters, env=env))
     return EXIT_OK
 
 
 def _cmd_chat(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
+    settle_heap()
     return asyncio.run(chat(config, env))
 
 

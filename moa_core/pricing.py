@@ -107,6 +107,11 @@ def config_price(provider: ProviderSettings, usage: Usage) -> float | None:
     return dollars
 
 
+def load_price_table() -> None:
+    """Load the bundled genai-prices table now rather than at the first priced call."""
+    data_snapshot.get_snapshot()
+
+
 @lru_cache(maxsize=256)
 def price_provider_id(price_provider: str | None, base_url: str, name: str) -> str | None:
     """The genai-prices provider id for a provider, or None when the table does not know it.

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from moa_core.providers.base import CompletionRequest, ProviderError
 from moa_core.providers.sse import ServerEvent
 from moa_core.values import UNKNOWN_USAGE, Completion, Message, ToolCall, Usage
@@ -169,7 +171,7 @@ class StreamAccumulator:
 
     def feed(self, event: ServerEvent) -> str:
         """Take one event; return its text delta ("" if none)."""
-        data = json.loads(event.data)
+        data = orjson.loads(event.data)
         if not isinstance(data, dict):
             raise ValueError("stream event is not a JSON object")
         kind = event.event or data.get("type")

@@ -7,8 +7,9 @@ turns it into a ProviderError naming the provider and model.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from moa_core.providers.base import CompletionRequest, ProviderError
 from moa_core.providers.sse import ServerEvent
@@ -158,7 +159,7 @@ class StreamAccumulator:
         if event.data.strip() == "[DONE]":
             self.finished = True
             return ""
-        chunk = json.loads(event.data)
+        chunk = orjson.loads(event.data)
         if not isinstance(chunk, dict):
             raise ValueError("stream chunk is not a JSON object")
         if chunk.get("error"):  # OpenRouter and others report mid-stream failures this way

@@ -1,9 +1,14 @@
-"""Incremental Server-Sent Events parsing over a streamed httpx response.
+"""Incremental Server-Sent Events parsing of the raw bytes of a streamed response.
 
 Follows the WHATWG event-stream rules that matter to model providers: `event:` and `data:`
 fields, multi-line data joined by newlines, `:` comments, CR/LF/CRLF line ends, an event
-dispatched at a blank line. Text is split on those line ends only (not str.splitlines, which
-would also split JSON that carries a raw U+2028).
+dispatched at a blank line, a leading byte-order mark ignored. Bytes are split on those line
+ends only (not str.splitlines, which would also split JSON that carries a raw U+2028) and a
+line is decoded only once it is complete, so a UTF-8 character cut between chunks survives.
+
+`SseDecoder` is a plain object fed from the caller's own loop: at hundreds of concurrent
+streams, a stack of async generators per call costs measurable CPU (each abandoned one is
+closed by a task of its own).
 """
 
 from __future__ import annotations
@@ -12,9 +17,8 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
-import httpx
-
-_LINE_END = re.compile(r"\r\n|\r|\n")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,56 +29,73 @@ class ServerEvent:
     data: str
 
 
-class _Parser:
-    """Line-level state of the event stream: the fields of the event being received."""
+class SseDecoder:
+    """Feed it chunks split anywhere (even inside a CRLF pair); it returns whole events."""
 
     def __init__(self) -> None:
-        self.event: str | None = None
-        self.data: list[str] = []
+        self._pending = b""
+        self._started = False
+        self._event: str | None = None
+        self._data: list[str] = []
 
-    def line(self, line: str) -> ServerEvent | None:
-        if not line:
-            done = ServerEvent(self.event, "\n".join(self.data)) if self.data else None
-            self.event, self.data = None, []
-            return done
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self.data.append(value)
-        elif name == "event":
-            self.event = value
-        return None  # comments (empty name), id, retry and unknown fields are ignored
-
-
-async def parse_sse(chunks: AsyncIterable[str]) -> AsyncIterator[ServerEvent]:
-    """Yield events from text chunks split anywhere (even inside a CRLF pair).
-
-    At end of input an event whose lines were all complete is still dispatched (some servers
-    omit the final blank line); a half-received line is dropped.
-    """
-    parser = _Parser()
-    pending = ""
-    async for chunk in chunks:
-        text = pending + chunk
-        lines = _LINE_END.split(text)
-        pending = lines.pop()
-        if text.endswith("\r") and lines:
-            # "\r" may be the first half of a CRLF: keep that line until the next chunk.
-            pending = lines.pop() + "\r"
+    def feed(self, chunk: bytes) -> list[ServerEvent]:
+        buffer = self._pending + chunk if self._pending else chunk
+        if not self._started and buffer:
+            if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
+                self._pending = buffer  # maybe the start of a byte-order mark: wait for more
+                return []
+            self._started = True
+            buffer = buffer.removeprefix(_BOM)
+        if b"\r" not in buffer:  # the common case: LF line ends only
+            lines = buffer.split(b"\n")
+            self._pending = lines.pop()
+        else:
+            lines = _LINE_END.split(buffer)
+            self._pending = lines.pop()
+            if buffer.endswith(b"\r") and lines:
+                # "\r" may be the first half of a CRLF: keep that line until the next chunk.
+                self._pending = lines.pop() + b"\r"
+        events: list[ServerEvent] = []
         for line in lines:
-            if (event := parser.line(line)) is not None:
-                yield event
-    if pending.endswith("\r"):
-        if (event := parser.line(pending[:-1])) is not None:
+            if line[:6] == b"data: ":  # most lines of a model stream: no need to split the field
+                self._data.append(line[6:].decode("utf-8", "replace"))
+            else:
+                self._line(line, events)
+        return events
+
+    def close(self) -> list[ServerEvent]:
+        """End of input: an event whose lines were all complete is still dispatched (some
+        servers omit the final blank line); a half-received line is dropped."""
+        events: list[ServerEvent] = []
+        pending, self._pending = self._pending, b""
+        if pending.endswith(b"\r"):
+            self._line(pending[:-1], events)
+        elif pending:
+            return events  # the stream stopped mid-line
+        self._line(b"", events)
+        return events
+
+    def _line(self, line: bytes, events: list[ServerEvent]) -> None:
+        if not line:
+            if self._data:
+                events.append(ServerEvent(self._event, "\n".join(self._data)))
+            self._event, self._data = None, []
+            return
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value.decode("utf-8", "replace"))
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        # comments (empty name), id, retry and unknown fields are ignored
+
+
+async def parse_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[ServerEvent]:
+    """Events of an async stream of byte chunks (for callers that want an iterator)."""
+    decoder = SseDecoder()
+    async for chunk in chunks:
+        for event in decoder.feed(chunk):
             yield event
-    elif pending:
-        return  # the stream stopped mid-line
-    if (event := parser.line("")) is not None:
-        yield event
-
-
-async def iter_sse(response: httpx.Response) -> AsyncIterator[ServerEvent]:
-    """Events of a response opened with `client.stream(...)`."""
-    async for event in parse_sse(response.aiter_text()):
+    for event in decoder.close():
         yield event

@@ -8,13 +8,15 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moa_core.clock import SystemClock
 from moa_core.providers import openai_wire
 from moa_core.providers.base import CompletionRequest, MissingApiKey, ProviderError, ProviderTimeout
 from moa_core.providers.client import ProviderClient, retry_after_seconds
 from moa_core.providers.http import make_http_client
-from moa_core.providers.sse import ServerEvent, parse_sse
+from moa_core.providers.sse import ServerEvent, SseDecoder, parse_sse
 from moa_core.settings import ProviderSettings
 from moa_core.values import Message, ToolCall, ToolSpec, Usage
 from tests.fakes.provider_server import FakeProvider, Reply
@@ -136,7 +138,7 @@ async def test_anthropic_tool_use_input_object_becomes_json_text(fake, client, s
 
 async def test_openai_stream_tolerates_null_choices():
     async def chunks():
-        yield 'data: {"choices": null}\n\ndata: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+        yield b'data: {"choices": null}\n\ndata: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
 
     events = [e async for e in parse_sse(chunks())]
     acc = openai_wire.StreamAccumulator()
@@ -146,13 +148,13 @@ async def test_openai_stream_tolerates_null_choices():
 async def test_sse_parser_handles_split_crlf_comments_and_multiline_data():
     async def chunks():
         for piece in [
-            ": keep-alive\r",
-            "\nevent: a\r\ndata: one\r",
-            "\ndata: two\r\n\r",
-            "\n",
-            'data: {"x"',
-            ": 1}\n\n",
-            "data: last\n",
+            b": keep-alive\r",
+            b"\nevent: a\r\ndata: one\r",
+            b"\ndata: two\r\n\r",
+            b"\n",
+            b'data: {"x"',
+            b": 1}\n\n",
+            b"data: last\n",
         ]:
             yield piece
 
@@ -160,9 +162,40 @@ async def test_sse_parser_handles_split_crlf_comments_and_multiline_data():
     assert events == [ServerEvent("a", "one\ntwo"), ServerEvent(None, '{"x": 1}'), ServerEvent(None, "last")]
 
     async def cut():
-        yield 'data: complete\n\ndata: {"half'
+        yield b'data: complete\n\ndata: {"half'
 
     assert [e async for e in parse_sse(cut())] == [ServerEvent(None, "complete")]
+
+
+SSE_STREAM = (
+    "\ufeffevent: message_start\r\ndata: {\"a\": \"h\u00e9llo \u2028 \u4e16\u754c\"}\r\n\r\n"
+    ": comment\rdata: one\rdata: two\r\rid: 7\ndata:no-space\n\ndata: last\n"
+).encode()
+SSE_EVENTS = [
+    ServerEvent("message_start", '{"a": "h\u00e9llo \u2028 \u4e16\u754c"}'),
+    ServerEvent(None, "one\ntwo"),
+    ServerEvent(None, "no-space"),
+    ServerEvent(None, "last"),
+]
+
+
+def decode_all(chunks: list[bytes]) -> list[ServerEvent]:
+    decoder = SseDecoder()
+    events = [e for chunk in chunks for e in decoder.feed(chunk)]
+    return events + decoder.close()
+
+
+def test_sse_decoder_whole_stream():
+    assert decode_all([SSE_STREAM]) == SSE_EVENTS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(SSE_STREAM)), max_size=12))
+def test_sse_decoder_gives_the_same_events_however_the_bytes_are_split(cuts):
+    """Cuts fall anywhere: inside CRLF pairs, the byte-order mark and multi-byte characters."""
+    bounds = [0, *sorted(cuts), len(SSE_STREAM)]
+    chunks = [SSE_STREAM[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    assert decode_all(chunks) == SSE_EVENTS
 
 
 # --- usage and cost ------------------------------------------------------------------------------

@@ -86,13 +86,21 @@ async def sequential_turn(engine: MoaEngine, question: str) -> None:
 
 
 async def one_turn(engine: MoaEngine, i: int, sequential: bool = False) -> float:
-    started = time.perf_counter()
+    """Run one turn; the perf_counter() instant it ended."""
     if sequential:
         await sequential_turn(engine, f"q{i}")
     else:
         result = await engine.run_turn("bench", [Message("user", f"question {i}")], session=f"s{i}")
         assert result.error is None, result.error
-    return time.perf_counter() - started
+    return time.perf_counter()
+
+
+async def batch(engine: MoaEngine, first: int, concurrent: int, sequential: bool = False) -> list[float]:
+    """Wall time of each of `concurrent` turns submitted at one instant, counted from that
+    instant: a turn that waits for the loop before it even starts is charged for the wait."""
+    submitted = time.perf_counter()
+    ends = await asyncio.gather(*(one_turn(engine, first + i, sequential) for i in range(concurrent)))
+    return [end - submitted for end in ends]
 
 
 async def measure(url: str, refs: int, concurrent: int, rounds: int, profile: Profile = STRESS,
@@ -101,10 +109,10 @@ async def measure(url: str, refs: int, concurrent: int, rounds: int, profile: Pr
     engine = make_engine(url, refs, http, profile)
     # Warm the connection pool at this concurrency: a running gateway keeps its provider
     # connections alive, so steady state is what a turn sees.
-    await asyncio.gather(*(one_turn(engine, -1 - i, sequential) for i in range(concurrent)))
+    await batch(engine, -10 * concurrent, concurrent, sequential)
     walls: list[float] = []
     for r in range(rounds):
-        walls += await asyncio.gather(*(one_turn(engine, r * concurrent + i, sequential) for i in range(concurrent)))
+        walls += await batch(engine, r * concurrent, concurrent, sequential)
     await http.aclose()
     return walls
 

@@ -225,3 +225,11 @@ def m005_model_spend_index(db: Database) -> None:
     db.table("model_calls").create_index(
         ["provider", "model", "created_at", "cost_usd"], index_name="idx_model_calls_model_spend"
     )
+
+
+@migrations()
+def m006_unfinished_turns_index(db: Database) -> None:
+    """Turns can wait in a queue (status `queued`): the start-up scan for turns a crash cut
+    covers those as well as running ones, from a partial index of both."""
+    db.execute("DROP INDEX turns_running")
+    db.execute("CREATE INDEX turns_unfinished ON turns (id) WHERE status IN ('queued', 'running')")

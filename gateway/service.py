@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -56,11 +57,22 @@ CommandHook = Callable[["Gateway", InboundMessage, Command], Awaitable[str]]
 BudgetHook = Callable[["Gateway", InboundMessage], Awaitable[str | None]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """An accepted question whose turn is already stored (status `queued`) but not started."""
+
+    message: InboundMessage
+    ask: Ask
+    turn_id: int
+    preset: str
+    session_id: int
+
+
 @dataclass(slots=True)
 class _Lane:
     """The queue of one session: turns run one at a time, in arrival order."""
 
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    waiting: deque[_Waiting] = field(default_factory=deque)
     worker: asyncio.Task | None = None
 
 
@@ -122,7 +134,7 @@ class Gateway:
         await self.deliver_pending()
 
     async def _interrupt_cut_turns(self) -> None:
-        for turn in await self.store.running_turns():
+        for turn in await self.store.unfinished_turns():
             chat = ChatRef(turn.platform, turn.chat_id, turn.thread_id or None, turn.message_id or None)
             await self.store.complete_turn(
                 turn.id, status="interrupted", answer=None, cost_usd=None, messages=(),
@@ -278,39 +290,65 @@ class Gateway:
         return self.config.gateway.default_preset
 
     async def _enqueue(self, message: InboundMessage, ask: Ask) -> None:
-        key = session_key(message)
-        lane = self._lanes.setdefault(key, _Lane())
-        lane.queue.put_nowait((message, ask))
-        if lane.worker is None or lane.worker.done():
-            lane.worker = asyncio.create_task(self._drain(key, lane))
-
-    async def _drain(self, key: str, lane: _Lane) -> None:
-        try:
-            while not lane.queue.empty():
-                message, ask = lane.queue.get_nowait()
-                async with self._turn_slots:
-                    await self._run_turn(message, ask)
-        finally:
-            if lane.queue.empty() and self._lanes.get(key) is lane:
-                del self._lanes[key]
-
-    # ----- a turn ----------------------------------------------------------------------------
-
-    async def _run_turn(self, message: InboundMessage, ask: Ask) -> None:
-        chat = chat_ref(message)
-        adapter = self.adapters[message.platform]
+        # Stored before it waits: a crash or shutdown while it queues cannot lose the question.
         preset_name = ask.preset or await self.channel_default(message.platform, message.chat_id)
-        if self._budget_check is not None:
-            refusal = await self._budget_check(self, message)
-            if refusal:
-                await self.notify(chat, refusal, "warning")
-                return
         session_id = await self.store.active_session(message.platform, message.chat_id, message.thread_id)
         turn_id = await self.store.start_turn(
             session_id=session_id, platform=message.platform, chat_id=message.chat_id,
             thread_id=message.thread_id, user_id=message.user_id, user_name=message.user_name,
             event_id=message.event_id, message_id=message.message_id, preset=preset_name, prompt=ask.prompt,
+            queued=True,
         )
+        key = session_key(message)
+        lane = self._lanes.setdefault(key, _Lane())
+        lane.waiting.append(_Waiting(message, ask, turn_id, preset_name, session_id))
+        if lane.worker is None or lane.worker.done():
+            lane.worker = asyncio.create_task(self._drain(key, lane))
+
+    async def _drain(self, key: str, lane: _Lane) -> None:
+        try:
+            while lane.waiting:
+                async with self._turn_slots:
+                    waiting = lane.waiting.popleft()
+                    try:
+                        await self._run_turn(waiting)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as error:  # the rest of the queue must still run
+                        log.exception("turn %s could not run", waiting.turn_id)
+                        await self._record_and_deliver(
+                            waiting.turn_id, chat_ref(waiting.message), "notice",
+                            {"text": f"Sorry, this turn failed: {error}", "level": "error"},
+                            status="failed", answer=None, cost_usd=None, messages=(), error=str(error),
+                        )
+        except asyncio.CancelledError:
+            # Shutdown: questions still waiting never started; tell their chat, as for a cut turn.
+            while lane.waiting:
+                waiting = lane.waiting.popleft()
+                await self._record_and_deliver(
+                    waiting.turn_id, chat_ref(waiting.message), "notice",
+                    {"text": _interrupted_text(waiting.ask.prompt, "shutdown"), "level": "warning"},
+                    status="interrupted", answer=None, cost_usd=None, messages=(), error="interrupted by shutdown",
+                )
+            raise
+        finally:
+            if not lane.waiting and self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    # ----- a turn ----------------------------------------------------------------------------
+
+    async def _run_turn(self, waiting: _Waiting) -> None:
+        message, ask, turn_id = waiting.message, waiting.ask, waiting.turn_id
+        preset_name, session_id = waiting.preset, waiting.session_id
+        chat = chat_ref(message)
+        adapter = self.adapters[message.platform]
+        if self._budget_check is not None:
+            refusal = await self._budget_check(self, message)
+            if refusal:
+                await self.store.mark_turn(turn_id, "refused", "over budget")
+                await self.notify(chat, refusal, "warning")
+                return
+        await self.store.begin_turn(turn_id)
         preset = self.config.engine.presets[preset_name]
         channel = self.config.channels.get(f"{message.platform}:{message.chat_id}")
         summary_mode = (channel.summary if channel and channel.summary else None) or preset.summary

@@ -30,7 +30,7 @@ from moa_core.values import CallRecord, Message, ToolCall
 
 T = TypeVar("T")
 
-TURN_STATUSES = frozenset({"running", "done", "failed", "interrupted", "refused"})
+TURN_STATUSES = frozenset({"queued", "running", "done", "failed", "interrupted", "refused"})
 DELIVERY_STATUSES = frozenset({"pending", "sending", "sent", "failed"})
 BUSY_TIMEOUT_MS = 10_000
 
@@ -331,8 +331,12 @@ class Store:
         message_id: str,
         preset: str,
         prompt: str,
+        queued: bool = False,
     ) -> int:
-        """Record a running turn and its user message, in one transaction; returns the turn id."""
+        """Record a turn; returns its id. A running turn stores its user message in the same
+        transaction. A queued one (waiting behind another turn of its chat) is stored at once,
+        so a crash cannot lose it, but its message only joins the session in `begin_turn`:
+        the history keeps the order in which turns really ran."""
         at = self._now()
         turn = {
             "session_id": session_id,
@@ -345,7 +349,7 @@ class Store:
             "message_id": message_id,
             "preset": preset,
             "prompt": prompt,
-            "status": "running",
+            "status": "queued" if queued else "running",
             "answer": None,
             "cost_usd": None,
             "error": None,
@@ -356,10 +360,28 @@ class Store:
         def work(db: sqlite_utils.Database) -> int:
             with db.atomic():
                 turn_id = _inserted_id(db.table("turns").insert(turn))
-                db.table("messages").insert(_message_row(session_id, turn_id, Message("user", prompt), at))
+                if not queued:
+                    db.table("messages").insert(_message_row(session_id, turn_id, Message("user", prompt), at))
                 return turn_id
 
         return await self.run(work)
+
+    async def begin_turn(self, turn_id: int) -> None:
+        """A queued turn starts: marked running, its user message stored, in one transaction."""
+        at = self._now()
+
+        def work(db: sqlite_utils.Database) -> None:
+            with db.atomic():
+                row = db.execute("SELECT session_id, prompt, status FROM turns WHERE id = ?", [turn_id]).fetchone()
+                if row is None:
+                    raise KeyError(f"no turn {turn_id}")
+                session_id, prompt, status = row
+                if status != "queued":
+                    raise ValueError(f"turn {turn_id} is {status}, not queued")
+                db.execute("UPDATE turns SET status = 'running', started_at = ? WHERE id = ?", [at, turn_id])
+                db.table("messages").insert(_message_row(session_id, turn_id, Message("user", prompt), at))
+
+        await self.run(work)
 
     async def record_calls(self, turn_id: int, calls: Sequence[CallRecord]) -> None:
         """Store model calls of a turn, with the turn's chat, user and preset copied onto each."""
@@ -439,11 +461,12 @@ class Store:
 
         await self.run(work)
 
-    async def running_turns(self) -> list[TurnRow]:
-        """Turns still marked running, oldest first: after a restart, the ones a crash cut."""
+    async def unfinished_turns(self) -> list[TurnRow]:
+        """Turns still queued or running, oldest first: after a restart, the ones a crash cut."""
 
         def work(db: sqlite_utils.Database) -> list[TurnRow]:
-            return [_turn_row(r) for r in db.query("SELECT * FROM turns WHERE status = 'running' ORDER BY id")]
+            query = "SELECT * FROM turns WHERE status IN ('queued', 'running') ORDER BY id"
+            return [_turn_row(r) for r in db.query(query)]
 
         return await self.run(work)
 

@@ -249,6 +249,42 @@ async def test_a_turn_cut_by_a_crash_is_reported_after_restart(fake, http, tmp_p
     assert turn["status"] == "interrupted"
 
 
+async def test_a_question_queued_when_the_process_died_is_reported_after_restart(fake, http, tmp_path):
+    gw, chat = await make_gateway(fake, http, tmp_path)
+    store = gw.store
+    session = await store.active_session("fakechat", "c1", None)
+    common = dict(session_id=session, platform="fakechat", chat_id="c1", thread_id=None, user_id="u1",
+                  user_name="u", message_id="m", preset="default")
+    await store.start_turn(**common, event_id="e1", prompt="was running")
+    await store.start_turn(**common, event_id="e2", prompt="was waiting", queued=True)
+    await store.close()
+    gw2, chat2 = await make_gateway(fake, http, tmp_path)
+    notices = chat2.notices()
+    assert [n for n in notices if "was running" in n or "was waiting" in n] == [
+        n for n in notices if "interrupted by a restart" in n]
+    assert sum("was waiting" in n for n in notices) == 1 and sum("was running" in n for n in notices) == 1
+    statuses = await gw2.store.run(lambda db: [r["status"] for r in db.query("select status from turns")])
+    assert statuses == ["interrupted", "interrupted"]
+
+
+async def test_questions_waiting_behind_a_turn_are_stored_and_told_at_shutdown(fake, http, tmp_path):
+    fake.reply("agg", Reply(hang=True))
+    gw, chat = await make_gateway(fake, http, tmp_path)
+    await chat.push(chat.message("/moa never finishes"))
+    await fake.wait_for_requests(3)
+    for word in ("second", "third"):
+        await chat.push(chat.message(f"/moa {word} question"))
+    rows = await gw.store.run(lambda db: [(r["prompt"], r["status"]) for r in db.query("select * from turns")])
+    assert rows == [("never finishes", "running"), ("second question", "queued"), ("third question", "queued")]
+    await gw.shutdown(grace_s=0.2)
+    notices = chat.notices()
+    for prompt in ("never finishes", "second question", "third question"):
+        assert sum(prompt in n and "interrupted by a shutdown" in n for n in notices) == 1
+    statuses = await gw.store.run(lambda db: [r["status"] for r in db.query("select status from turns")])
+    assert statuses == ["interrupted"] * 3
+    assert len(fake.for_model("agg")) == 1  # the waiting ones never ran
+
+
 async def test_shutdown_lets_a_running_turn_finish_within_the_grace(fake, http, tmp_path):
     fake.reply("agg", Reply(text="finished in time", delay=0.3))
     gw, chat = await make_gateway(fake, http, tmp_path)

@@ -59,6 +59,8 @@ async def test_a_turn_past_the_budget_is_refused_with_the_figures(fake, http, tm
     refusal = chat.notices()[-1]
     assert "$1.00" in refusal and "resets" in refusal and "Nothing was run" in refusal
     assert len(fake.requests) == calls_before  # the refusal cost nothing
+    statuses = await gw.store.run(lambda db: [r["status"] for r in db.query("select status from turns order by id")])
+    assert statuses == ["done", "refused"]  # stored, and not left waiting for a restart to report it
     await chat.push(chat.message("/moa budget"))
     assert "your daily budget: $1.00 of $1.00 spent" in chat.notices()[-1]
     # Another user still has budget.

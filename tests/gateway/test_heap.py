@@ -28,7 +28,6 @@ print(json.dumps({
 def test_settle_heap_freezes_start_up_objects_and_spaces_young_collections():
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
     probe = json.loads(out.stdout)
-    assert probe["before"] == 0
-    assert probe["frozen"] > 10_000  # SDKs and the price table, not a handful of objects
+    assert probe["frozen"] - probe["before"] > 10_000  # SDKs and the price table, not a handful
     assert probe["threshold"][0] == probe["expected"] > 700
     assert probe["table_frozen"]  # loaded before the freeze, so out of the collector's view

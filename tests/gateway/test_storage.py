@@ -70,7 +70,7 @@ def call(index: int = 0, *, role: str = "reference", usd: float | None = 0.01, s
     )
 
 
-async def start(store: Store, session_id: int, prompt: str = "hi", **over: str) -> int:
+async def start(store: Store, session_id: int, prompt: str = "hi", **over: object) -> int:
     fields = dict(
         session_id=session_id, platform="telegram", chat_id="-100", thread_id=None, user_id="u1",
         user_name="Ann", event_id="e1", message_id="m1", preset="default", prompt=prompt,
@@ -250,7 +250,7 @@ async def test_turn_messages_and_history_round_trip(store: Store, clock: FakeClo
     assert row.started_at.tzinfo is not None and row.thread_id is None
     assert (row.user_id, row.user_name, row.event_id, row.message_id, row.preset) == ("u1", "Ann", "e1", "m1",
                                                                                        "default")
-    assert await store.running_turns() == []
+    assert await store.unfinished_turns() == []
     # Another session's history is separate.
     other = await store.new_session("telegram", "-100", None)
     assert await store.history(other) == []
@@ -352,21 +352,42 @@ async def test_delivery_ledger(store: Store, clock: FakeClock) -> None:
         await store.mark_delivery(12345, "sent")
 
 
-async def test_running_turns_and_mark_turn(store: Store, clock: FakeClock) -> None:
+async def test_a_queued_turn_is_stored_at_once_and_joins_the_history_when_it_begins(
+    store: Store, clock: FakeClock
+) -> None:
+    session = await store.active_session("telegram", "1", None)
+    first = await start(store, session, prompt="first")
+    waiting = await start(store, session, prompt="waiting", queued=True)
+    assert [(t.id, t.status) for t in await store.unfinished_turns()] == [(first, "running"), (waiting, "queued")]
+    assert [m.content for m in await store.history(session)] == ["first"]  # not yet in the conversation
+    await store.complete_turn(first, status="done", answer="one", cost_usd=0.0,
+                              messages=[Message("assistant", "one")], delivery=None)
+    clock.advance(minutes=2)
+    await store.begin_turn(waiting)
+    assert [m.content for m in await store.history(session)] == ["first", "one", "waiting"]
+    row = await store.turn(waiting)
+    assert row is not None and row.status == "running" and row.started_at == clock.now()
+    with pytest.raises(ValueError):
+        await store.begin_turn(waiting)  # only once
+    with pytest.raises(KeyError):
+        await store.begin_turn(9999)
+
+
+async def test_unfinished_turns_and_mark_turn(store: Store, clock: FakeClock) -> None:
     session = await store.active_session("telegram", "1", "topic")
     a = await start(store, session, thread_id="topic")
     b = await start(store, session, thread_id="topic", prompt="second")
-    running = await store.running_turns()
+    running = await store.unfinished_turns()
     assert [t.id for t in running] == [a, b]
     assert running[1].prompt == "second" and running[1].thread_id == "topic"
     clock.advance(minutes=1)
     await store.mark_turn(a, "interrupted", "gateway restarted")
-    assert [t.id for t in await store.running_turns()] == [b]
+    assert [t.id for t in await store.unfinished_turns()] == [b]
     row = await store.turn(a)
     assert row is not None and row.status == "interrupted" and row.error == "gateway restarted"
     assert row.finished_at == clock.now()
     await store.mark_turn(b, "refused")
-    assert await store.running_turns() == []
+    assert await store.unfinished_turns() == []
     with pytest.raises(ValueError):
         await store.mark_turn(b, "exploded")
 
@@ -419,7 +440,7 @@ async def test_store_reopens_with_its_data(tmp_path: Path, clock: FakeClock) -> 
     store = await Store.open(path, clock)
     assert await store.active_session("telegram", "1", None) == session
     assert await store.history(session) == [Message("user", "persist me")]
-    assert len(await store.running_turns()) == 1
+    assert len(await store.unfinished_turns()) == 1
     await store.close()
 
 

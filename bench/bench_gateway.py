@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapters.contract import Answer, ChatRef  # noqa: E402
 from bench.bench_turns import start_fake  # noqa: E402
 from gateway.config import AccessRules, PlatformSection, parse_config  # noqa: E402
+from gateway.heap import settle_heap  # noqa: E402
 from gateway.service import Gateway  # noqa: E402
 from gateway.storage import Store  # noqa: E402
 from moa_core.clock import SystemClock  # noqa: E402
@@ -132,6 +133,7 @@ async def bench_sessions(directory: Path, url: str, sessions: int = 200) -> None
 
 
 async def main() -> None:
+    settle_heap()  # as `moa-gateway run` does after start-up
     with tempfile.TemporaryDirectory() as tmp:
         await bench_storage(Path(tmp))
         process, url = start_fake()

@@ -59,13 +59,15 @@ BudgetHook = Callable[["Gateway", InboundMessage], Awaitable[str | None]]
 
 @dataclass(frozen=True, slots=True)
 class _Waiting:
-    """An accepted question whose turn is already stored (status `queued`) but not started."""
+    """An accepted question whose turn is already stored: `queued`, or `running` when nothing
+    was ahead of it (then storing it as running at once saves a write per turn)."""
 
     message: InboundMessage
     ask: Ask
     turn_id: int
     preset: str
     session_id: int
+    queued: bool
 
 
 @dataclass(slots=True)
@@ -74,6 +76,10 @@ class _Lane:
 
     waiting: deque[_Waiting] = field(default_factory=deque)
     worker: asyncio.Task | None = None
+    storing: int = 0  # questions of this lane whose turn row is being written
+
+    def idle(self) -> bool:
+        return not self.storing and not self.waiting and (self.worker is None or self.worker.done())
 
 
 def session_key(message: InboundMessage) -> str:
@@ -293,15 +299,22 @@ class Gateway:
         # Stored before it waits: a crash or shutdown while it queues cannot lose the question.
         preset_name = ask.preset or await self.channel_default(message.platform, message.chat_id)
         session_id = await self.store.active_session(message.platform, message.chat_id, message.thread_id)
-        turn_id = await self.store.start_turn(
-            session_id=session_id, platform=message.platform, chat_id=message.chat_id,
-            thread_id=message.thread_id, user_id=message.user_id, user_name=message.user_name,
-            event_id=message.event_id, message_id=message.message_id, preset=preset_name, prompt=ask.prompt,
-            queued=True,
-        )
         key = session_key(message)
         lane = self._lanes.setdefault(key, _Lane())
-        lane.waiting.append(_Waiting(message, ask, turn_id, preset_name, session_id))
+        # Decided before the write and counted in `storing`, so a second message arriving during
+        # the write queues behind this one (its prompt must not enter this turn's history).
+        queued = not lane.idle() or self._turn_slots.locked()
+        lane.storing += 1
+        try:
+            turn_id = await self.store.start_turn(
+                session_id=session_id, platform=message.platform, chat_id=message.chat_id,
+                thread_id=message.thread_id, user_id=message.user_id, user_name=message.user_name,
+                event_id=message.event_id, message_id=message.message_id, preset=preset_name,
+                prompt=ask.prompt, queued=queued,
+            )
+        finally:
+            lane.storing -= 1
+        lane.waiting.append(_Waiting(message, ask, turn_id, preset_name, session_id, queued))
         if lane.worker is None or lane.worker.done():
             lane.worker = asyncio.create_task(self._drain(key, lane))
 
@@ -332,7 +345,7 @@ class Gateway:
                 )
             raise
         finally:
-            if not lane.waiting and self._lanes.get(key) is lane:
+            if not lane.waiting and not lane.storing and self._lanes.get(key) is lane:
                 del self._lanes[key]
 
     # ----- a turn ----------------------------------------------------------------------------
@@ -348,7 +361,8 @@ class Gateway:
                 await self.store.mark_turn(turn_id, "refused", "over budget")
                 await self.notify(chat, refusal, "warning")
                 return
-        await self.store.begin_turn(turn_id)
+        if waiting.queued:
+            await self.store.begin_turn(turn_id)
         preset = self.config.engine.presets[preset_name]
         channel = self.config.channels.get(f"{message.platform}:{message.chat_id}")
         summary_mode = (channel.summary if channel and channel.summary else None) or preset.summary

@@ -249,6 +249,18 @@ async def test_a_turn_cut_by_a_crash_is_reported_after_restart(fake, http, tmp_p
     assert turn["status"] == "interrupted"
 
 
+async def test_two_questions_arriving_together_run_in_order_with_their_own_history(fake, http, tmp_path):
+    fake.reply("agg", Reply(text="first answer"), Reply(text="second answer"))
+    gw, chat = await make_gateway(fake, http, tmp_path)
+    await asyncio.gather(chat.push(chat.message("/moa alpha")), chat.push(chat.message("/moa beta")))
+    await gw.idle()
+    assert [a.text for a in chat.final_answers()] == ["first answer", "second answer"]
+    first, second = (r.body["messages"] for r in fake.for_model("agg"))
+    assert "beta" not in str(first)  # the later question is not part of the earlier turn
+    assert [m["role"] for m in second][:3] == ["user", "assistant", "user"]
+    assert gw._lanes == {}  # noqa: SLF001 - finished sessions leave no queue behind
+
+
 async def test_a_question_queued_when_the_process_died_is_reported_after_restart(fake, http, tmp_path):
     gw, chat = await make_gateway(fake, http, tmp_path)
     store = gw.store

@@ -29,6 +29,7 @@ from adapters.contract import (
     ReferenceSummary,
     Sent,
 )
+from adapters.figures import format_latency, format_usd
 from adapters.text import shorten
 
 _INDENT = "    "
@@ -46,20 +47,6 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
-
-
-def format_usd(usd: float | None) -> str:
-    if usd is None:
-        return "$?"
-    if usd == 0:
-        return "$0"
-    if usd < 0.0001:  # tiny calls would otherwise all read "$0.0000"
-        return f"${usd:.8f}".rstrip("0")
-    return f"${usd:.4f}" if usd < 1 else f"${usd:,.2f}"
-
-
-def _format_latency(ms: int) -> str:
-    return f"{ms} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
 
 
 def _one_line(text: str) -> str:
@@ -81,7 +68,7 @@ def render_summary(summary: ReferenceSummary, *, width: int = 100) -> str:
     for position, entry in enumerate(summary.entries, start=1):
         facts = [entry.status]
         if entry.latency_ms is not None:
-            facts.append(_format_latency(entry.latency_ms))
+            facts.append(format_latency(entry.latency_ms))
         facts.append(format_usd(entry.cost_usd))
         lines.append(f"[{position}/{n}] {entry.label} — {' · '.join(facts)}")
         advice = entry.advice.strip()

@@ -14,9 +14,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
+from adapters.figures import format_usd
 from gateway.config import Config, ConfigError, load_config
 from gateway.heap import settle_heap
-from gateway.presentation import answer_footer, format_dollars, reference_summary
+from gateway.presentation import answer_footer, reference_summary
 from gateway.runtime import build_engine, missing_keys
 from moa_core.engine import ConfigurationError
 from moa_core.events import (
@@ -260,8 +261,8 @@ async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool,
     if not (printer and printer.streamed):
         print(result.answer, file=out)
     print(f"\n\n— {answer_footer(result)}", file=out)
-    refs = format_dollars(sum_dollars([c.cost for c in result.calls if c.role == "reference"]))
-    print(f"  references {refs} · aggregator {format_dollars(result.aggregator_cost.usd)}", file=out)
+    refs = format_usd(sum_dollars([c.cost for c in result.calls if c.role == "reference"]))
+    print(f"  references {refs} · aggregator {format_usd(result.aggregator_cost.usd)}", file=out)
     return EXIT_OK
 
 

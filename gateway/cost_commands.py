@@ -9,9 +9,10 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 from adapters.contract import InboundMessage
+from adapters.figures import format_usd
 from gateway.commands import Command, SendDigest, ShowBudget, ShowCost
 from gateway.config import Config
-from gateway.costs import CostReport, budget_status, check_budget, cost_report, describe_budget, format_usd
+from gateway.costs import CostReport, budget_status, check_budget, cost_report, describe_budget
 
 
 def render_report(title: str, report: CostReport) -> str:

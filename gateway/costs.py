@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
+from adapters.figures import format_usd
 from gateway.storage import Store, to_iso
 
 Period = Literal["day", "week", "month"]
@@ -384,15 +385,6 @@ async def check_budget(
 
 
 # Wording ------------------------------------------------------------------------------------
-
-
-def format_usd(dollars: float | None) -> str:
-    """Dollars for people: cents for usual sums, more digits for tiny ones."""
-    if dollars is None:
-        return "unknown"
-    if dollars != 0 and abs(dollars) < 0.01:
-        return f"${dollars:.4f}"
-    return f"${dollars:,.2f}"
 
 
 def format_moment(moment: datetime) -> str:

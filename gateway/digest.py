@@ -33,6 +33,7 @@ import sqlite_utils
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from adapters.figures import format_usd
 from gateway.chart import spend_chart_png
 from gateway.costs import (
     BudgetKind,
@@ -40,7 +41,6 @@ from gateway.costs import (
     ChannelBudgets,
     Spend,
     Tokens,
-    format_usd,
     local_midnight,
     period_bounds,
     spent_between,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from adapters.contract import ReferenceSummary, SummaryEntry
+from adapters.figures import format_usd
 from moa_core.events import ReferenceResult, TurnResult
 from moa_core.values import sum_dollars
 
@@ -30,20 +31,12 @@ def reference_summary(preset: str, mode: str, results: Sequence[ReferenceResult]
     )
 
 
-def format_dollars(usd: float | None) -> str:
-    if usd is None:
-        return "$?"
-    if usd == 0:
-        return "$0"
-    return f"${usd:.4f}" if usd < 1 else f"${usd:,.2f}"
-
-
 def answer_footer(result: TurnResult) -> str:
     refs = {r.label for r in result.references if r.status == "ok"}
     tokens = sum(c.usage.input + c.usage.cache_read + c.usage.cache_write + c.usage.output for c in result.calls)
     estimated = any(c.usage.source != "reported" for c in result.calls if c.status == "ok")
     return (
         f"{result.preset} · {len(refs)} reference{'s' if len(refs) != 1 else ''} · "
-        f"{'~' if estimated else ''}{tokens:,} tokens · {format_dollars(result.total_cost_usd)} · "
+        f"{'~' if estimated else ''}{tokens:,} tokens · {format_usd(result.total_cost_usd)} · "
         f"{result.elapsed_ms / 1000:.1f} s"
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.contract import Answer, FileOut, Notice, Outbound, Progress, ReferenceSummary, SummaryEntry
+from adapters.figures import format_latency, format_usd
 from adapters.text import shorten, split_message
 
 MAX_CONTENT = 2000
@@ -107,23 +108,9 @@ def progress_text(progress: Progress) -> str:
     return shorten(text, MAX_CONTENT)
 
 
-def format_latency(ms: int | None) -> str:
-    if ms is None:
-        return "—"
-    return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
-
-
-def format_cost(usd: float | None) -> str:
-    if usd is None:
-        return "$?"
-    if usd == 0:
-        return "$0"
-    return f"${usd:.4f}" if usd < 1 else f"${usd:.2f}"
-
-
 def _status_line(entry: SummaryEntry) -> str:
     status = _STATUS.get(entry.status, entry.status)
-    return f"{status} · {format_latency(entry.latency_ms)} · {format_cost(entry.cost_usd)}"
+    return f"{status} · {format_latency(entry.latency_ms)} · {format_usd(entry.cost_usd)}"
 
 
 def _fit_markdown(text: str, limit: int) -> str:
@@ -165,7 +152,7 @@ def summary_embeds(summary: ReferenceSummary) -> list[dict[str, Any]]:
     compact = summary.mode == "compact"
     title = shorten(f"MoA references · {summary.preset}", EMBED_TITLE)
     entries = list(summary.entries)
-    total = format_cost(summary.total_cost_usd)
+    total = format_usd(summary.total_cost_usd)
 
     def footer_for(shown: int) -> str:
         text = f"{len(entries)} reference{'s' if len(entries) != 1 else ''} · total {total}"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.contract import Notice, Progress, ReferenceSummary, SummaryEntry
+from adapters.figures import format_latency, format_usd
 from adapters.text import shorten, split_message, utf16_len
 
 MESSAGE_CHARS = 4000
@@ -220,30 +221,16 @@ _STATUS = {
 }
 
 
-def format_cost(cost: float | None) -> str:
-    if cost is None:
-        return "$?"
-    if cost == 0:
-        return "$0"
-    return f"${cost:.4f}" if cost < 0.01 else f"${cost:.2f}"
-
-
-def format_latency(ms: int | None) -> str:
-    if ms is None:
-        return "–"
-    return f"{ms} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
-
-
 def _entry_line(entry: SummaryEntry) -> str:
     status = _STATUS.get(entry.status, escape(entry.status))
     return (
         f"*{_link_label(entry.label)}* · {status} · {format_latency(entry.latency_ms)}"
-        f" · {format_cost(entry.cost_usd)}"
+        f" · {format_usd(entry.cost_usd)}"
     )
 
 
 def _plain_line(entry: SummaryEntry) -> str:
-    return f"{entry.label}: {entry.status}, {format_latency(entry.latency_ms)}, {format_cost(entry.cost_usd)}"
+    return f"{entry.label}: {entry.status}, {format_latency(entry.latency_ms)}, {format_usd(entry.cost_usd)}"
 
 
 def _section(text: str) -> dict[str, Any]:
@@ -278,7 +265,7 @@ def summary_payload(summary: ReferenceSummary) -> Payload:
     if folded:
         lines = "\n".join(_entry_line(e) for e in folded)
         blocks.append(_section(shorten(lines, SECTION_CHARS, measure=utf16_len)))
-    total = f"Total {format_cost(summary.total_cost_usd)} · preset *{_link_label(summary.preset)}*"
+    total = f"Total {format_usd(summary.total_cost_usd)} · preset *{_link_label(summary.preset)}*"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": total}]})
     fallback = f"MoA summary ({summary.preset}): " + "; ".join(_plain_line(e) for e in entries)
     return Payload(escape(shorten(fallback, SECTION_CHARS)), tuple(blocks))

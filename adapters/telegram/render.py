@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapters.contract import Answer, Notice, Progress, ReferenceSummary, SummaryEntry
+from adapters.figures import format_latency, format_usd
 from adapters.telegram.markup import escape, markdown_to_html
 from adapters.text import shorten, split_message, utf16_len
 
@@ -98,34 +99,16 @@ def render_summary(summary: ReferenceSummary, limit: int = MAX_CHARS) -> list[Pa
     return [Part("\n".join(html_lines), "\n".join(plain_lines))]
 
 
-def format_cost(cost_usd: float | None) -> str:
-    if cost_usd is None:
-        return "$?"
-    if cost_usd == 0:
-        return "$0"
-    if cost_usd < 1:
-        return f"${cost_usd:.4f}"
-    return f"${cost_usd:.2f}"
-
-
-def format_latency(latency_ms: int | None) -> str:
-    if latency_ms is None:
-        return "–"
-    if latency_ms < 1000:
-        return f"{latency_ms} ms"
-    return f"{latency_ms / 1000:.1f} s"
-
-
 def _summary_header(summary: ReferenceSummary) -> str:
     count = len(summary.entries)
     noun = "reference" if count == 1 else "references"
-    return f"🧩 {count} {noun} · preset {summary.preset} · {format_cost(summary.total_cost_usd)}"
+    return f"🧩 {count} {noun} · preset {summary.preset} · {format_usd(summary.total_cost_usd)}"
 
 
 def _entry_meta(entry: SummaryEntry) -> tuple[str, str]:
     label = shorten(entry.label, _MAX_LABEL, measure=utf16_len)
     mark = _STATUS_MARK.get(entry.status, "")
-    rest = f" · {mark} {entry.status} · {format_latency(entry.latency_ms)} · {format_cost(entry.cost_usd)}"
+    rest = f" · {mark} {entry.status} · {format_latency(entry.latency_ms)} · {format_usd(entry.cost_usd)}"
     return f"<b>{escape(label)}</b>{escape(rest)}", label + rest
 
 

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from adapters.contract import Answer, Notice, Progress, ReferenceSummary, SummaryEntry
 from adapters.telegram.markup import markdown_to_html
 from adapters.telegram.render import (
-    format_cost,
     render_answer,
     render_notice,
     render_progress,
@@ -202,13 +201,6 @@ def test_summary_with_very_many_references_still_fits():
     shown = visible(part.html)
     assert utf16_len(shown) <= 4096
     assert "more" in shown.splitlines()[-1]
-
-
-def test_costs():
-    assert format_cost(None) == "$?"
-    assert format_cost(0) == "$0"
-    assert format_cost(0.00312) == "$0.0031"
-    assert format_cost(12.5) == "$12.50"
 
 
 def test_notice_and_progress_are_escaped():

@@ -23,7 +23,6 @@ from adapters.contract import (
 from adapters.terminal import (
     TerminalAdapter,
     _pump,
-    format_usd,
     render_progress,
     render_summary,
 )
@@ -240,8 +239,8 @@ def test_summary_shows_every_reference_its_status_latency_and_cost() -> None:
     for entry in SUMMARY.entries:
         assert entry.label in text
     assert "[1/5] openrouter:openai/gpt-5.1 — ok · 812 ms · $0.0031" in lines
-    assert "[2/5] local:llama — ok · 1500 ms · $?" in lines
-    assert "[3/5] groq:mixtral — timeout · 120.0 s · $0" in lines
+    assert "[2/5] local:llama — ok · 1.5 s · $?" in lines
+    assert "[3/5] groq:mixtral — timeout · 120.0 s · $0.00" in lines
     assert "[4/5] openai:gpt-4o — failed · 95 ms · $?" in lines
     assert "[5/5] moa:other — skipped · $?" in lines
     assert "    HTTP 500 from provider" in lines
@@ -275,17 +274,6 @@ def test_full_summary_keeps_line_breaks_and_cuts_long_advice() -> None:
     long_line = next(line for line in text.splitlines() if line.startswith("    para"))
     assert 1_000 < len(long_line) <= 1_500 + 4 and long_line.endswith("…")
     assert "    (no advice)" in text
-
-
-def test_costs_are_readable_at_every_size() -> None:
-    assert [format_usd(c) for c in (None, 0.0, 0.00002, 0.0031, 0.25, 1234.5)] == [
-        "$?",
-        "$0",
-        "$0.00002",
-        "$0.0031",
-        "$0.2500",
-        "$1,234.50",
-    ]
 
 
 def test_progress_renders_one_line() -> None:

@@ -177,9 +177,10 @@ async def test_costs_table_from_the_database(fake, tmp_path):
     assert code == 0, err
     code, out, err = await run_cli(tmp_path, "costs", "--by", "model", config=config_text(fake, tmp_path))
     assert code == 0, err
-    assert "openrouter:openai/gpt-5.1 (reference)" in out and "$0.50" in out
-    assert "(aggregator)" in out and "$0.25" in out
-    assert out.strip().splitlines()[-1].split() == ["total", "$0.75"]
+    assert "openrouter:openai/gpt-5.1 (reference)" in out and "$0.5000" in out
+    assert "(aggregator)" in out and "$0.2500" in out
+    label, total = out.strip().splitlines()[-1].split()
+    assert label == "total" and total.startswith("$0.75")
     code, out, err = await run_cli(tmp_path, "costs", "--by", "preset", "--since", "2000-01-01",
                                    config=config_text(fake, tmp_path))
     assert code == 0 and "default" in out

@@ -16,7 +16,6 @@ from gateway.costs import (
     check_budget,
     cost_report,
     cost_table,
-    format_usd,
     period_bounds,
 )
 from gateway.storage import Store
@@ -214,8 +213,3 @@ async def test_unknown_prices_do_not_count_against_budgets(store: Store, clock: 
     assert verdict.allowed and verdict.spent == 0.0
 
 
-def test_format_usd() -> None:
-    assert format_usd(None) == "unknown"
-    assert format_usd(0) == "$0.00"
-    assert format_usd(0.0042) == "$0.0042"
-    assert format_usd(1234.5) == "$1,234.50"

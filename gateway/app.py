@@ -52,48 +52,58 @@ def build_adapters(config: Config, env: Mapping[str, str]) -> dict[str, Adapter]
     for name, section in config.platforms.items():
         if section.options.get("enabled") is False:
             continue
-        if name == "telegram":
-            from adapters.telegram.adapter import TelegramAdapter
-            from adapters.telegram.settings import TelegramSettings
-
-            settings = TelegramSettings(
-                token=_secret(section, "token_env", env, config, required=True),
-                webhook_secret=_secret(section, "webhook_secret_env", env, config, required=False),
-                **_options(section, {k: k for k in ("base_url", "base_file_url", "mode", "webhook_listen",
-                                                      "webhook_port", "webhook_path", "webhook_url", "stream",
-                                                      "edit_interval_s")}),
-            )
-            adapters[name] = TelegramAdapter(settings, presets=presets)
-        elif name == "discord":
-            from adapters.discord.adapter import DiscordAdapter
-            from adapters.discord.settings import DiscordSettings
-
-            settings = DiscordSettings(
-                token=_secret(section, "token_env", env, config, required=True),
-                **_options(section, {k: k for k in ("api_base", "gateway_url", "edit_interval_s",
-                                                      "sync_commands")}),
-            )
-            adapters[name] = DiscordAdapter(settings, presets=presets)
-        elif name == "slack":
-            from adapters.slack.adapter import SlackAdapter
-            from adapters.slack.settings import SlackSettings
-
-            app_token = _secret(section, "app_token_env", env, config, required=False)
-            signing = _secret(section, "signing_secret_env", env, config, required=False)
-            if not app_token and not signing:
-                raise NothingToRun(
-                    f"slack needs Socket Mode or HTTP mode: set app_token_env (and that variable) or "
-                    f"signing_secret_env (and that variable) in [slack] of {config.path}"
-                )
-            settings = SlackSettings(
-                bot_token=_secret(section, "bot_token_env", env, config, required=True),
-                app_token=app_token,
-                signing_secret=signing,
-                **_options(section, {k: k for k in ("base_url", "http_host", "http_port", "http_path",
-                                                      "edit_interval_s", "reply_in_thread")}),
-            )
-            adapters[name] = SlackAdapter(settings, presets=presets)
+        try:
+            adapters[name] = _build_adapter(name, section, config, env, presets)
+        except ValueError as error:  # the adapter's settings refused a value; the message names it
+            raise ConfigError(f"{config.path}: [{name}]: {error}") from None
     return adapters
+
+
+def _build_adapter(name: str, section: PlatformSection, config: Config, env: Mapping[str, str],
+                   presets: tuple[str, ...]) -> Adapter:
+    if name == "telegram":
+        from adapters.telegram.adapter import TelegramAdapter
+        from adapters.telegram.settings import TelegramSettings
+
+        settings = TelegramSettings(
+            token=_secret(section, "token_env", env, config, required=True),
+            webhook_secret=_secret(section, "webhook_secret_env", env, config, required=False),
+            **_options(section, {k: k for k in ("base_url", "base_file_url", "mode", "webhook_listen",
+                                                  "webhook_port", "webhook_path", "webhook_url", "stream",
+                                                  "edit_interval_s")}),
+        )
+        return TelegramAdapter(settings, presets=presets)
+    if name == "discord":
+        from adapters.discord.adapter import DiscordAdapter
+        from adapters.discord.settings import DiscordSettings
+
+        settings = DiscordSettings(
+            token=_secret(section, "token_env", env, config, required=True),
+            **_options(section, {k: k for k in ("api_base", "gateway_url", "edit_interval_s",
+                                                  "sync_commands", "followup_window_s",
+                                                  "guild_ready_timeout_s", "ready_timeout_s")}),
+        )
+        return DiscordAdapter(settings, presets=presets)
+    if name == "slack":
+        from adapters.slack.adapter import SlackAdapter
+        from adapters.slack.settings import SlackSettings
+
+        app_token = _secret(section, "app_token_env", env, config, required=False)
+        signing = _secret(section, "signing_secret_env", env, config, required=False)
+        if not app_token and not signing:
+            raise NothingToRun(
+                f"slack needs Socket Mode or HTTP mode: set app_token_env (and that variable) or "
+                f"signing_secret_env (and that variable) in [slack] of {config.path}"
+            )
+        settings = SlackSettings(
+            bot_token=_secret(section, "bot_token_env", env, config, required=True),
+            app_token=app_token,
+            signing_secret=signing,
+            **_options(section, {k: k for k in ("base_url", "http_host", "http_port", "http_path",
+                                                  "edit_interval_s", "reply_in_thread")}),
+        )
+        return SlackAdapter(settings, presets=presets)
+    raise ConfigError(f"{config.path}: [{name}]: no adapter for this platform")
 
 
 NOTHING_CONFIGURED = (

@@ -104,12 +104,12 @@ def _cmd_check_config(args: argparse.Namespace, config: Config, env: Mapping[str
 def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
     import logging
 
-    from gateway.app import NOTHING_CONFIGURED, NothingToRun, build_adapters, serve
+    from gateway.app import NOTHING_CONFIGURED, build_adapters, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         adapters = build_adapters(config, env)
-    except NothingToRun as error:
+    except ConfigError as error:  # NothingToRun, or a value an adapter's settings refused
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if not adapters:

@@ -406,12 +406,18 @@ def _tool_limits(r: _Reader) -> ToolLimits:
 
 
 _ACCESS_KEYS = ("admins", "allowed_chats", "allowed_users", "allow_all", "admin_roles")
-_PLATFORM_KEYS = {
-    "telegram": ("token_env", "base_url", "base_file_url", "mode", "webhook_listen", "webhook_port",
-                 "webhook_path", "webhook_url", "webhook_secret_env", "stream", "edit_interval_s"),
-    "discord": ("token_env", "api_base", "gateway_url", "edit_interval_s", "sync_commands"),
-    "slack": ("bot_token_env", "app_token_env", "signing_secret_env", "base_url", "http_host",
-              "http_port", "http_path", "edit_interval_s", "reply_in_thread"),
+# The adapters' own keys and their TOML types (checked here, so a wrong type names its key
+# instead of failing inside an adapter); ranges are checked by each adapter's settings.
+_PLATFORM_KEYS: dict[str, dict[str, type]] = {
+    "telegram": {"token_env": str, "base_url": str, "base_file_url": str, "mode": str, "webhook_listen": str,
+                 "webhook_port": int, "webhook_path": str, "webhook_url": str, "webhook_secret_env": str,
+                 "stream": bool, "edit_interval_s": float},
+    "discord": {"token_env": str, "api_base": str, "gateway_url": str, "edit_interval_s": float,
+                "sync_commands": bool, "followup_window_s": float, "guild_ready_timeout_s": float,
+                "ready_timeout_s": float},
+    "slack": {"bot_token_env": str, "app_token_env": str, "signing_secret_env": str, "base_url": str,
+              "http_host": str, "http_port": int, "http_path": str, "edit_interval_s": float,
+              "reply_in_thread": bool},
 }
 
 
@@ -424,7 +430,8 @@ def _platform(r: _Reader, name: str) -> PlatformSection:
         allow_all=r.flag("allow_all", False),
         admin_roles=frozenset(r.strings("admin_roles")),
     )
-    options = {k: v for k, v in r.table.items() if k in _PLATFORM_KEYS[name] or k == "enabled"}
+    kinds = {**_PLATFORM_KEYS[name], "enabled": bool}
+    options = {k: r.get(k, kinds[k]) for k in r.table if k in kinds}
     for key, value in options.items():
         if key.endswith("_env") and (not isinstance(value, str) or not value.strip()):
             raise r.error(key, "must be the name of an environment variable")

@@ -68,6 +68,7 @@ token_env = "DISCORD_BOT_TOKEN"
 api_base = "{api_base}"
 gateway_url = "{gateway_url}"
 edit_interval_s = 0.2
+guild_ready_timeout_s = 0.05
 admins = ["{admin}"]
 admin_roles = ["{admin_role}"]
 allowed_chats = ["{channel}", "{settings_channel}", "{deep_channel}"]

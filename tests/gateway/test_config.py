@@ -134,3 +134,25 @@ def test_bad_digest_and_channels(tmp_path):
     assert "digest.timezone" in error_of(tmp_path, BASE + '[digest]\ncron = "0 9 * * 1"\ntimezone = "Mars/Base"\n')
     assert 'channels."nochat"' in error_of(tmp_path, BASE + '[channels."nochat"]\npreset = "default"\n')
     assert "names preset 'ghost'" in error_of(tmp_path, BASE + '[channels."slack:C1"]\npreset = "ghost"\n')
+
+
+@pytest.mark.parametrize("section, line, expected", [
+    ("discord", 'edit_interval_s = "fast"', "discord.edit_interval_s: must be a number, got 'fast'"),
+    ("telegram", 'webhook_port = "8443"', "telegram.webhook_port: must be an integer"),
+    ("slack", "reply_in_thread = 1", "slack.reply_in_thread: must be true or false"),
+    ("discord", "enabled = \"no\"", "discord.enabled: must be true or false"),
+])
+def test_a_platform_option_of_the_wrong_type_names_its_key(tmp_path, section, line, expected):
+    token_key = "bot_token_env" if section == "slack" else "token_env"
+    assert expected in error_of(tmp_path, BASE + f'[{section}]\n{token_key} = "T"\n{line}\n')
+
+
+def test_a_value_an_adapter_refuses_is_a_config_error_naming_section_and_key(tmp_path):
+    from gateway.app import build_adapters
+
+    config = load_config(write(tmp_path, BASE + '[discord]\ntoken_env = "T"\nguild_ready_timeout_s = -1\n'))
+    assert config.platforms["discord"].options["guild_ready_timeout_s"] == -1.0
+    with pytest.raises(ConfigError) as caught:
+        build_adapters(config, {"T": "token"})
+    assert "[discord]" in str(caught.value) and "guild_ready_timeout_s" in str(caught.value)
+    assert "token" not in str(caught.value).replace("token_env", "")  # the secret is not echoed

@@ -52,8 +52,10 @@ _TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
 _TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
 _INLINE = re.compile(
     r"(?P<code>(?P<ticks>`+)(?P<code_body>.+?)(?P=ticks))"
-    r"|!\[(?P<alt>[^\]]*)\]\((?P<img>[^)\s]+)(?:\s+\"[^\"]*\")?\)"
-    r"|\[(?P<label>[^\]]+)\]\((?P<url>[^)\s]+)(?:\s+\"[^\"]*\")?\)"
+    # Only absolute web and mail links become Slack links (a Slack link to anything else is
+    # broken or misleading); others stay literal text. `<...>` around a target is Markdown's too.
+    r"|!\[(?P<alt>[^\]]*)\]\(<?(?P<img>(?:https?://|mailto:)[^)\s<>]+)>?(?:\s+\"[^\"]*\")?\)"
+    r"|\[(?P<label>[^\]]+)\]\(<?(?P<url>(?:https?://|mailto:)[^)\s<>]+)>?(?:\s+\"[^\"]*\")?\)"
     r"|<(?P<auto>(?:https?|mailto):[^>\s]+)>"
 )
 _BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|__(?=\S)(.+?)(?<=\S)__")

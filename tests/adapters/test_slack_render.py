@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from adapters.contract import Notice, Progress, ReferenceSummary, SummaryEntry
@@ -101,8 +101,16 @@ def test_short_lines() -> None:
 
 @settings(max_examples=120, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("ab &<>*_~`[]()#-\n|>")), max_size=400))
+@example("[<](<)")  # once turned into a Slack link to "<"
 def test_mrkdwn_fences_pair_up_and_nothing_is_left_unescaped(md: str) -> None:
     out = markdown_to_mrkdwn(md)
     assert sum(1 for line in out.split("\n") if line == "```") % 2 == 0
     # Every '<' left is one of ours: a link we built.
     assert "<" not in out.replace("<http", "").replace("<mailto", "")
+
+
+def test_only_absolute_web_and_mail_links_become_slack_links() -> None:
+    assert markdown_to_mrkdwn("[docs](https://x.y/a_b) and [mail](mailto:a@b.c)") == (
+        "<https://x.y/a_b|docs> and <mailto:a@b.c|mail>")
+    assert markdown_to_mrkdwn("[a](<https://x.y>)") == "<https://x.y|a>"
+    assert markdown_to_mrkdwn("[a](relative/page) [b](javascript:x)") == "[a](relative/page) [b](javascript:x)"

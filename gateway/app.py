@@ -41,8 +41,10 @@ def _secret(section: PlatformSection, key: str, env: Mapping[str, str], config: 
     return value or None
 
 
-def _options(section: PlatformSection, keys: dict[str, str]) -> dict[str, Any]:
-    return {field_name: section.options[key] for key, field_name in keys.items() if key in section.options}
+def _options(section: PlatformSection) -> dict[str, Any]:
+    """The section's adapter options, named as the adapter's settings fields (the config names
+    them, type-checked, in gateway.config); `*_env` keys are read as secrets, not passed on."""
+    return {key: value for key, value in section.options.items() if key != "enabled" and not key.endswith("_env")}
 
 
 def build_adapters(config: Config, env: Mapping[str, str]) -> dict[str, Adapter]:
@@ -68,9 +70,7 @@ def _build_adapter(name: str, section: PlatformSection, config: Config, env: Map
         settings = TelegramSettings(
             token=_secret(section, "token_env", env, config, required=True),
             webhook_secret=_secret(section, "webhook_secret_env", env, config, required=False),
-            **_options(section, {k: k for k in ("base_url", "base_file_url", "mode", "webhook_listen",
-                                                  "webhook_port", "webhook_path", "webhook_url", "stream",
-                                                  "edit_interval_s")}),
+            **_options(section),
         )
         return TelegramAdapter(settings, presets=presets)
     if name == "discord":
@@ -79,9 +79,7 @@ def _build_adapter(name: str, section: PlatformSection, config: Config, env: Map
 
         settings = DiscordSettings(
             token=_secret(section, "token_env", env, config, required=True),
-            **_options(section, {k: k for k in ("api_base", "gateway_url", "edit_interval_s",
-                                                  "sync_commands", "followup_window_s",
-                                                  "guild_ready_timeout_s", "ready_timeout_s")}),
+            **_options(section),
         )
         return DiscordAdapter(settings, presets=presets)
     if name == "slack":
@@ -99,8 +97,7 @@ def _build_adapter(name: str, section: PlatformSection, config: Config, env: Map
             bot_token=_secret(section, "bot_token_env", env, config, required=True),
             app_token=app_token,
             signing_secret=signing,
-            **_options(section, {k: k for k in ("base_url", "http_host", "http_port", "http_path",
-                                                  "edit_interval_s", "reply_in_thread")}),
+            **_options(section),
         )
         return SlackAdapter(settings, presets=presets)
     raise ConfigError(f"{config.path}: [{name}]: no adapter for this platform")

@@ -329,20 +329,12 @@ class Gateway:
                         raise
                     except Exception as error:  # the rest of the queue must still run
                         log.exception("turn %s could not run", waiting.turn_id)
-                        await self._record_and_deliver(
-                            waiting.turn_id, chat_ref(waiting.message), "notice",
-                            {"text": f"Sorry, this turn failed: {error}", "level": "error"},
-                            status="failed", answer=None, cost_usd=None, messages=(), error=str(error),
-                        )
+                        await self._fail_turn(waiting.turn_id, chat_ref(waiting.message), error)
         except asyncio.CancelledError:
             # Shutdown: questions still waiting never started; tell their chat, as for a cut turn.
             while lane.waiting:
                 waiting = lane.waiting.popleft()
-                await self._record_and_deliver(
-                    waiting.turn_id, chat_ref(waiting.message), "notice",
-                    {"text": _interrupted_text(waiting.ask.prompt, "shutdown"), "level": "warning"},
-                    status="interrupted", answer=None, cost_usd=None, messages=(), error="interrupted by shutdown",
-                )
+                await self._interrupt_at_shutdown(waiting.turn_id, chat_ref(waiting.message), waiting.ask.prompt)
             raise
         finally:
             if not lane.waiting and not lane.storing and self._lanes.get(key) is lane:
@@ -398,18 +390,12 @@ class Gateway:
         except asyncio.CancelledError:
             await self._close_quietly(progress, stream)
             await self.store.record_calls(turn_id, ())
-            await self._record_and_deliver(
-                turn_id, chat, "notice", {"text": _interrupted_text(ask.prompt, "shutdown"), "level": "warning"},
-                status="interrupted", answer=None, cost_usd=None, messages=(), error="interrupted by shutdown",
-            )
+            await self._interrupt_at_shutdown(turn_id, chat, ask.prompt)
             raise
         except Exception as error:
             log.exception("turn %s failed", turn_id)
             await self._close_quietly(progress, stream)
-            await self._record_and_deliver(
-                turn_id, chat, "notice", {"text": f"Sorry, this turn failed: {error}", "level": "error"},
-                status="failed", answer=None, cost_usd=None, messages=(), error=str(error),
-            )
+            await self._fail_turn(turn_id, chat, error)
             return
         await self._close_quietly(progress)
         await stream.close()
@@ -449,6 +435,18 @@ class Gateway:
             log.warning("no adapter for %s; notice dropped: %s", chat.platform, text)
             return
         await adapter.send(chat, Notice(text, level))  # type: ignore[arg-type]
+
+    async def _fail_turn(self, turn_id: int, chat: ChatRef, error: Exception) -> None:
+        await self._record_and_deliver(
+            turn_id, chat, "notice", {"text": f"Sorry, this turn failed: {error}", "level": "error"},
+            status="failed", answer=None, cost_usd=None, messages=(), error=str(error),
+        )
+
+    async def _interrupt_at_shutdown(self, turn_id: int, chat: ChatRef, prompt: str) -> None:
+        await self._record_and_deliver(
+            turn_id, chat, "notice", {"text": _interrupted_text(prompt, "shutdown"), "level": "warning"},
+            status="interrupted", answer=None, cost_usd=None, messages=(), error="interrupted by shutdown",
+        )
 
     async def _record_and_deliver(self, turn_id: int, chat: ChatRef, kind: str, payload: dict, **turn) -> None:
         """Complete the turn with its ledger row in one transaction, then deliver that row.

@@ -160,18 +160,10 @@ class ProviderClient:
                     return completion
                 decoder = SseDecoder()
                 async for chunk in response.aiter_bytes():
-                    for event in decoder.feed(chunk):
-                        text = self._fold(request, acc, event, key)
-                        if text and on_text is not None:
-                            await _deliver(on_text, text)
-                        if acc.finished:
-                            return _with_usage(acc.result(), request)
-                for event in decoder.close():
-                    text = self._fold(request, acc, event, key)
-                    if text and on_text is not None:
-                        await _deliver(on_text, text)
-                    if acc.finished:
+                    if await self._take(request, acc, decoder.feed(chunk), on_text, key):
                         return _with_usage(acc.result(), request)
+                if await self._take(request, acc, decoder.close(), on_text, key):
+                    return _with_usage(acc.result(), request)
             finally:
                 await response.aclose()
         except _TRANSPORT_ERRORS as exc:
@@ -182,17 +174,31 @@ class ProviderClient:
             request, acc, f"{label}: stream ended early (no end marker)", key, not acc.produced
         )
 
-    def _fold(self, request: CompletionRequest, acc: Any, event: ServerEvent, key: str | None) -> str:
-        """Fold one event into `acc`; its text delta, "" if none."""
-        try:
-            return acc.feed(event)
-        except ProviderError as exc:
-            retryable = exc.retryable and not acc.produced
-            message = f"{_label(request)}: error event in stream: {exc}"
-            raise self._failed(request, acc, message, key, retryable) from None
-        except ValueError as exc:
-            message = f"{_label(request)}: malformed stream data: {exc}"
-            raise self._failed(request, acc, message, key, False) from None
+    async def _take(
+        self,
+        request: CompletionRequest,
+        acc: Any,
+        events: list[ServerEvent],
+        on_text: OnText | None,
+        key: str | None,
+    ) -> bool:
+        """Fold the events of one chunk into `acc`, passing text on; True once the stream is
+        complete. One call per chunk, not per event: per-event awaits cost CPU at scale."""
+        for event in events:
+            try:
+                text = acc.feed(event)
+            except ProviderError as exc:
+                retryable = exc.retryable and not acc.produced
+                message = f"{_label(request)}: error event in stream: {exc}"
+                raise self._failed(request, acc, message, key, retryable) from None
+            except ValueError as exc:
+                message = f"{_label(request)}: malformed stream data: {exc}"
+                raise self._failed(request, acc, message, key, False) from None
+            if text and on_text is not None:
+                await _deliver(on_text, text)
+            if acc.finished:
+                return True
+        return False
 
     def _url(self, url: str) -> httpx.URL:
         parsed = self._urls.get(url)

@@ -14,7 +14,6 @@ closed by a task of its own).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -90,12 +89,3 @@ class SseDecoder:
             self._event = value.decode("utf-8", "replace")
         # comments (empty name), id, retry and unknown fields are ignored
 
-
-async def parse_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[ServerEvent]:
-    """Events of an async stream of byte chunks (for callers that want an iterator)."""
-    decoder = SseDecoder()
-    async for chunk in chunks:
-        for event in decoder.feed(chunk):
-            yield event
-    for event in decoder.close():
-        yield event

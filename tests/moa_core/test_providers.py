@@ -16,7 +16,7 @@ from moa_core.providers import openai_wire
 from moa_core.providers.base import CompletionRequest, MissingApiKey, ProviderError, ProviderTimeout
 from moa_core.providers.client import ProviderClient, retry_after_seconds
 from moa_core.providers.http import make_http_client
-from moa_core.providers.sse import ServerEvent, SseDecoder, parse_sse
+from moa_core.providers.sse import ServerEvent, SseDecoder
 from moa_core.settings import ProviderSettings
 from moa_core.values import Message, ToolCall, ToolSpec, Usage
 from tests.fakes.provider_server import FakeProvider, Reply
@@ -136,35 +136,31 @@ async def test_anthropic_tool_use_input_object_becomes_json_text(fake, client, s
     ]
 
 
-async def test_openai_stream_tolerates_null_choices():
-    async def chunks():
-        yield b'data: {"choices": null}\n\ndata: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+def decode_all(chunks: list[bytes]) -> list[ServerEvent]:
+    decoder = SseDecoder()
+    events = [e for chunk in chunks for e in decoder.feed(chunk)]
+    return events + decoder.close()
 
-    events = [e async for e in parse_sse(chunks())]
+
+def test_openai_stream_tolerates_null_choices():
+    events = decode_all([b'data: {"choices": null}\n\ndata: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'])
     acc = openai_wire.StreamAccumulator()
     assert [acc.feed(e) for e in events] == ["", "hi"]
 
 
-async def test_sse_parser_handles_split_crlf_comments_and_multiline_data():
-    async def chunks():
-        for piece in [
-            b": keep-alive\r",
-            b"\nevent: a\r\ndata: one\r",
-            b"\ndata: two\r\n\r",
-            b"\n",
-            b'data: {"x"',
-            b": 1}\n\n",
-            b"data: last\n",
-        ]:
-            yield piece
-
-    events = [e async for e in parse_sse(chunks())]
+def test_sse_parser_handles_split_crlf_comments_and_multiline_data():
+    chunks = [
+        b": keep-alive\r",
+        b"\nevent: a\r\ndata: one\r",
+        b"\ndata: two\r\n\r",
+        b"\n",
+        b'data: {"x"',
+        b": 1}\n\n",
+        b"data: last\n",
+    ]
+    events = decode_all(chunks)
     assert events == [ServerEvent("a", "one\ntwo"), ServerEvent(None, '{"x": 1}'), ServerEvent(None, "last")]
-
-    async def cut():
-        yield b'data: complete\n\ndata: {"half'
-
-    assert [e async for e in parse_sse(cut())] == [ServerEvent(None, "complete")]
+    assert decode_all([b'data: complete\n\ndata: {"half']) == [ServerEvent(None, "complete")]
 
 
 SSE_STREAM = (
@@ -177,12 +173,6 @@ SSE_EVENTS = [
     ServerEvent(None, "no-space"),
     ServerEvent(None, "last"),
 ]
-
-
-def decode_all(chunks: list[bytes]) -> list[ServerEvent]:
-    decoder = SseDecoder()
-    events = [e for chunk in chunks for e in decoder.feed(chunk)]
-    return events + decoder.close()
 
 
 def test_sse_decoder_whole_stream():

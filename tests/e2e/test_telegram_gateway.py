@@ -22,24 +22,10 @@ from tests.e2e.kit import (
     with_marker,
     write_config,
 )
-from tests.fakes.provider_server import FakeProvider, Reply
+from tests.fakes.provider_server import Reply
 from tests.fakes.telegram_server import FakeTelegram
 
 FOOTER = " tokens · "  # only the final answer carries the footer
-
-
-@pytest.fixture
-async def provider():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def telegram():
-    server = FakeTelegram()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -33,8 +33,8 @@ from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.costs import check_budget, cost_report  # noqa: E402
-from gateway.digest import build_digest, cron_trigger, digest_chart_png, due_period, previous_fire  # noqa: E402
+from gateway.costs.digest import build_digest, cron_trigger, digest_chart_png, due_period, previous_fire  # noqa: E402
+from gateway.costs.reports import check_budget, cost_report  # noqa: E402
 from gateway.storage import Store, to_iso  # noqa: E402
 
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)

@@ -14,8 +14,8 @@ from typing import Any
 
 from adapters.contract import Adapter
 from gateway.config import Config, ConfigError, PlatformSection
-from gateway.cost_commands import CostCommands
-from gateway.digest_delivery import start_digest
+from gateway.costs.commands import CostCommands
+from gateway.costs.delivery import start_digest
 from gateway.runtime import EngineRuntime, build_engine
 from gateway.service import Gateway
 from gateway.storage import Store

@@ -154,7 +154,7 @@ async def chat(config: Config, env: Mapping[str, str]) -> int:
 
 
 def _cmd_costs(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
-    from gateway.digest_delivery import print_costs
+    from gateway.costs.delivery import print_costs
 
     return asyncio.run(print_costs(config, since=args.since, by=args.by))
 

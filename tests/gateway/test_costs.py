@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gateway.config import BudgetSettings, ChannelSettings
-from gateway.costs import (
+from gateway.costs.reports import (
     BudgetLine,
     Tokens,
     budget_status,

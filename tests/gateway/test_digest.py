@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from PIL import Image
 
-from gateway.chart import spend_chart_png
 from gateway.config import BudgetSettings, ChannelSettings
-from gateway.digest import (
+from gateway.costs.chart import spend_chart_png
+from gateway.costs.digest import (
     Digest,
     DigestScheduler,
     build_digest,

@@ -19,8 +19,8 @@ import pytest
 import sqlite_utils
 
 from adapters.contract import ChatRef
-from gateway.migrations import migrations
 from gateway.storage import Delivery, Store, TurnRow, from_iso, to_iso
+from gateway.storage.migrations import migrations
 from moa_core.values import CallRecord, Cost, Message, ToolCall, Usage
 
 ROOT = Path(__file__).resolve().parents[2]

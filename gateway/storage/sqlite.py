@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from adapters.contract import ChatRef
-from gateway.migrations import migrations
+from gateway.storage.migrations import migrations
 from moa_core.clock import Clock
 from moa_core.values import CallRecord, Message, ToolCall
 

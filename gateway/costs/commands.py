@@ -1,4 +1,4 @@
-"""`/moa cost`, `/moa budget` and the pre-turn budget check: the gateway's side of gateway.costs.
+"""`/moa cost`, `/moa budget` and the pre-turn budget check: the gateway's side of gateway.costs.reports.
 
 Turns cost reports and budget lines into plain text the adapters render; periods are computed in
 `[gateway] timezone`.
@@ -12,7 +12,7 @@ from adapters.contract import InboundMessage
 from adapters.figures import format_usd
 from gateway.commands import Command, SendDigest, ShowBudget, ShowCost
 from gateway.config import Config
-from gateway.costs import CostReport, budget_status, check_budget, cost_report, describe_budget
+from gateway.costs.reports import CostReport, budget_status, check_budget, cost_report, describe_budget
 
 
 def render_report(title: str, report: CostReport) -> str:
@@ -59,7 +59,7 @@ class CostCommands:
                 return "No budgets are set."
             return "Budgets:\n" + "\n".join(f"• {describe_budget(line)}" for line in lines)
         if isinstance(command, SendDigest):
-            from gateway.digest_delivery import send_digest_now
+            from gateway.costs.delivery import send_digest_now
 
             await send_digest_now(gateway, self.config, message)
             return ""

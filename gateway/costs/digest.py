@@ -34,8 +34,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from adapters.figures import format_usd
-from gateway.chart import spend_chart_png
-from gateway.costs import (
+from gateway.costs.chart import spend_chart_png
+from gateway.costs.reports import (
     BudgetKind,
     BudgetLimits,
     ChannelBudgets,

@@ -1,6 +1,6 @@
 """Gateway benchmark: storage throughput and the time the gateway adds to a turn.
 
-Run:  python bench/bench_gateway.py
+Run:  python bench/bench_gateway.py [--json]   (--json: the figures as one JSON object, last line)
 1. Stored turns per second: start_turn + 5 model-call rows + complete_turn (answer, messages and a
    ledger row) + mark_delivery, through the single writer thread, on a real SQLite file.
 2. 200 sessions active at once: each sends `/moa ...` through the real Gateway (RecordingAdapter
@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.contract import Answer, ChatRef  # noqa: E402
 from bench.bench_turns import start_fake  # noqa: E402
+from bench.report import Figures, wants_json  # noqa: E402
 from gateway.config import AccessRules, PlatformSection, parse_config  # noqa: E402
 from gateway.heap import settle_heap  # noqa: E402
 from gateway.service import Gateway  # noqa: E402
@@ -71,18 +72,19 @@ async def stored_turn(store: Store, n: int) -> None:
     await store.mark_delivery(delivery, "sent", ["1"])
 
 
-async def bench_storage(directory: Path) -> None:
+async def bench_storage(directory: Path, figures: Figures) -> None:
     store = await Store.open(directory / "bench.db", SystemClock())
     for concurrency, total in ((1, 1000), (50, 3000)):
         started = time.perf_counter()
         for batch in range(0, total, concurrency):
             await asyncio.gather(*(stored_turn(store, batch + i) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
+        figures[f"stored_turns_per_s_{concurrency}"] = total / elapsed
         print(f"stored turns (5 call rows each), {concurrency:>2} at a time: {total / elapsed:8.0f} turns/s")
     await store.close()
 
 
-async def bench_sessions(directory: Path, url: str, sessions: int = 200) -> None:
+async def bench_sessions(directory: Path, url: str, figures: Figures, sessions: int = 200) -> None:
     raw = {
         "gateway": {"database": str(directory / "gw.db"), "default_preset": "p", "progress": True},
         "providers": {"lean": {"api": "openai", "base_url": url + "/v1", "max_retries": 0,
@@ -124,6 +126,10 @@ async def bench_sessions(directory: Path, url: str, sessions: int = 200) -> None
                    for i in range(sessions))
     p50 = statistics.median(added)
     p95 = added[int(len(added) * 0.95) - 1]
+    figures[f"added_p50_ms_{sessions}"] = p50 * 1000
+    figures[f"added_p95_ms_{sessions}"] = p95 * 1000
+    figures["engine_p50_ms"] = statistics.median(engine_time.values()) * 1000
+    figures["critical_path_ms"] = 500.0  # the slowest reference (300 ms) + the aggregator (200 ms)
     print(f"{sessions} sessions at once: all answered in {wall:.2f} s; gateway-added time per turn "
           f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms (engine p50 "
           f"{statistics.median(engine_time.values()) * 1000:.0f} ms)")
@@ -132,17 +138,22 @@ async def bench_sessions(directory: Path, url: str, sessions: int = 200) -> None
     await http.aclose()
 
 
-async def main() -> None:
+async def main(as_json: bool) -> None:
+    figures = Figures("bench_gateway")
     settle_heap()  # as `moa-gateway run` does after start-up
     with tempfile.TemporaryDirectory() as tmp:
-        await bench_storage(Path(tmp))
+        await bench_storage(Path(tmp), figures)
         process, url = start_fake()
         try:
-            await bench_sessions(Path(tmp), url)
+            await bench_sessions(Path(tmp), url, figures)
         finally:
             process.stdin.close()
             process.wait(timeout=10)
+    # The headline: turns stored per second with 50 at a time (the gateway's concurrent case).
+    figures["stored_turns_per_s"] = figures["stored_turns_per_s_50"]
+    if as_json:
+        print(figures.as_json())
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(wants_json()))

@@ -2,6 +2,7 @@
 
 Run:  python bench/bench_turns.py            (about two minutes on 2 cores)
       python bench/bench_turns.py --quick    (the 500 ms profile only)
+      python bench/bench_turns.py --json     (also print the figures as one JSON object, last line)
 
 The fake provider runs in a separate process and answers after the latency its model name
 carries. Two latency profiles:
@@ -32,6 +33,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import Figures, wants_json  # noqa: E402
 from gateway.heap import settle_heap  # noqa: E402
 from moa_core.clock import SystemClock  # noqa: E402
 from moa_core.engine import MoaEngine  # noqa: E402
@@ -117,10 +119,13 @@ async def measure(url: str, refs: int, concurrent: int, rounds: int, profile: Pr
     return walls
 
 
-def row(label: str, walls: list[float], profile: Profile) -> str:
+def row(label: str, walls: list[float], profile: Profile, figures: Figures, key: str) -> str:
     p50 = statistics.median(walls)
     p95 = sorted(walls)[max(0, int(len(walls) * 0.95) - 1)]
     critical = profile.critical_s
+    figures[f"p50_ms_{key}_{profile.name}"] = p50 * 1000
+    figures[f"ratio_p50_{key}_{profile.name}"] = p50 / critical
+    figures[f"overhead_p50_ms_{key}_{profile.name}"] = (p50 - critical) * 1000
     return (f"{label:<34} p50 {p50 * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms  "
             f"p50/critical {p50 / critical:5.3f}  overhead p50 {(p50 - critical) * 1000:6.1f} ms")
 
@@ -142,37 +147,46 @@ async def transport_cpu(url: str, transport: str, n: int = 1000) -> tuple[float,
     return cpu, wall
 
 
-async def run_profile(url: str, profile: Profile, *, full: bool) -> None:
+async def run_profile(url: str, profile: Profile, figures: Figures, *, full: bool) -> None:
     print(f"\n[{profile.name}] critical path: slowest reference {profile.reference_ms} ms "
           f"+ aggregator {profile.aggregator_ms} ms = {profile.critical_s * 1000:.0f} ms")
     if full:
         for refs in (1, 4, 16):
-            print(row(f"1 turn, {refs} references", await measure(url, refs, 1, 9, profile), profile))
+            walls = await measure(url, refs, 1, 9, profile)
+            print(row(f"1 turn, {refs} references", walls, profile, figures, f"1x{refs}"))
     for concurrent, rounds in ((1, 9), (50, 3), (200, 3)) if full else ((200, 3),):
         walls = await measure(url, 4, concurrent, rounds, profile)
-        print(row(f"{concurrent} concurrent turns, 4 refs", walls, profile))
+        print(row(f"{concurrent} concurrent turns, 4 refs", walls, profile, figures, f"{concurrent}x4"))
     if full:
         walls = await measure(url, 4, 1, 3, profile, sequential=True)
-        print(row("naive sequential, 1 turn, 4 refs", walls, profile))
+        print(row("naive sequential, 1 turn, 4 refs", walls, profile, figures, "naive_1x4"))
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, as_json: bool) -> None:
+    figures = Figures("bench_turns")
     process, url = start_fake()
     try:
         settle_heap()
-        await run_profile(url, STRESS, full=True)
+        await run_profile(url, STRESS, figures, full=True)
         if not quick:
-            await run_profile(url, TYPICAL, full=False)
+            await run_profile(url, TYPICAL, figures, full=False)
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        figures["peak_rss_mb"] = rss_mb
         print(f"\npeak RSS of the benchmark process: {rss_mb:.0f} MB")
         if not quick:
             for transport in ("aiohttp", "httpx-default"):
                 cpu, wall = await transport_cpu(url, transport)
+                figures[f"streams_1000_cpu_s_{transport.replace('-', '_')}"] = cpu
                 print(f"1,000 concurrent streams (1 s latency), {transport:<14} CPU {cpu:6.2f} s  wall {wall:6.2f} s")
     finally:
         process.stdin.close()
         process.wait(timeout=10)
+    # The names the issue tracker and README quote; --quick leaves the typical profile out (null).
+    figures["ratio_p50_200x4_typical"] = None if quick else figures["ratio_p50_200x4_typical"]
+    figures["alone_overhead_ms"] = figures["overhead_p50_ms_1x4_stress"]
+    if as_json:
+        print(figures.as_json())
 
 
 if __name__ == "__main__":
-    asyncio.run(main(quick="--quick" in sys.argv[1:]))
+    asyncio.run(main(quick="--quick" in sys.argv[1:], as_json=wants_json()))

@@ -35,8 +35,9 @@ from zoneinfo import ZoneInfo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import Figures  # noqa: E402
-from gateway.costs.digest import build_digest, cron_trigger, digest_chart_png, due_period, previous_fire  # noqa: E402
+from gateway.costs.digest import build_digest, digest_chart_png  # noqa: E402
 from gateway.costs.reports import check_budget, cost_report  # noqa: E402
+from gateway.costs.schedule import cron_trigger, due_period, previous_fire  # noqa: E402
 from gateway.storage import Store, to_iso  # noqa: E402
 
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)

@@ -12,14 +12,9 @@ from zoneinfo import ZoneInfo
 from adapters.contract import ChatRef, FileOut, InboundMessage, Notice
 from adapters.figures import format_usd
 from gateway.config import Config
-from gateway.costs.digest import (
-    Digest,
-    DigestScheduler,
-    digest_chart_png,
-    digest_destinations,
-    render_digest_text,
-)
+from gateway.costs.digest import Digest, digest_chart_png, render_digest_text
 from gateway.costs.reports import cost_table
+from gateway.costs.schedule import DigestScheduler, digest_destinations
 from gateway.service import chat_ref
 from gateway.storage import Store
 from moa_core.clock import SystemClock

@@ -1,37 +1,19 @@
-"""The admin cost digest: what it says, which period is due, and its schedule.
-
-- `build_digest` aggregates one period's calls (in SQL, in the store's thread) into a frozen
-  `Digest`; `render_digest_text` words it (platform-neutral Markdown); `digest_chart_png` draws
-  its spend per day by model.
-- The period of a fire is from the previous fire time of the cron to this one. `due_period`
-  decides, from `now` and the end of the last period recorded, which period is owed; it takes
-  `now` so tests never wait.
-- `DigestScheduler` fires on the cron with apscheduler 3.11 (`AsyncIOScheduler`, in-memory job
-  re-added at each start) and records every period in the `digests` table: a period is claimed
-  before it is sent, so a restart never sends it twice, and a period whose fire time passed
-  while the gateway was down is sent when it starts (periods missed in a row are folded into
-  one digest). On the very first start nothing is owed: the period before it is recorded as a
-  baseline.
-
-Cron expressions have the standard crontab meaning: day-of-week 0 and 7 are Sunday, 1 is
-Monday. (apscheduler 3.x's `from_crontab` counts 0 as Monday, so "0 9 * * 1" would fire on
-Tuesdays; `cron_trigger` translates the field.) As in apscheduler, when both day-of-month and
-day-of-week are restricted, both must match (classic cron fires when either does).
+"""The admin cost digest: what it says — `build_digest` aggregates one period's calls (in SQL,
+in the store's thread) into a frozen `Digest`; `render_digest_text` words it (platform-neutral
+Markdown); `digest_chart_png` draws its spend per day by model. When it is sent is
+`gateway.costs.schedule`'s job.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlite_utils
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 
 from adapters.figures import format_usd
 from gateway.costs.chart import spend_chart_png
@@ -45,131 +27,15 @@ from gateway.costs.reports import (
     period_bounds,
     spent_between,
 )
-from gateway.storage import Store, from_iso, to_iso
-from moa_core.clock import Clock
+from gateway.storage import Store, to_iso
 
 log = logging.getLogger(__name__)
 
 NEAR_BUDGET = 0.8  # a budget at or above this share of its limit is shown in the digest
-_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_MAX_LOOKBACK = timedelta(days=3000)  # "0 0 29 2 *" fires only every four (or eight) years
 _TICK = timedelta(microseconds=1)
 # Scans of a time range use the created_at index: with ANALYZE statistics the planner may prefer
 # a skip-scan of (platform, chat_id, created_at), several times slower for these queries.
 _BY_TIME = "INDEXED BY idx_model_calls_created_at"
-
-
-# Cron and periods ---------------------------------------------------------------------------
-
-
-def _weekday(text: str) -> int:
-    text = text.strip().lower()
-    if text.isdigit() and 0 <= int(text) <= 7:
-        return int(text)
-    if text[:3] in _DAY_NAMES and len(text) == 3:
-        return _DAY_NAMES.index(text)
-    raise ValueError(f"bad day of week {text!r}")
-
-
-def _standard_day_of_week(field: str) -> str:
-    """A crontab day-of-week field (0/7 = Sunday) as apscheduler 3 names ("mon,wed")."""
-    days: set[int] = set()
-    for part in field.split(","):
-        base, slash, step_text = part.partition("/")
-        step = int(step_text) if slash else 1
-        if step < 1:
-            raise ValueError(f"bad step in day of week {part!r}")
-        if base in ("*", "?"):
-            low, high = 0, 6
-        elif "-" in base:
-            first, _, last = base.partition("-")
-            low, high = _weekday(first), _weekday(last)
-        else:
-            low = _weekday(base)
-            high = 6 if slash else low
-        if low > high:
-            raise ValueError(f"bad day-of-week range {part!r}")
-        days.update(day % 7 for day in range(low, high + 1, step))
-    if len(days) == 7:
-        return "*"
-    return ",".join(_DAY_NAMES[d] for d in (1, 2, 3, 4, 5, 6, 0) if d in days)
-
-
-def cron_trigger(cron: str, tz: str | ZoneInfo) -> CronTrigger:
-    """A `CronTrigger` for a standard 5-field crontab expression in a time zone."""
-    fields = cron.split()
-    if len(fields) != 5:
-        raise ValueError(f"cron {cron!r} must have 5 fields (minute hour day month day-of-week)")
-    fields[4] = _standard_day_of_week(fields[4])
-    zone = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
-    return CronTrigger.from_crontab(" ".join(fields), timezone=zone)
-
-
-def _is_repeat(fire: datetime) -> bool:
-    """A fire at a wall time that the fall-back hour repeats (apscheduler fires both)."""
-    first = fire.replace(fold=0)
-    return first.astimezone(UTC) < fire.astimezone(UTC)
-
-
-def fire_times(trigger: CronTrigger, since: datetime, until: datetime) -> list[datetime]:
-    """Fire times in [since, until], in UTC; a repeated wall time (DST fall-back) counts once."""
-    out: list[datetime] = []
-    fire = trigger.get_next_fire_time(None, since)
-    while fire is not None and fire.astimezone(UTC) <= until.astimezone(UTC):
-        if not _is_repeat(fire):
-            out.append(fire.astimezone(UTC))
-        fire = trigger.get_next_fire_time(fire, fire)
-    return out
-
-
-def latest_fire(trigger: CronTrigger, now: datetime) -> datetime | None:
-    """The last fire time at or before `now` (UTC), or None."""
-    span = timedelta(hours=2)
-    while True:
-        fires = fire_times(trigger, now - span, now)
-        if fires:
-            return fires[-1]
-        if span >= _MAX_LOOKBACK:
-            return None
-        span = min(span * 4, _MAX_LOOKBACK)
-
-
-def previous_fire(trigger: CronTrigger, fire: datetime) -> datetime | None:
-    """The last fire time strictly before `fire`."""
-    return latest_fire(trigger, fire - _TICK)
-
-
-def next_fire(trigger: CronTrigger, now: datetime) -> datetime | None:
-    """The first fire time strictly after `now` (UTC)."""
-    fire = trigger.get_next_fire_time(None, now + _TICK)
-    while fire is not None and _is_repeat(fire):
-        fire = trigger.get_next_fire_time(fire, fire)
-    return fire.astimezone(UTC) if fire is not None else None
-
-
-def due_period(
-    trigger: CronTrigger, last_sent_period_end: datetime | None, now: datetime
-) -> tuple[datetime, datetime] | None:
-    """The period owed at `now`, as (start, end) in UTC, or None.
-
-    Its end is the latest fire time at or before `now`; nothing is owed when that period (or a
-    later one) was already recorded. Its start is the previous fire time, or the end of the last
-    recorded period when several were missed in a row (they are folded into one).
-    """
-    end = latest_fire(trigger, now)
-    if end is None:
-        return None
-    if last_sent_period_end is not None and end <= last_sent_period_end:
-        return None
-    start = previous_fire(trigger, end)
-    if start is None:
-        start = end - timedelta(days=7)
-    if last_sent_period_end is not None and last_sent_period_end < start:
-        start = last_sent_period_end.astimezone(UTC)
-    return start, end
-
-
-# The digest ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,181 +379,12 @@ def digest_chart_png(digest: Digest) -> bytes:
     return spend_chart_png(days, series, title)
 
 
-# Once per period, recorded in SQLite --------------------------------------------------------
-
-_RECORDED = ("baseline", "sending", "sent")
-
-
-def _last_recorded_end(db: sqlite_utils.Database) -> tuple[bool, datetime | None]:
-    """(whether any digest row exists, the end of the last period not owed any more)."""
-    any_row = db.execute("SELECT 1 FROM digests LIMIT 1").fetchone() is not None
-    row = db.execute(
-        "SELECT MAX(period_end) FROM digests WHERE status IN (?, ?, ?)", list(_RECORDED)
-    ).fetchone()
-    return any_row, (from_iso(row[0]) if row[0] else None)
-
-
-def _claim(db: sqlite_utils.Database, start: datetime, end: datetime, status: str, at: str) -> bool:
-    """Record a period as `status`; False when it was already recorded (and not failed)."""
-    cursor = db.execute(
-        "INSERT INTO digests (period_end, period_start, status, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (period_end) DO UPDATE SET status = excluded.status, "
-        "period_start = excluded.period_start, updated_at = excluded.updated_at, error = NULL "
-        "WHERE digests.status = 'failed'",
-        [to_iso(end), to_iso(start), status, at, at],
-    )
-    return cursor.rowcount == 1
-
-
-def _finish(db: sqlite_utils.Database, end: datetime, status: str, at: str, dollars: float | None,
-            error: str | None) -> None:
-    db.execute(
-        "UPDATE digests SET status = ?, updated_at = ?, dollars = ?, error = ? WHERE period_end = ?",
-        [status, at, dollars, error, to_iso(end)],
-    )
-
-
-DigestSender = Callable[[Digest, bytes], Awaitable[None]]
-
-
-class DigestScheduler:
-    """Sends the cost digest on a cron, at most once per period, catching up after downtime.
-
-    `send(digest, png)` delivers it to every admin destination; if it raises, the period is
-    marked failed and owed again at the next start. `start()` must run inside the event loop.
-    """
-
-    JOB_ID = "cost_digest"
-
-    def __init__(
-        self,
-        store: Store,
-        clock: Clock,
-        cron: str,
-        tz: str,
-        send: DigestSender,
-        *,
-        budgets: BudgetLimits | None = None,
-        channels: Mapping[str, ChannelBudgets] | None = None,
-    ) -> None:
-        self.store = store
-        self.clock = clock
-        self.tz = ZoneInfo(tz)
-        self.trigger = cron_trigger(cron, self.tz)
-        self.send = send
-        self.budgets = budgets
-        self.channels = channels or {}
-        self._scheduler: AsyncIOScheduler | None = None
-        self._lock = asyncio.Lock()
-
-    async def start(self) -> None:
-        """Catch up on a period missed while down, then schedule the cron."""
-        try:
-            await self.run_due()
-        except Exception:
-            log.exception("cost digest catch-up failed")
-        scheduler = AsyncIOScheduler(timezone=self.tz)
-        scheduler.add_job(self._fire, self.trigger, id=self.JOB_ID, replace_existing=True,
-                          misfire_grace_time=3600, coalesce=True, max_instances=1)
-        scheduler.start()
-        self._scheduler = scheduler
-
-    async def stop(self) -> None:
-        if self._scheduler is not None and self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
-            await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the loop's next turn
-        self._scheduler = None
-
-    @property
-    def next_run_time(self) -> datetime | None:
-        job = self._scheduler.get_job(self.JOB_ID) if self._scheduler else None
-        return job.next_run_time if job is not None else None
-
-    async def _fire(self) -> None:
-        try:
-            await self.run_due()
-        except Exception:
-            log.exception("cost digest failed")
-
-    async def run_due(self, now: datetime | None = None) -> Digest | None:
-        """Send the period owed at `now` (default: the clock's), if any; returns what was sent.
-
-        On a database with no digest recorded yet, records the last period as a baseline
-        instead (a fresh install owes nothing).
-        """
-        async with self._lock:
-            now = now or self.clock.now()
-            at = to_iso(now)
-            any_row, last_end = await self.store.run(_last_recorded_end)
-            if not any_row:
-                last = latest_fire(self.trigger, now)
-                if last is not None:
-                    first = previous_fire(self.trigger, last) or last
-                    await self.store.run(lambda db: _claim(db, first, last, "baseline", at))
-                return None
-            period = due_period(self.trigger, last_end, now)
-            if period is None:
-                return None
-            start, end = period
-            if not await self.store.run(lambda db: _claim(db, start, end, "sending", at)):
-                return None
-            try:
-                digest, png = await self.digest_for(start, end)
-                await self.send(digest, png)
-            except Exception as error:
-                failed_at, reason = to_iso(self.clock.now()), repr(error)[:500]
-                await self.store.run(lambda db: _finish(db, end, "failed", failed_at, None, reason))
-                raise
-            sent_at = to_iso(self.clock.now())
-            await self.store.run(lambda db: _finish(db, end, "sent", sent_at, digest.dollars, None))
-            return digest
-
-    async def digest_for(self, start: datetime, end: datetime) -> tuple[Digest, bytes]:
-        """Build a period's digest and its chart (drawn in a worker thread)."""
-        # After a fire, the previous period is the cron's; else one as long as this one.
-        is_fire = bool(fire_times(self.trigger, start, start))
-        before = previous_fire(self.trigger, start) if is_fire else None
-        digest = await build_digest(
-            self.store, start=start, end=end, tz=self.tz, budgets=self.budgets, channels=self.channels,
-            previous_start=before,
-        )
-        png = await asyncio.to_thread(digest_chart_png, digest)
-        return digest, png
-
-    async def digest_now(self, now: datetime | None = None) -> tuple[Digest, bytes]:
-        """For `/moa digest`: the period since the last fire time up to now, nothing recorded."""
-        now = now or self.clock.now()
-        start = latest_fire(self.trigger, now) or now - timedelta(days=7)
-        if start >= now:
-            start = previous_fire(self.trigger, start) or now - timedelta(days=7)
-        return await self.digest_for(start, now)
-
-
-def digest_destinations(send_to: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
-    """`["telegram:123", "slack:C1"]` as (platform, chat_id) pairs."""
-    out = []
-    for target in send_to:
-        platform, sep, chat = target.partition(":")
-        if not sep or not platform or not chat:
-            raise ValueError(f"digest destination {target!r} must be 'platform:chat_id'")
-        out.append((platform, chat))
-    return out
-
-
 __all__ = [
     "NEAR_BUDGET",
     "BudgetAlert",
     "DaySpend",
     "Digest",
-    "DigestScheduler",
     "build_digest",
-    "cron_trigger",
     "digest_chart_png",
-    "digest_destinations",
-    "due_period",
-    "fire_times",
-    "latest_fire",
-    "next_fire",
-    "previous_fire",
     "render_digest_text",
 ]

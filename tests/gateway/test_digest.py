@@ -13,19 +13,16 @@ from PIL import Image
 
 from gateway.config import BudgetSettings, ChannelSettings
 from gateway.costs.chart import spend_chart_png
-from gateway.costs.digest import (
-    Digest,
+from gateway.costs.digest import Digest, build_digest, digest_chart_png, render_digest_text
+from gateway.costs.schedule import (
     DigestScheduler,
-    build_digest,
     cron_trigger,
-    digest_chart_png,
     digest_destinations,
     due_period,
     fire_times,
     latest_fire,
     next_fire,
     previous_fire,
-    render_digest_text,
 )
 from gateway.storage import Store
 from moa_core.values import CallRecord, Cost, Usage

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from moa_core.values import Message, ToolCall
+from moa_core.values import ImagePart, Message, ToolCall
 
 if TYPE_CHECKING:
     from moa_core.events import ReferenceResult
@@ -62,21 +63,25 @@ def advisory_view(
 
     System messages are dropped; tool calls become inline text; tool results are folded (cut to
     the budget) into the assistant turn before them; consecutive turns of one role are joined.
+    A user turn's images stay with it (`fan_out` turns them into text for references that
+    cannot see).
     """
-    turns: list[tuple[str, list[str]]] = []
+    turns: list[tuple[str, list[str], list[ImagePart]]] = []
 
-    def add(role: str, text: str) -> None:
+    def add(role: str, text: str, images: Sequence[ImagePart] = ()) -> None:
         if turns and turns[-1][0] == role:
-            turns[-1][1].append(text)
+            if text:
+                turns[-1][1].append(text)
+            turns[-1][2].extend(images)
         else:
-            turns.append((role, [text]))
+            turns.append((role, [text] if text else [], list(images)))
 
-    latest_user_text: str | None = None
+    latest_user: Message | None = None
     for message in messages:
         if message.role == "user":
-            latest_user_text = message.content
-            if message.content.strip():
-                add("user", message.content)
+            latest_user = message
+            if message.content.strip() or message.images:
+                add("user", message.content if message.content.strip() else "", message.images)
         elif message.role == "assistant":
             parts = [message.content.strip()] if message.content.strip() else []
             parts.extend(render_tool_call(call) for call in message.tool_calls)
@@ -86,9 +91,14 @@ def advisory_view(
             label = message.name or "tool"
             add("assistant", f"[tool result from {label}:\n{cut_middle(message.content, tool_result_budget)}]")
 
-    view = [Message(role, "\n\n".join(parts)) for role, parts in turns]  # type: ignore[arg-type]
+    view = [
+        Message(role, "\n\n".join(parts), images=tuple(images))  # type: ignore[arg-type]
+        for role, parts, images in turns
+    ]
     if not view:
-        return (Message("user", latest_user_text if latest_user_text is not None else JUDGE_STATE_PROMPT),)
+        if latest_user is not None:
+            return (Message("user", latest_user.content, images=latest_user.images),)
+        return (Message("user", JUDGE_STATE_PROMPT),)
     if view[-1].role == "assistant":
         view.append(Message("user", JUDGE_STATE_PROMPT))
     return tuple(view)
@@ -97,9 +107,15 @@ def advisory_view(
 def view_key(view: Sequence[Message], preset: str, labels: Sequence[str]) -> str:
     """A stable hash of an advisory view: identical state means identical key."""
     payload = json.dumps(
-        [preset, list(labels), [[m.role, m.content] for m in view]], ensure_ascii=False
+        [preset, list(labels), [[m.role, m.content, [_image_key(i) for i in m.images]] for m in view]],
+        ensure_ascii=False,
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _image_key(image: ImagePart) -> list:
+    # The same picture with and without its bytes at hand is a different state for the models.
+    return [image.name, image.digest, bool(image.data), len(image.data)]
 
 
 def guidance_block(preset: str, aggregator_label: str, results: Sequence[ReferenceResult]) -> str:
@@ -127,7 +143,8 @@ def with_guidance(messages: Sequence[Message], block: str) -> tuple[Message, ...
     for i in range(len(out) - 1, -1, -1):
         if out[i].role == "user":
             original = out[i]
-            out[i] = Message("user", f"{original.content}\n\n{block}" if original.content else block)
+            content = f"{original.content}\n\n{block}" if original.content else block
+            out[i] = replace(original, content=content)
             return tuple(out)
     out.append(Message("user", block))
     return tuple(out)

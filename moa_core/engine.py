@@ -30,6 +30,7 @@ from moa_core.events import (
     TurnResult,
 )
 from moa_core.fanout import ReferenceCall, fan_out, mark_late, partial_spend, reference_record
+from moa_core.images import can_see, for_model, has_visible_images
 from moa_core.pricing import price_call
 from moa_core.providers.base import CompletionRequest, ModelClient, ProviderError, ProviderTimeout
 from moa_core.settings import EngineSettings, Preset
@@ -280,6 +281,8 @@ class MoaEngine:
         async def on_text(text: str) -> None:
             await emit(TextDelta(step, text))
 
+        if has_visible_images(messages):
+            messages = for_model(messages, can_see(provider, slot.model))
         request = CompletionRequest(
             provider=provider,
             model=slot.model,
@@ -378,4 +381,9 @@ def _message_json(message: Message) -> dict:
         out["tool_call_id"] = message.tool_call_id
     if message.name:
         out["name"] = message.name
+    if message.images:  # described, never the bytes: traces are for reading
+        out["images"] = [
+            {"name": i.name, "media_type": i.media_type, "bytes": len(i.data), "sha256": i.digest}
+            for i in message.images
+        ]
     return out

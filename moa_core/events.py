@@ -13,7 +13,10 @@ from moa_core.values import CallRecord, CallStatus, Cost, Message, ToolCall, Usa
 
 @dataclass(frozen=True, slots=True)
 class ReferenceResult:
-    """One reference's outcome in one fan-out. `index` is its position in the preset (0-based)."""
+    """One reference's outcome in one fan-out. `index` is its position in the preset (0-based).
+
+    `saw_images` is None when the view held no image to see, else whether this model was sent
+    the images (True) or text stand-ins for them (False)."""
 
     index: int
     count: int
@@ -26,6 +29,7 @@ class ReferenceResult:
     step: int = 1
     error: str | None = None
     late: bool = False
+    saw_images: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from moa_core.advisory import REFERENCE_SYSTEM_PROMPT
 from moa_core.clock import Clock
 from moa_core.events import ReferenceResult
+from moa_core.images import can_see, for_model, has_visible_images
 from moa_core.pricing import price_call
 from moa_core.providers.base import CompletionRequest, ModelClient, ProviderError, ProviderTimeout
 from moa_core.settings import Preset, ProviderSettings, Slot
@@ -71,6 +72,11 @@ async def _ask_reference(
     clock: Clock,
     limit: asyncio.Semaphore,
 ) -> ReferenceCall:
+    if has_visible_images(messages):
+        messages = for_model(messages, can_see(provider, slot.model))
+        seen = can_see(provider, slot.model)
+    else:
+        seen = None
     async with limit:
         started = clock.monotonic()
         deadline = started + preset.reference_timeout
@@ -112,6 +118,8 @@ async def _ask_reference(
                 index, count, slot.label, "ok" if text else "failed", text, completion.usage, cost,
                 int((clock.monotonic() - started) * 1000), step, None if text else "empty answer",
             )
+        if seen is not None:
+            result = replace(result, saw_images=seen)
         return ReferenceCall(result, provider.name, slot.model, preset.reference_temperature, messages)
 
 

@@ -41,6 +41,9 @@ class ProviderSettings:
     max_retries: int = 3
     # Anthropic's wire format requires max_tokens; used only there, only when a slot sets none.
     anthropic_default_max_tokens: int = 8192
+    # Which models can see images: all of this provider's (`vision`), or those named.
+    vision: bool = False
+    vision_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,10 +26,33 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image that came with a user message.
+
+    `data` holds the bytes only while they are at hand (the turn the image came in, or a later
+    one when the gateway keeps images); stored history keeps the description alone, and then
+    every model gets `stand_in` text instead. `digest` (sha256 hex of the bytes) survives the
+    bytes, so a kept copy can be found again.
+    """
+
+    name: str
+    media_type: str
+    data: bytes = field(default=b"", repr=False)
+    width: int | None = None
+    height: int | None = None
+    digest: str = ""
+
+    def stand_in(self, why: str = "not visible to you") -> str:
+        size = f", {self.width}×{self.height}" if self.width and self.height else ""
+        return f"[image: {self.name}{size}, {why}]"
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One conversation entry in a wire-neutral shape.
 
-    `tool_call_id` and `name` are set on tool results (role "tool").
+    `tool_call_id` and `name` are set on tool results (role "tool"); `images` only on user
+    messages, sent after `content` to models that can see and as text stand-ins to the others.
     """
 
     role: Role
@@ -37,6 +60,7 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
+    images: tuple[ImagePart, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +152,7 @@ class CallRecord:
     the quorum grace: its advice was not used, its usage and cost still count.
     """
 
-    role: Literal["reference", "aggregator"]
+    role: Literal["reference", "aggregator", "transcription"]
     step: int
     index: int
     provider: str

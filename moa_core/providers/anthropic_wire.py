@@ -8,11 +8,13 @@ ValueError; the client turns it into a ProviderError naming the provider and mod
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import orjson
 
+from moa_core.images import for_model
 from moa_core.providers.base import CompletionRequest, ProviderError
 from moa_core.providers.sse import ServerEvent
 from moa_core.values import UNKNOWN_USAGE, Completion, Message, ToolCall, Usage
@@ -68,6 +70,13 @@ def _messages(messages: tuple[Message, ...]) -> tuple[str, list[dict]]:
             continue
         role = "assistant" if m.role == "assistant" else "user"
         blocks: list[dict] = []
+        if m.images:
+            # The engine decided this model sees them; images without bytes still become text.
+            (m,) = for_model((m,), sees=True)
+        for image in m.images:  # before the text, as Anthropic advises
+            source = {"type": "base64", "media_type": image.media_type,
+                      "data": base64.b64encode(image.data).decode("ascii")}
+            blocks.append({"type": "image", "source": source})
         if m.role == "tool":
             blocks.append({"type": "tool_result", "tool_use_id": m.tool_call_id or "", "content": m.content})
         elif m.content:

@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from moa_core.clock import Clock
+from moa_core.images import estimated_tokens
 from moa_core.providers import anthropic_wire, openai_wire
 from moa_core.providers.base import (
     CompletionRequest,
@@ -311,7 +312,7 @@ def _with_usage(completion: Completion, request: CompletionRequest) -> Completio
     if usage.source == "reported" and (usage.input or usage.cache_read or usage.cache_write or usage.output):
         return completion
     estimate = Usage(
-        input=_tokens(_request_chars(request)),
+        input=_tokens(_request_chars(request)) + _image_tokens(request),
         output=_tokens(
             len(completion.text) + sum(len(c.name) + len(c.arguments) for c in completion.tool_calls)
         ),
@@ -339,6 +340,10 @@ def _request_chars(request: CompletionRequest) -> int:
     return chars + sum(
         len(t.name) + len(t.description) + len(json.dumps(t.parameters)) for t in request.tools
     )
+
+
+def _image_tokens(request: CompletionRequest) -> int:
+    return sum(estimated_tokens(image) for m in request.messages for image in m.images if image.data)
 
 
 def _tokens(chars: int) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from moa_core.images import data_url, for_model
 from moa_core.providers.base import CompletionRequest, ProviderError
 from moa_core.providers.sse import ServerEvent
 from moa_core.values import UNKNOWN_USAGE, Completion, Message, ToolCall, Usage
@@ -50,7 +51,14 @@ def build_request(request: CompletionRequest, api_key: str | None) -> tuple[str,
 def _message(m: Message) -> dict[str, Any]:
     if m.role == "tool":
         return {"role": "tool", "tool_call_id": m.tool_call_id or "", "content": m.content}
+    if m.images:
+        # The engine decided this model sees them; images without bytes still become text.
+        (m,) = for_model((m,), sees=True)
     out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content else []
+        parts += [{"type": "image_url", "image_url": {"url": data_url(i)}} for i in m.images]
+        out["content"] = parts
     if m.role == "assistant" and m.tool_calls:
         out["content"] = m.content or None
         out["tool_calls"] = [

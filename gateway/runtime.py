@@ -14,7 +14,7 @@ from moa_core.engine import MoaEngine
 from moa_core.providers.client import ProviderClient
 from moa_core.providers.http import make_http_client
 from moa_core.settings import Preset
-from moa_core.tools import builtin_tools
+from moa_core.tools import builtin_tools, make_fetch_client
 from moa_core.trace import TraceWriter
 
 
@@ -26,9 +26,12 @@ class MissingSecret(ValueError):
 class EngineRuntime:
     engine: MoaEngine
     http: httpx.AsyncClient
+    fetch_http: httpx.AsyncClient | None = None  # fetch_url's own client (vetted addresses only)
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self.fetch_http is not None:
+            await self.fetch_http.aclose()
 
 
 def build_engine(config: Config, *, env: Mapping[str, str] | None = None, clock: Clock | None = None,
@@ -38,14 +41,15 @@ def build_engine(config: Config, *, env: Mapping[str, str] | None = None, clock:
     http = http or make_http_client()
     settings = config.engine
     tracer = TraceWriter(settings.trace_dir, clock) if settings.save_traces else None
+    fetch_http = make_fetch_client(settings.tool_limits)
     engine = MoaEngine(
         settings,
         ProviderClient(http, env=env, clock=clock),
-        tools=builtin_tools(settings.tool_limits, http, clock),
+        tools=builtin_tools(settings.tool_limits, fetch_http, clock),
         clock=clock,
         tracer=tracer,
     )
-    return EngineRuntime(engine, http)
+    return EngineRuntime(engine, http, fetch_http)
 
 
 def missing_keys(config: Config, preset: Preset, env: Mapping[str, str]) -> list[str]:

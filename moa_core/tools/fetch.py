@@ -2,8 +2,13 @@
 
 Every hop (the first URL and each redirect) is checked before any connection is made: http or
 https only, and every address the host resolves to must be public, unless the config allows
-private addresses or names the host. The body is streamed and cut at `fetch_max_bytes`; only
-the configured content types are read; HTML is turned into text.
+private addresses or names the host. The check is made twice, and the second is the one that
+counts: the tool has its own client (`make_fetch_client`) whose connector resolves names only
+through `VettingResolver`, which vets every answer it hands to the connector, with no DNS cache.
+So the socket is only ever opened to an address that was just checked; a name that answers a
+public address to the early check and 127.0.0.1 to the connection (DNS rebinding) is refused.
+The body is streamed and cut at `fetch_max_bytes`; only the configured content types are read;
+HTML is turned into text.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ import codecs
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from html.parser import HTMLParser
 
+import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from httpx_aiohttp import AiohttpTransport
 
 from moa_core.settings import ToolLimits
 from moa_core.tools.base import Tool, ToolError
@@ -72,6 +81,87 @@ def _host_key(host: str) -> str:
     return host.strip().strip("[]").rstrip(".").lower()
 
 
+def _idna(host: str) -> str:
+    try:
+        return httpx.URL(f"http://{host}/").raw_host.decode("ascii").rstrip(".").lower()
+    except (httpx.InvalidURL, UnicodeError):
+        return host
+
+
+def _may_skip_check(host: str, limits: ToolLimits) -> bool:
+    """True when the config lets this host through unchecked (private allowed, or host named)."""
+    if limits.fetch_allow_private:
+        return True
+    key = _host_key(host)
+    allowed = {_host_key(h) for h in limits.fetch_allowed_hosts}
+    return key in allowed or key in {_idna(h) for h in allowed}
+
+
+def _refusal(host: str, addresses: list[IPAddress]) -> str | None:
+    if not addresses:
+        return f"host {host!r} has no addresses"
+    for ip in addresses:
+        if reason := address_refusal(ip):
+            return (
+                f"refused to fetch {host!r}: it resolves to {ip}, a {reason} address; "
+                "only public internet addresses may be fetched"
+            )
+    return None
+
+
+def _ip(text: str) -> IPAddress:
+    # IPv6 results may carry a scope ("fe80::1%eth0"); the address is what matters.
+    return ipaddress.ip_address(str(text).split("%", 1)[0])
+
+
+class AddressRefused(OSError):
+    """Raised by VettingResolver to the connector; `fetch_text` shows its text to the model."""
+
+
+class VettingResolver(AbstractResolver):
+    """The fetch client's only resolver: every answer is vetted before the connector sees it.
+
+    aiohttp connects to exactly the addresses a resolver returns (IP literals skip it; those
+    are checked by `check_target` and cannot change), so vetting here closes DNS rebinding.
+    """
+
+    def __init__(self, limits: ToolLimits, inner: AbstractResolver) -> None:
+        self._limits = limits
+        self._inner = inner
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if not _may_skip_check(host, self._limits):
+            if reason := _refusal(host, [_ip(r["host"]) for r in results]):
+                raise AddressRefused(reason)
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class FetchClient(httpx.AsyncClient):
+    """The httpx client `fetch_url` requires: made by `make_fetch_client`, never shared with
+    model providers (they may live on 127.0.0.1 and must stay reachable)."""
+
+
+def make_fetch_client(
+    limits: ToolLimits, *, resolver: Callable[[], AbstractResolver] | None = None
+) -> FetchClient:
+    """A client whose every connection goes to vetted addresses; `resolver` makes the inner
+    resolver (default: aiohttp's threaded getaddrinfo). Close it with `await client.aclose()`."""
+
+    def session() -> aiohttp.ClientSession:  # called on first use, inside the running loop
+        inner = resolver() if resolver is not None else aiohttp.ThreadedResolver()
+        # No DNS cache: each connection, so each redirect hop, resolves and vets afresh.
+        connector = aiohttp.TCPConnector(resolver=VettingResolver(limits, inner), use_dns_cache=False)
+        return aiohttp.ClientSession(connector=connector)
+
+    return FetchClient(transport=AiohttpTransport(client=session))
+
+
 async def _addresses(url: httpx.URL) -> list[IPAddress]:
     host = _host_key(url.host)
     try:
@@ -84,28 +174,32 @@ async def _addresses(url: httpx.URL) -> list[IPAddress]:
         infos = await asyncio.get_running_loop().getaddrinfo(ascii_host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
         raise ToolError(f"could not resolve host {url.host!r}: {e}") from None
-    # IPv6 results may carry a scope ("fe80::1%eth0"); the address is what matters.
-    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    return [_ip(info[4][0]) for info in infos]
 
 
 async def check_target(url: httpx.URL, limits: ToolLimits) -> None:
-    """Raise ToolError unless `url` may be fetched under `limits`."""
+    """Raise ToolError unless `url` may be fetched under `limits` (the early check; the
+    connection itself is vetted again by VettingResolver)."""
     if url.scheme not in ("http", "https"):
         raise ToolError(f"only absolute http:// or https:// URLs can be fetched, got {str(url)!r}")
     if not url.host:
         raise ToolError(f"URL {str(url)!r} has no host")
-    allowed = {_host_key(h) for h in limits.fetch_allowed_hosts}
-    if limits.fetch_allow_private or _host_key(url.host) in allowed:
+    if _may_skip_check(url.host, limits):
         return
-    addresses = await _addresses(url)
-    if not addresses:
-        raise ToolError(f"host {url.host!r} has no addresses")
-    for ip in addresses:
-        if reason := address_refusal(ip):
-            raise ToolError(
-                f"refused to fetch {url.host!r}: it resolves to {ip}, a {reason} address; "
-                "only public internet addresses may be fetched"
-            )
+    if reason := _refusal(url.host, await _addresses(url)):
+        raise ToolError(reason)
+
+
+def _refused(error: BaseException) -> AddressRefused | None:
+    """The resolver's refusal somewhere in the chain aiohttp and httpx wrapped it in."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, AddressRefused):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class _TextExtractor(HTMLParser):
@@ -252,6 +346,8 @@ async def fetch_text(url_text: str, limits: ToolLimits, http: httpx.AsyncClient)
                     continue
                 return await _render(url_text, url, response, limits)
         except httpx.HTTPError as e:
+            if refused := _refused(e):
+                raise ToolError(str(refused)) from None
             raise ToolError(
                 f"could not fetch {str(url)!r}: {type(e).__name__}: {str(e) or 'no detail'}"
             ) from None
@@ -283,7 +379,11 @@ async def _render(asked: str, url: httpx.URL, response: httpx.Response, limits: 
     return "\n".join(header) + "\n\n" + text
 
 
-def fetch_url_tool(limits: ToolLimits, http: httpx.AsyncClient) -> Tool:
+def fetch_url_tool(limits: ToolLimits, http: FetchClient) -> Tool:
+    if not isinstance(http, FetchClient):
+        # Any other client would connect wherever DNS points at connection time.
+        raise TypeError("fetch_url needs the client from make_fetch_client(limits)")
+
     async def run(arguments: dict) -> str:
         url = arguments.get("url")
         if not isinstance(url, str) or not url.strip():

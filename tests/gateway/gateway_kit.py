@@ -13,7 +13,7 @@ from gateway.storage import Store
 from moa_core.clock import SystemClock
 from moa_core.engine import MoaEngine
 from moa_core.providers.client import ProviderClient
-from moa_core.tools import builtin_tools
+from moa_core.tools import builtin_tools, make_fetch_client
 from tests.fakes.provider_server import FakeProvider
 from tests.fakes.recording_adapter import RecordingAdapter
 
@@ -49,7 +49,8 @@ async def make_gateway(fake: FakeProvider, http, tmp_path: Path, *, admins=("adm
     clock = SystemClock()
     store = await Store.open(config.gateway.database, clock)
     engine = MoaEngine(config.engine, ProviderClient(http, env=ENV, clock=clock),
-                       tools=builtin_tools(config.engine.tool_limits, http, clock), clock=clock)
+                       tools=builtin_tools(config.engine.tool_limits, make_fetch_client(config.engine.tool_limits), clock),
+                       clock=clock)
     adapter = adapter or RecordingAdapter()
     gateway = Gateway(config, store, engine, {adapter.platform: adapter}, clock, **cost_hooks(config))
     await gateway.start()

@@ -9,7 +9,7 @@ from moa_core.engine import MoaEngine
 from moa_core.events import Event
 from moa_core.providers.client import ProviderClient
 from moa_core.settings import Cadence, EngineSettings, Preset, ProviderSettings, Slot, ToolLimits
-from moa_core.tools import builtin_tools
+from moa_core.tools import builtin_tools, make_fetch_client
 from moa_core.trace import TraceWriter
 from tests.fakes.provider_server import FakeProvider
 
@@ -44,7 +44,7 @@ def engine(fake: FakeProvider, http: httpx.AsyncClient, *presets_: Preset, trace
     return MoaEngine(
         settings,
         ProviderClient(http, env=ENV, clock=clock),
-        tools=builtin_tools(limits, http, clock),
+        tools=builtin_tools(limits, make_fetch_client(limits), clock),  # never fetches here
         clock=clock,
         tracer=TraceWriter(trace_dir, clock) if trace_dir is not None else None,
     )

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import json
 import operator
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,14 +14,14 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from aiohttp import web
-from httpx_aiohttp import AiohttpTransport
+from aiohttp.abc import AbstractResolver
 from hypothesis import given
 from hypothesis import strategies as st
 
 from moa_core.settings import ToolLimits
-from moa_core.tools import Tool, ToolError, ToolOutcome, builtin_tools, run_tool
+from moa_core.tools import Tool, ToolError, ToolOutcome, builtin_tools, make_fetch_client, run_tool
 from moa_core.tools.calculator import calculate
-from moa_core.tools.fetch import address_refusal, html_to_text
+from moa_core.tools.fetch import AddressRefused, VettingResolver, address_refusal, html_to_text
 from moa_core.values import ToolSpec
 
 # Saturday 1 March 2025, 12:34:56 UTC.
@@ -41,15 +42,10 @@ class FixedClock:
         await asyncio.sleep(0)
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
-        yield client
-
-
-async def call(name: str, arguments: dict, http: httpx.AsyncClient, limits: ToolLimits) -> ToolOutcome:
-    tools = builtin_tools(limits, http, FixedClock())
-    return await run_tool(tools[name], json.dumps(arguments), limits)
+async def call(name: str, arguments: dict, limits: ToolLimits) -> ToolOutcome:
+    async with make_fetch_client(limits) as http:
+        tools = builtin_tools(limits, http, FixedClock())
+        return await run_tool(tools[name], json.dumps(arguments), limits)
 
 
 # --- run_tool -------------------------------------------------------------------------------
@@ -104,7 +100,7 @@ async def test_run_tool_turns_exceptions_into_outcomes() -> None:
 
 
 def test_builtin_tools_offer_three_json_schema_specs() -> None:
-    tools = builtin_tools(ToolLimits(), httpx.AsyncClient(), FixedClock())
+    tools = builtin_tools(ToolLimits(), make_fetch_client(ToolLimits()), FixedClock())
     assert set(tools) == {"fetch_url", "calculator", "current_time"}
     for name, tool in tools.items():
         assert tool.spec.name == name
@@ -191,14 +187,14 @@ def test_calculator_refuses(expression: str, message: str) -> None:
 
 async def test_calculator_refuses_huge_powers_quickly_through_the_runner() -> None:
     limits = ToolLimits(timeout=2.0)
-    tools = builtin_tools(limits, httpx.AsyncClient(), FixedClock())
+    tools = builtin_tools(limits, make_fetch_client(limits), FixedClock())
     outcome = await run_tool(tools["calculator"], json.dumps({"expression": "9**9**9**9"}), limits)
     assert not outcome.ok
     assert "too large" in outcome.output  # refused up front, not cut off by the timeout
 
 
 async def test_calculator_needs_an_expression() -> None:
-    tools = builtin_tools(ToolLimits(), httpx.AsyncClient(), FixedClock())
+    tools = builtin_tools(ToolLimits(), make_fetch_client(ToolLimits()), FixedClock())
     outcome = await run_tool(tools["calculator"], "{}", ToolLimits())
     assert not outcome.ok and "missing required argument 'expression'" in outcome.output
 
@@ -248,8 +244,8 @@ def test_calculator_only_ever_answers_or_refuses(text: str) -> None:
 # --- current_time ---------------------------------------------------------------------------
 
 
-async def test_current_time_defaults_to_utc(http: httpx.AsyncClient) -> None:
-    outcome = await call("current_time", {}, http, ToolLimits())
+async def test_current_time_defaults_to_utc() -> None:
+    outcome = await call("current_time", {}, ToolLimits())
     assert outcome == ToolOutcome(True, "2025-03-01T12:34:56+00:00 (Saturday, UTC)")
 
 
@@ -262,14 +258,14 @@ async def test_current_time_defaults_to_utc(http: httpx.AsyncClient) -> None:
         ("Pacific/Kiritimati", "2025-03-02T02:34:56+14:00 (Sunday, Pacific/Kiritimati)"),
     ],
 )
-async def test_current_time_in_a_zone(http: httpx.AsyncClient, zone: str, expected: str) -> None:
-    outcome = await call("current_time", {"timezone": zone}, http, ToolLimits())
+async def test_current_time_in_a_zone(zone: str, expected: str) -> None:
+    outcome = await call("current_time", {"timezone": zone}, ToolLimits())
     assert outcome == ToolOutcome(True, expected)
 
 
 @pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "Europe", "../../etc/passwd", "/etc/localtime", 5])
-async def test_current_time_refuses_bad_zones(http: httpx.AsyncClient, zone: object) -> None:
-    outcome = await call("current_time", {"timezone": zone}, http, ToolLimits())
+async def test_current_time_refuses_bad_zones(zone: object) -> None:
+    outcome = await call("current_time", {"timezone": zone}, ToolLimits())
     assert not outcome.ok
     assert "time zone" in outcome.output or "timezone" in outcome.output
 
@@ -385,6 +381,7 @@ async def site() -> AsyncIterator[Site]:
     app.router.add_get("/to-localhost", redirect("http://localhost:{port}/page"))
     app.router.add_get("/to-loopback-v6", redirect("http://[::1]:{port}/page"))
     app.router.add_get("/to-file", redirect("file:///etc/passwd"))
+    app.router.add_get("/to-rebind", redirect("http://rebind.test:{port}/page"))
     app.router.add_get("/loop", redirect("/loop"))
     runner = web.AppRunner(app)
     await runner.setup()
@@ -418,9 +415,9 @@ PRIVATE_OK = ToolLimits(fetch_allow_private=True, timeout=5.0)
     ],
 )
 async def test_fetch_refuses_private_addresses_by_default(
-    site: Site, http: httpx.AsyncClient, url: str
+    site: Site, url: str
 ) -> None:
-    outcome = await call("fetch_url", {"url": url.format(port=site.port)}, http, ToolLimits(timeout=5.0))
+    outcome = await call("fetch_url", {"url": url.format(port=site.port)}, ToolLimits(timeout=5.0))
     assert not outcome.ok
     assert "refused to fetch" in outcome.output
     assert site.paths == []  # refused before connecting
@@ -430,14 +427,14 @@ async def test_fetch_refuses_private_addresses_by_default(
     "url",
     ["file:///etc/passwd", "ftp://127.0.0.1/x", "example.com/page", "javascript:alert(1)", "http:///nohost"],
 )
-async def test_fetch_refuses_other_schemes(http: httpx.AsyncClient, url: str) -> None:
-    outcome = await call("fetch_url", {"url": url}, http, PRIVATE_OK)
+async def test_fetch_refuses_other_schemes(url: str) -> None:
+    outcome = await call("fetch_url", {"url": url}, PRIVATE_OK)
     assert not outcome.ok
     assert "http" in outcome.output
 
 
-async def test_fetch_converts_html_to_text(site: Site, http: httpx.AsyncClient) -> None:
-    outcome = await call("fetch_url", {"url": f"{site.base}/page"}, http, PRIVATE_OK)
+async def test_fetch_converts_html_to_text(site: Site) -> None:
+    outcome = await call("fetch_url", {"url": f"{site.base}/page"}, PRIVATE_OK)
     assert outcome.ok, outcome.output
     header, _, text = outcome.output.partition("\n\n")
     assert header.splitlines() == [
@@ -460,83 +457,150 @@ def test_html_to_text_keeps_blocks_apart() -> None:
     )
 
 
-async def test_fetch_cuts_the_body_at_max_bytes(site: Site, http: httpx.AsyncClient) -> None:
+async def test_fetch_cuts_the_body_at_max_bytes(site: Site) -> None:
     limits = ToolLimits(fetch_allow_private=True, fetch_max_bytes=1000, timeout=5.0)
-    outcome = await call("fetch_url", {"url": f"{site.base}/big"}, http, limits)
+    outcome = await call("fetch_url", {"url": f"{site.base}/big"}, limits)
     assert outcome.ok
     header, _, text = outcome.output.partition("\n\n")
     assert text == "a" * 1000
     assert "cut after 1,000 bytes" in header
 
 
-async def test_fetch_stops_reading_an_endless_body(site: Site, http: httpx.AsyncClient) -> None:
+async def test_fetch_stops_reading_an_endless_body(site: Site) -> None:
     limits = ToolLimits(
         fetch_allow_private=True, fetch_max_bytes=50_000, max_output_chars=60_000, timeout=5.0
     )
-    outcome = await call("fetch_url", {"url": f"{site.base}/endless"}, http, limits)
+    outcome = await call("fetch_url", {"url": f"{site.base}/endless"}, limits)
     assert outcome.ok, outcome.output
     assert outcome.output.endswith("\n\n" + "b" * 50_000)
     assert "cut after 50,000 bytes" in outcome.output
 
 
-async def test_fetch_refuses_unwanted_content_types(site: Site, http: httpx.AsyncClient) -> None:
-    outcome = await call("fetch_url", {"url": f"{site.base}/image"}, http, PRIVATE_OK)
+async def test_fetch_refuses_unwanted_content_types(site: Site) -> None:
+    outcome = await call("fetch_url", {"url": f"{site.base}/image"}, PRIVATE_OK)
     assert not outcome.ok
     assert "content type 'image/png'" in outcome.output
 
 
-async def test_fetch_reads_json_and_declared_charsets(site: Site, http: httpx.AsyncClient) -> None:
-    outcome = await call("fetch_url", {"url": f"{site.base}/data"}, http, PRIVATE_OK)
+async def test_fetch_reads_json_and_declared_charsets(site: Site) -> None:
+    outcome = await call("fetch_url", {"url": f"{site.base}/data"}, PRIVATE_OK)
     assert outcome.ok and outcome.output.endswith('\n\n{"answer": 42}')
-    outcome = await call("fetch_url", {"url": f"{site.base}/latin1"}, http, PRIVATE_OK)
+    outcome = await call("fetch_url", {"url": f"{site.base}/latin1"}, PRIVATE_OK)
     assert outcome.ok and outcome.output.endswith("\n\ncafé")
 
 
-async def test_fetch_reports_error_statuses_with_the_body(site: Site, http: httpx.AsyncClient) -> None:
-    outcome = await call("fetch_url", {"url": f"{site.base}/missing"}, http, PRIVATE_OK)
+async def test_fetch_reports_error_statuses_with_the_body(site: Site) -> None:
+    outcome = await call("fetch_url", {"url": f"{site.base}/missing"}, PRIVATE_OK)
     assert outcome.ok
     assert "Status: 404 Not Found" in outcome.output and outcome.output.endswith("nothing here")
 
 
-async def test_fetch_follows_redirects_on_an_allowed_host(site: Site, http: httpx.AsyncClient) -> None:
+async def test_fetch_follows_redirects_on_an_allowed_host(site: Site) -> None:
     limits = ToolLimits(fetch_allowed_hosts=("127.0.0.1",), timeout=5.0)
-    outcome = await call("fetch_url", {"url": f"{site.base}/to-page"}, http, limits)
+    outcome = await call("fetch_url", {"url": f"{site.base}/to-page"}, limits)
     assert outcome.ok, outcome.output
     assert outcome.output.startswith(f"URL: {site.base}/page\nRequested: {site.base}/to-page\n")
     assert site.paths == ["/to-page", "/page"]
 
 
 @pytest.mark.parametrize("path", ["/to-localhost", "/to-loopback-v6"])
-async def test_fetch_rechecks_every_redirect_hop(site: Site, http: httpx.AsyncClient, path: str) -> None:
+async def test_fetch_rechecks_every_redirect_hop(site: Site, path: str) -> None:
     limits = ToolLimits(fetch_allowed_hosts=("127.0.0.1",), timeout=5.0)
-    outcome = await call("fetch_url", {"url": site.base + path}, http, limits)
+    outcome = await call("fetch_url", {"url": site.base + path}, limits)
     assert not outcome.ok
     assert "refused to fetch" in outcome.output and "loopback" in outcome.output
     assert site.paths == [path]  # the private target was never requested
 
 
-async def test_fetch_refuses_a_redirect_to_another_scheme(site: Site, http: httpx.AsyncClient) -> None:
-    outcome = await call("fetch_url", {"url": f"{site.base}/to-file"}, http, PRIVATE_OK)
+class RebindingDns:
+    """getaddrinfo for `rebind.test` as a DNS-rebinding attacker runs it: a public address to the
+    first question, 127.0.0.1 to every later one. Other names resolve as usual."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.real = loop.getaddrinfo
+        self.asked = 0
+
+    async def __call__(self, host, port, *args, **kwargs):
+        if host != "rebind.test":
+            return await self.real(host, port, *args, **kwargs)
+        self.asked += 1
+        address = "93.184.215.14" if self.asked == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port or 80)))]
+
+
+@pytest.fixture
+async def rebinding_dns(monkeypatch: pytest.MonkeyPatch) -> RebindingDns:
+    loop = asyncio.get_running_loop()
+    dns = RebindingDns(loop)
+    monkeypatch.setattr(loop, "getaddrinfo", dns)
+    return dns
+
+
+async def test_fetch_refuses_a_name_that_rebinds_to_loopback(site: Site, rebinding_dns: RebindingDns) -> None:
+    outcome = await call("fetch_url", {"url": f"http://rebind.test:{site.port}/page"}, ToolLimits(timeout=5.0))
+    assert not outcome.ok, outcome.output
+    assert "refused to fetch 'rebind.test'" in outcome.output and "127.0.0.1, a loopback" in outcome.output
+    assert rebinding_dns.asked >= 2  # the early check saw the public address, the connection did not
+    assert site.paths == []  # nothing reached the loopback server
+
+
+async def test_fetch_refuses_a_redirect_to_a_name_that_rebinds(site: Site, rebinding_dns: RebindingDns) -> None:
+    limits = ToolLimits(fetch_allowed_hosts=("127.0.0.1",), timeout=5.0)
+    outcome = await call("fetch_url", {"url": f"{site.base}/to-rebind"}, limits)
+    assert not outcome.ok, outcome.output
+    assert "refused to fetch 'rebind.test'" in outcome.output and "loopback" in outcome.output
+    assert site.paths == ["/to-rebind"]  # the redirect was read, its loopback target never
+
+
+async def test_fetch_connects_to_a_named_host_that_is_allowed(site: Site) -> None:
+    limits = ToolLimits(fetch_allowed_hosts=("LocalHost",), timeout=5.0)
+    outcome = await call("fetch_url", {"url": f"http://localhost:{site.port}/page"}, limits)
+    assert outcome.ok, outcome.output
+    assert site.paths == ["/page"]
+
+
+async def test_vetting_resolver_refuses_any_private_answer() -> None:
+    class Inner(AbstractResolver):
+        async def resolve(self, host, port=0, family=socket.AF_INET):
+            return [{"hostname": host, "host": a, "port": port, "family": socket.AF_INET, "proto": 0, "flags": 0}
+                    for a in ("93.184.215.14", "10.0.0.7")]
+
+        async def close(self) -> None:
+            pass
+
+    with pytest.raises(AddressRefused, match="10.0.0.7, a private address"):
+        await VettingResolver(ToolLimits(), Inner()).resolve("mixed.test", 80)
+    answers = await VettingResolver(ToolLimits(fetch_allow_private=True), Inner()).resolve("mixed.test", 80)
+    assert [a["host"] for a in answers] == ["93.184.215.14", "10.0.0.7"]
+
+
+def test_fetch_url_needs_its_own_vetting_client() -> None:
+    with pytest.raises(TypeError, match="make_fetch_client"):
+        builtin_tools(ToolLimits(), httpx.AsyncClient(), FixedClock())
+
+
+async def test_fetch_refuses_a_redirect_to_another_scheme(site: Site) -> None:
+    outcome = await call("fetch_url", {"url": f"{site.base}/to-file"}, PRIVATE_OK)
     assert not outcome.ok and "only absolute http:// or https:// URLs" in outcome.output
     assert site.paths == ["/to-file"]
 
 
-async def test_fetch_gives_up_after_five_redirects(site: Site, http: httpx.AsyncClient) -> None:
-    outcome = await call("fetch_url", {"url": f"{site.base}/loop"}, http, PRIVATE_OK)
+async def test_fetch_gives_up_after_five_redirects(site: Site) -> None:
+    outcome = await call("fetch_url", {"url": f"{site.base}/loop"}, PRIVATE_OK)
     assert not outcome.ok and "too many redirects" in outcome.output
     assert site.paths == ["/loop"] * 6
 
 
-async def test_fetch_reports_connection_failures(http: httpx.AsyncClient) -> None:
+async def test_fetch_reports_connection_failures() -> None:
     # A port nothing listens on: bind one, note it, close it.
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    outcome = await call("fetch_url", {"url": f"http://127.0.0.1:{port}/"}, http, PRIVATE_OK)
+    outcome = await call("fetch_url", {"url": f"http://127.0.0.1:{port}/"}, PRIVATE_OK)
     assert not outcome.ok and "could not fetch" in outcome.output
 
 
-async def test_fetch_needs_a_url(http: httpx.AsyncClient) -> None:
-    outcome = await call("fetch_url", {}, http, PRIVATE_OK)
+async def test_fetch_needs_a_url() -> None:
+    outcome = await call("fetch_url", {}, PRIVATE_OK)
     assert not outcome.ok and "missing required argument 'url'" in outcome.output

@@ -15,6 +15,7 @@ import asyncio
 import json
 import math
 import random
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC
@@ -43,6 +44,7 @@ _WIRES: dict[str, ModuleType] = {"openai": openai_wire, "anthropic": anthropic_w
 _BACKOFF_BASE = 0.5  # seconds before the first retry, doubled each time
 _BACKOFF_CAP = 30.0
 _EXCERPT_CHARS = 300
+_MIN_SECRET_CHARS = 8  # keys shorter than this are masked only as whole words
 _ERROR_BODY_BYTES = 16_384
 _TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
 
@@ -218,7 +220,7 @@ class ProviderClient:
             message = _scrub(f"{label}: error in response body: {exc}", key)
             raise ProviderError(message, status=exc.status or 200, retryable=exc.retryable) from None
         except ValueError as exc:
-            excerpt = _excerpt(raw.decode("utf-8", "replace"))
+            excerpt = _excerpt(raw.decode("utf-8", "replace"), key)
             message = f"{label}: HTTP 200 with a body that is not valid JSON ({exc}): {excerpt!r}"
             raise ProviderError(_scrub(message, key), status=200) from None
         return _with_usage(completion, request)
@@ -237,7 +239,7 @@ class ProviderClient:
         except ValueError:
             detail = text
         status = response.status_code
-        message = _scrub(f"{_label(request)}: HTTP {status}: {_excerpt(detail)}", key)
+        message = _scrub(f"{_label(request)}: HTTP {status}: {_excerpt(detail, key)}", key)
         if status == 429 or status >= 500:
             header = response.headers.get("retry-after")
             retry_after = retry_after_seconds(header, self._clock) if header else None
@@ -281,11 +283,20 @@ def _label(request: CompletionRequest) -> str:
 
 
 def _scrub(message: str, key: str | None) -> str:
-    return message.replace(key, "***") if key else message
+    """`message` with the API key masked. A key of `_MIN_SECRET_CHARS` or more is masked
+    wherever it occurs; a shorter one (a local server's `k`) only where it stands alone, so
+    the scrub does not eat every `k` of the message."""
+    if not key:
+        return message
+    if len(key) >= _MIN_SECRET_CHARS:
+        return message.replace(key, "***")
+    return re.sub(rf"(?<![\w-]){re.escape(key)}(?![\w-])", "***", message)
 
 
-def _excerpt(text: str) -> str:
-    text = " ".join(text.split())
+def _excerpt(text: str, key: str | None) -> str:
+    """The first `_EXCERPT_CHARS` of `text` on one line, scrubbed *before* the cut: a key the
+    cut went through would otherwise leave its unmasked first half in the message."""
+    text = " ".join(_scrub(text, key).split())
     return text if len(text) <= _EXCERPT_CHARS else text[:_EXCERPT_CHARS] + "..."
 
 

@@ -27,10 +27,12 @@ class Reply:
     status: int = 200  # non-200: error response in that wire's error shape
     retry_after: float | None = None  # Retry-After header on errors
     malformed: bool = False  # 200 with a body that is not valid JSON
+    malformed_body: str | None = None  # 200 with this body (not valid JSON) instead
     cut_after: int | None = None  # streaming: drop the connection after this many chunks
     hang: bool = False  # never respond (until the client gives up)
     chunk_chars: int = 8  # streamed text chunk size; tool arguments are also split
     error_event: str | None = None  # streaming: an error of this type before any content
+    error_message: str | None = None  # non-200: this message in the error body instead of the default
 
 
 @dataclass
@@ -152,8 +154,8 @@ class FakeProvider:
 
     def _error(self, rec: Recorded, reply: Reply) -> web.Response:
         kind = _ERROR_TYPES.get(reply.status, "api_error" if reply.status >= 500 else "invalid_request_error")
-        message = f"fake {kind} for {rec.model}"
-        if reply.status == 401:  # real servers echo (part of) a bad key: clients must not repeat it
+        message = reply.error_message or f"fake {kind} for {rec.model}"
+        if reply.status == 401 and reply.error_message is None:  # real servers echo (part of) a bad key: clients must not repeat it
             message += f": bad key {rec.headers.get('x-api-key') or rec.headers.get('authorization', '')}"
         error = {"message": message, "type": kind}
         body = (
@@ -201,8 +203,9 @@ class FakeProvider:
         ]
         head = {"id": "chatcmpl-fake", "created": 1700000000, "model": rec.model}
         if not rec.body.get("stream"):
-            if reply.malformed:
-                return web.Response(text='{"choices": [{"message": ', content_type="application/json")
+            if reply.malformed or reply.malformed_body is not None:
+                text = reply.malformed_body if reply.malformed_body is not None else '{"choices": [{"message": '
+                return web.Response(text=text, content_type="application/json")
             message: dict = {"role": "assistant", "content": reply.text or None}
             if calls:
                 message["tool_calls"] = [

@@ -2,7 +2,9 @@
 
 It speaks the same adapter contract as Telegram, Discord and Slack, so the terminal chat runs
 through the real gateway. Streaming edits print only what is new; the progress line is
-rewritten in place on a TTY and printed as plain lines otherwise.
+rewritten in place on a TTY and printed as plain lines otherwise. Text from outside (models,
+and through them fetched pages) passes `strip_controls` first: an escape sequence in an answer
+must not clear the screen, retitle the window or rewrite what the user already read.
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ _INDENT = "    "
 _FULL_ADVICE_CHARS = 1_500
 _CLEAR_TO_EOL = "\x1b[K"
 _REVISED = "--- revised ---"
+# Terminal control sequences, and the bare controls that are not newline or tab. A sequence
+# cut off at the end of the text is matched too, so a streamed answer never shows half of one.
+_CONTROLS = re.compile(
+    r"\x1b\[[0-?]*[ -/]*(?:[@-~]|$)"  # CSI: cursor moves, clears (\x1b[2J), colours
+    r"|\x9b[0-?]*[ -/]*(?:[@-~]|$)"  # the same, 8-bit
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c|$)"  # OSC (titles), DCS, SOS, PM, APC
+    r"|\x1b[ -/]*[0-~]?"  # any other escape (\x1bc resets the terminal)
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]",  # other C0 controls (\r, \b, bell ...), DEL, C1
+    re.DOTALL,
+)
+
+
+def strip_controls(text: str) -> str:
+    """`text` without terminal control sequences or controls other than newline and tab."""
+    return _CONTROLS.sub("", text)
 
 
 class Clock(Protocol):
@@ -215,33 +232,37 @@ class TerminalAdapter:
         if isinstance(item, Answer):
             self._show_answer(previous if isinstance(previous, Answer) else None, item)
         elif isinstance(item, ReferenceSummary):
-            self._write(self._out, render_summary(item) + "\n\n")
+            self._write(self._out, strip_controls(render_summary(item)) + "\n\n")
         elif isinstance(item, Notice):
-            self._write(self._out, render_notice(item) + "\n")
+            self._write(self._out, strip_controls(render_notice(item)) + "\n")
         elif isinstance(item, FileOut):
             path = self._save(item)
             what = "chart" if item.mime.startswith("image/") else "file"
             caption = f" ({_one_line(item.caption)})" if item.caption.strip() else ""
-            self._write(self._out, f"saved {what}: {path}{caption}\n")
+            self._write(self._out, strip_controls(f"saved {what}: {path}{caption}") + "\n")
 
     def _show_answer(self, old: Answer | None, new: Answer) -> None:
+        # Compare what is shown, not what was sent: both sides without control sequences.
+        new_text = strip_controls(new.text)
+        old_text = strip_controls(old.text) if old is not None else ""
+        footer = strip_controls(new.footer) if new.footer else ""
         if old is None:
-            text = new.text
-        elif new.text == old.text:
+            text = new_text
+        elif new_text == old_text:
             text = ""
-        elif not old.final and new.text.startswith(old.text):
-            text = new.text[len(old.text) :]  # the usual streaming edit: print what is new
+        elif not old.final and new_text.startswith(old_text):
+            text = new_text[len(old_text) :]  # the usual streaming edit: print what is new
         else:
-            text = f"\n{_REVISED}\n{new.text}"
+            text = f"\n{_REVISED}\n{new_text}"
         if new.final:
-            if old is None or not old.final or new.text != old.text:
-                text += "\n" + (f"-- {new.footer}\n" if new.footer else "")
-            elif new.footer and new.footer != old.footer:
-                text += f"-- {new.footer}\n"
+            if old is None or not old.final or new_text != old_text:
+                text += "\n" + (f"-- {footer}\n" if footer else "")
+            elif footer and new.footer != old.footer:
+                text += f"-- {footer}\n"
         self._write(self._out, text)
 
     def _show_progress(self, p: Progress) -> None:
-        line = render_progress(p)
+        line = strip_controls(render_progress(p))
         if self._err.isatty():
             self._write(self._err, f"\r{line}{_CLEAR_TO_EOL}")
             self._progress_open = True

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from adapters.figures import format_usd
+from adapters.terminal import strip_controls
 from gateway.config import Config, ConfigError, load_config
 from gateway.heap import settle_heap
 from gateway.presentation import answer_footer, reference_summary
@@ -179,9 +180,9 @@ class _AskPrinter:
             print(f"  · reference {r.index + 1}/{r.count} {r.label}: {r.status} ({r.latency_ms} ms)", file=self.err)
         elif isinstance(event, ReferencesDone) and self.summary_mode != "off":
             summary = reference_summary(self.preset, self.summary_mode, event.results)
-            print(render_summary(summary), file=self.out, flush=True)
+            print(strip_controls(render_summary(summary)), file=self.out, flush=True)
         elif isinstance(event, ToolCallStarted):
-            print(f"  → {event.call.name}({event.call.arguments})", file=self.err)
+            print(strip_controls(f"  → {event.call.name}({event.call.arguments})"), file=self.err)
         elif isinstance(event, ToolCallFinished):
             print(f"  ← {event.call.name}: {'ok' if event.ok else 'error'}", file=self.err)
         elif isinstance(event, TextDelta):
@@ -189,7 +190,7 @@ class _AskPrinter:
                 print(file=self.out)
             self.step = event.step
             self.streamed = True
-            self.out.write(event.text)
+            self.out.write(strip_controls(event.text))  # model text: no terminal controls
             self.out.flush()
 
 
@@ -256,10 +257,10 @@ async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool,
         print(json.dumps(result_json(result), ensure_ascii=False), file=out)
         return EXIT_FAILED if result.error else EXIT_OK
     if result.error:
-        print(f"\nerror: the aggregator {result.aggregator_label} failed: {result.error}", file=err)
+        print(strip_controls(f"\nerror: the aggregator {result.aggregator_label} failed: {result.error}"), file=err)
         return EXIT_FAILED
     if not (printer and printer.streamed):
-        print(result.answer, file=out)
+        print(strip_controls(result.answer), file=out)
     print(f"\n\n— {answer_footer(result)}", file=out)
     refs = format_usd(sum_dollars([c.cost for c in result.calls if c.role == "reference"]))
     print(f"  references {refs} · aggregator {format_usd(result.aggregator_cost.usd)}", file=out)

@@ -12,6 +12,32 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
+AttachmentKind = Literal["image", "text", "audio", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file that came with an inbound message, described; not its bytes.
+
+    The gateway fetches the bytes, when it decides to use the file, through the adapter that
+    made this value (`Adapter.fetch_attachment`), which downloads from its platform's own file
+    service with the bot's own authorisation. `ref` is opaque adapter data naming the file (a
+    Telegram file_id, a Discord or Slack file URL). `size` is what the platform said (None when
+    it did not say); `width`/`height` are pixels of an image when the platform gave them.
+    """
+
+    kind: AttachmentKind
+    name: str
+    media_type: str
+    size: int | None
+    ref: str
+    width: int | None = None
+    height: int | None = None
+
+
+class AttachmentError(Exception):
+    """An attachment could not be fetched; the message names the file and says why, for the chat."""
+
 
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
@@ -23,6 +49,7 @@ class InboundMessage:
     (Telegram update_id, Discord message/interaction id, Slack event_id or trigger id).
     `reply_handle` is opaque adapter data needed to answer this very message (a Discord
     interaction token, a Slack response_url); the gateway only carries it back in `ChatRef`.
+    `attachments` are the files that came with it (a caption, if any, is the `text`).
     """
 
     platform: str
@@ -41,6 +68,7 @@ class InboundMessage:
     is_command: bool = False
     user_roles: tuple[str, ...] = ()
     reply_handle: str | None = None
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +102,8 @@ class SummaryEntry:
     latency_ms: int | None
     cost_usd: float | None
     advice: str
+    # None: no image to see in this turn; else whether this reference was shown the image(s).
+    saw_images: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +114,8 @@ class ReferenceSummary:
     mode: Literal["full", "compact"]
     entries: tuple[SummaryEntry, ...]
     total_cost_usd: float | None
+    # The transcript of a voice message or audio file that was the question.
+    heard: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,3 +189,9 @@ class Adapter(Protocol):
     async def send(self, chat: ChatRef, item: Outbound) -> Sent: ...
 
     async def edit(self, sent: Sent, item: Outbound) -> Sent: ...
+
+    async def fetch_attachment(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """The bytes of an attachment this adapter described, from the platform's own file
+        service only; AttachmentError (naming the file) when it cannot, or when the file is
+        larger than `max_bytes`. Adapters whose platform has no files need not have it."""
+        ...

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.contract import Adapter
+from gateway.attachments import AttachmentIntake
 from gateway.config import Config, ConfigError, PlatformSection
 from gateway.costs.commands import CostCommands
 from gateway.costs.delivery import start_digest
-from gateway.runtime import EngineRuntime, build_engine
+from gateway.runtime import EngineRuntime, build_engine, build_transcriber
 from gateway.service import Gateway
 from gateway.storage import Store
 from moa_core.clock import Clock, SystemClock
@@ -140,7 +141,8 @@ async def build_app(config: Config, adapters: Mapping[str, Adapter], *, env: Map
     store = await Store.open(config.gateway.database, clock)
     runtime = build_engine(config, env=env, clock=clock)
     hooks = cost_hooks(config)
-    gateway = Gateway(config, store, runtime.engine, adapters, clock, **hooks)
+    intake = AttachmentIntake(config.attachments, build_transcriber(config, runtime.http, env=env, clock=clock))
+    gateway = Gateway(config, store, runtime.engine, adapters, clock, attachments=intake, **hooks)
     return App(gateway, store, runtime)
 
 

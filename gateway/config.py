@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.attachments import AttachmentSettings, TranscriptionSettings
 from moa_core.settings import (
     MOA_PROVIDER,
     Cadence,
@@ -99,6 +100,8 @@ class Config:
     channels: Mapping[str, ChannelSettings]
     budgets: BudgetSettings
     digest: DigestSettings | None
+    attachments: AttachmentSettings = AttachmentSettings()
+    transcription: TranscriptionSettings | None = None
 
 
 class _Reader:
@@ -199,7 +202,7 @@ def parse_config(raw: dict, path: Path) -> Config:
     root = _Reader(path, "", raw)
     for name in raw:
         if name not in ("gateway", "providers", "presets", "engine", "tools", "channels", "budgets",
-                        "digest", *PLATFORMS):
+                        "digest", "attachments", "transcription", *PLATFORMS):
             raise ConfigError(f"{path}: {name}: unknown section")
     gateway = _gateway(_Reader(path, "gateway", raw.get("gateway", {})))
     providers = _providers(path, raw.get("providers"))
@@ -233,7 +236,12 @@ def parse_config(raw: dict, path: Path) -> Config:
     )
     digest = _digest(_Reader(path, "digest", raw["digest"]), gateway.timezone) if "digest" in raw else None
     del root
-    return Config(path, gateway, engine, platforms, channels, budgets, digest)
+    attachments = _attachments(_Reader(path, "attachments", raw.get("attachments", {})))
+    transcription = (
+        _transcription(_Reader(path, "transcription", raw["transcription"]), providers)
+        if "transcription" in raw else None
+    )
+    return Config(path, gateway, engine, platforms, channels, budgets, digest, attachments, transcription)
 
 
 def _timezone(reader: _Reader, name: str, default: str) -> str:
@@ -269,7 +277,7 @@ def _gateway(r: _Reader) -> GatewaySettings:
 _PROVIDER_KEYS = (
     "api", "base_url", "api_key_env", "price_in_per_mtok", "price_out_per_mtok",
     "price_cache_read_per_mtok", "price_cache_write_per_mtok", "price_provider", "request_cost",
-    "timeout", "max_retries", "anthropic_default_max_tokens",
+    "timeout", "max_retries", "anthropic_default_max_tokens", "vision", "vision_models",
 )
 
 
@@ -306,6 +314,8 @@ def _providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
             timeout=r.number("timeout", 600.0, positive=True),
             max_retries=r.integer("max_retries", 3, minimum=0),
             anthropic_default_max_tokens=r.integer("anthropic_default_max_tokens", 8192),
+            vision=r.flag("vision", False),
+            vision_models=r.strings("vision_models"),
         )
     return out
 
@@ -462,6 +472,39 @@ def _channels(path: Path, table: Any, presets: Mapping[str, Preset]) -> dict[str
             summary=summary,
         )
     return out
+
+
+def _attachments(r: _Reader) -> AttachmentSettings:
+    d = AttachmentSettings()
+    r.known(*AttachmentSettings.__slots__)
+    allowed = r.strings("allowed_types", d.allowed_types)
+    for entry in allowed:
+        if entry not in ("image", "text", "audio") and "/" not in entry:
+            raise r.error("allowed_types", f"{entry!r} is neither a kind (image, text, audio) nor a media type "
+                          "such as \"image/png\" or \"text/*\"")
+    return AttachmentSettings(
+        max_bytes=r.integer("max_bytes", d.max_bytes),
+        max_count=r.integer("max_count", d.max_count, minimum=0),
+        text_max_chars=r.integer("text_max_chars", d.text_max_chars, minimum=100),
+        keep_images_in_history=r.flag("keep_images_in_history", d.keep_images_in_history),
+        allowed_types=allowed,
+    )
+
+
+def _transcription(r: _Reader, providers: Mapping[str, ProviderSettings]) -> TranscriptionSettings:
+    r.known("provider", "model", "price_per_minute")
+    provider = r.text("provider", required=True)
+    if provider not in providers:
+        raise r.error("provider", f"names provider '{provider}', which is not defined "
+                      f"(defined: {', '.join(sorted(providers))})")
+    if providers[provider].api != "openai":
+        raise r.error("provider", f"provider '{provider}' must speak the openai wire "
+                      "(an OpenAI-compatible /audio/transcriptions endpoint)")
+    return TranscriptionSettings(
+        provider=provider,
+        model=r.text("model", "whisper-1", required=True),
+        price_per_minute=r.number("price_per_minute", minimum=0),
+    )
 
 
 def _digest(r: _Reader, default_zone: str) -> DigestSettings:

@@ -19,15 +19,18 @@ def summary_entry(result: ReferenceResult) -> SummaryEntry:
         latency_ms=result.latency_ms if result.status != "skipped" else None,
         cost_usd=result.cost.usd,
         advice=advice,
+        saw_images=result.saw_images,
     )
 
 
-def reference_summary(preset: str, mode: str, results: Sequence[ReferenceResult]) -> ReferenceSummary:
+def reference_summary(preset: str, mode: str, results: Sequence[ReferenceResult], *,
+                      heard: str | None = None) -> ReferenceSummary:
     return ReferenceSummary(
         preset=preset,
         mode="compact" if mode == "compact" else "full",
         entries=tuple(summary_entry(r) for r in results),
         total_cost_usd=sum_dollars([r.cost for r in results]),
+        heard=heard,
     )
 
 

@@ -16,6 +16,7 @@ from moa_core.providers.http import make_http_client
 from moa_core.settings import Preset
 from moa_core.tools import builtin_tools, make_fetch_client
 from moa_core.trace import TraceWriter
+from moa_core.transcription import Transcriber
 
 
 class MissingSecret(ValueError):
@@ -50,6 +51,16 @@ def build_engine(config: Config, *, env: Mapping[str, str] | None = None, clock:
         tracer=tracer,
     )
     return EngineRuntime(engine, http, fetch_http)
+
+
+def build_transcriber(config: Config, http: httpx.AsyncClient, *, env: Mapping[str, str],
+                      clock: Clock) -> Transcriber | None:
+    """The `[transcription]` provider's transcriber over the engine's HTTP client, if configured."""
+    if config.transcription is None:
+        return None
+    settings = config.transcription
+    return Transcriber(http, config.engine.providers[settings.provider], settings.model, env=env, clock=clock,
+                       price_per_minute=settings.price_per_minute)
 
 
 def missing_keys(config: Config, preset: Preset, env: Mapping[str, str]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from adapters.contract import (
     Sent,
 )
 from gateway.access import is_admin, is_allowed, is_trigger
+from gateway.attachments import AttachmentIntake, Prepared
 from gateway.commands import (
     Ask,
     Command,
@@ -48,6 +50,7 @@ from gateway.storage import Delivery, Store
 from moa_core.clock import Clock
 from moa_core.engine import MoaEngine
 from moa_core.events import Event, ReferenceFinished, ReferencesDone, TextDelta, ToolCallStarted, TurnResult
+from moa_core.values import ImagePart
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,8 @@ class _Waiting:
     preset: str
     session_id: int
     queued: bool
+    images: tuple[ImagePart, ...] = ()  # bytes of this question's images, held only in memory
+    heard: str | None = None
 
 
 @dataclass(slots=True)
@@ -77,6 +82,9 @@ class _Lane:
     waiting: deque[_Waiting] = field(default_factory=deque)
     worker: asyncio.Task | None = None
     storing: int = 0  # questions of this lane whose turn row is being written
+    # Held while a question's files are fetched and its turn stored: a later message of the
+    # session waits for it, so questions keep their order however long a download takes.
+    intake: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def idle(self) -> bool:
         return not self.storing and not self.waiting and (self.worker is None or self.worker.done())
@@ -106,6 +114,7 @@ class Gateway:
         *,
         cost_commands: CommandHook | None = None,
         budget_check: BudgetHook | None = None,
+        attachments: AttachmentIntake | None = None,
     ):
         self.config = config
         self.store = store
@@ -114,6 +123,7 @@ class Gateway:
         self.clock = clock
         self._cost_commands = cost_commands
         self._budget_check = budget_check
+        self.attachments = attachments or AttachmentIntake(config.attachments)
         self._lanes: dict[str, _Lane] = {}
         self._turn_slots = asyncio.Semaphore(config.gateway.max_concurrent_turns)
         self._accepting = True
@@ -221,9 +231,11 @@ class Gateway:
                 await self.notify(chat_ref(message), f"I was offline; a message from {minutes} min ago was "
                                   "not answered. Send it again if you still need an answer.", "warning")
             return
+        if message.attachments and isinstance(command, Help) and _BARE_MOA.fullmatch(message.text.strip()):
+            command = Ask(prompt="")  # "/moa" as the caption of a file: the file is the question
         if command is None:
             text = message.text.strip()
-            if not text:
+            if not text and not message.attachments:
                 return
             command = Ask(prompt=text)
         await self._dispatch(message, command, rules)
@@ -306,17 +318,39 @@ class Gateway:
         queued = not lane.idle() or self._turn_slots.locked()
         lane.storing += 1
         try:
-            turn_id = await self.store.start_turn(
-                session_id=session_id, platform=message.platform, chat_id=message.chat_id,
-                thread_id=message.thread_id, user_id=message.user_id, user_name=message.user_name,
-                event_id=message.event_id, message_id=message.message_id, preset=preset_name,
-                prompt=ask.prompt, queued=queued,
-            )
+            async with lane.intake:
+                prepared = await self._prepare(message, ask)
+                if prepared is not None:
+                    ask = replace(ask, prompt=prepared.prompt)
+                    turn_id = await self.store.start_turn(
+                        session_id=session_id, platform=message.platform, chat_id=message.chat_id,
+                        thread_id=message.thread_id, user_id=message.user_id, user_name=message.user_name,
+                        event_id=message.event_id, message_id=message.message_id, preset=preset_name,
+                        prompt=ask.prompt, queued=queued, images=prepared.images,
+                    )
+                    await self.store.record_calls(turn_id, prepared.calls)
+                    lane.waiting.append(_Waiting(message, ask, turn_id, preset_name, session_id, queued,
+                                                 prepared.images, prepared.heard))
         finally:
             lane.storing -= 1
-        lane.waiting.append(_Waiting(message, ask, turn_id, preset_name, session_id, queued))
+        if prepared is None:
+            if lane.idle() and self._lanes.get(key) is lane:
+                del self._lanes[key]
+            return
         if lane.worker is None or lane.worker.done():
             lane.worker = asyncio.create_task(self._drain(key, lane))
+
+    async def _prepare(self, message: InboundMessage, ask: Ask) -> Prepared | None:
+        """The question with its attachments resolved (what was not used is told at once);
+        None when nothing is left to ask."""
+        if not message.attachments:
+            return Prepared(ask.prompt)
+        prepared = await self.attachments.prepare(self.adapters.get(message.platform), message.attachments,
+                                                  ask.prompt)
+        if prepared.notes:
+            lines = "\n".join(f"• {note}" for note in prepared.notes)
+            await self.notify(chat_ref(message), f"Not used:\n{lines}", "warning")
+        return None if prepared.empty else prepared
 
     async def _drain(self, key: str, lane: _Lane) -> None:
         try:
@@ -372,7 +406,8 @@ class Gateway:
                                                   preset.aggregator.label))
                 if not state["summary_sent"] and summary_mode != "off" and event.results:
                     state["summary_sent"] = True
-                    await adapter.send(chat, reference_summary(preset_name, summary_mode, event.results))
+                    await adapter.send(chat, reference_summary(preset_name, summary_mode, event.results,
+                                                                     heard=waiting.heard))
             elif isinstance(event, ToolCallStarted) and self.config.gateway.stream:
                 stream.update(Answer(f"{state['text']}\n\n_using {event.call.name}…_".strip(), final=False))
             elif isinstance(event, TextDelta):
@@ -384,6 +419,8 @@ class Gateway:
 
         try:
             history = await self.store.history(session_id)
+            if waiting.images or self.attachments.settings.keep_images_in_history:
+                history = self.attachments.with_images(history, waiting.images)
             conversation = trim_history(history, self.config.gateway.context_chars)
             result = await self.engine.run_turn(preset_name, conversation, session=session_key(message),
                                                 on_event=on_event)
@@ -501,6 +538,9 @@ class Gateway:
                 await self.deliver_pending()
             except Exception:
                 log.warning("retrying deliveries failed", exc_info=True)
+
+
+_BARE_MOA = re.compile(r"/moa(@\w+)?", re.IGNORECASE)
 
 
 def _interrupted_text(prompt: str, why: str = "restart") -> str:

@@ -36,6 +36,8 @@ from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHand
 
 from adapters.contract import (
     Answer,
+    Attachment,
+    AttachmentError,
     ChatRef,
     FileOut,
     InboundHandler,
@@ -124,8 +126,8 @@ class TelegramAdapter:
             .get_updates_connect_timeout(timeout)
             .get_updates_read_timeout(timeout)
         )
-        if settings.base_file_url:
-            builder = builder.base_file_url(settings.base_file_url)
+        # Always set: PTB's default is api.telegram.org's, which a self-hosted server is not.
+        builder = builder.base_file_url(settings.file_url)
         app = builder.build()
         app.add_handler(TypeHandler(Update, self._handle_update))
         self._on_inbound = on_inbound
@@ -206,6 +208,30 @@ class TelegramAdapter:
             await self._on_inbound(message)
         except Exception:
             log.exception("telegram: the inbound handler failed on update %s", update.update_id)
+
+    # -- files -----------------------------------------------------------------------------
+
+    async def fetch_attachment(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """getFile, then the download from the bot's own file URL (never another place)."""
+        if self._app is None:
+            raise AttachmentError(f"{attachment.name}: the Telegram adapter is not running")
+        bot = self._app.bot
+        try:
+            file = await bot.get_file(attachment.ref)
+            own = bot.base_file_url + "/"
+            if not file.file_path or not file.file_path.startswith(own):
+                # A path outside our file service (or a local path, which PTB would read from
+                # disk): not ours to fetch.
+                raise AttachmentError(f"{attachment.name}: Telegram named a file outside its file service")
+            if file.file_size is not None and file.file_size > max_bytes:
+                raise AttachmentError(f"{attachment.name}: {file.file_size:,} bytes, over the {max_bytes:,} byte limit")
+            data = bytes(await file.download_as_bytearray())
+        except TelegramError as error:
+            raise AttachmentError(f"{attachment.name}: Telegram refused the download "
+                                  f"({self._redact.redact(str(error))})") from None
+        if len(data) > max_bytes:
+            raise AttachmentError(f"{attachment.name}: {len(data):,} bytes, over the {max_bytes:,} byte limit")
+        return data
 
     # -- outbound --------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ from datetime import UTC
 
 from telegram import Message, MessageEntity, Update
 
-from adapters.contract import InboundMessage
+from adapters.contract import Attachment, InboundMessage
+from adapters.files import attachment_kind, media_type_of
 
 PLATFORM = "telegram"
 COMMAND = "moa"
@@ -33,8 +34,10 @@ def normalize_update(update: Update, *, bot_id: int, bot_username: str) -> Inbou
     if user is None or user.is_bot or message.is_automatic_forward:
         return None
     text = message.text if message.text is not None else message.caption
-    if not text or not text.strip():
+    attachments = attachments_of(message)
+    if (not text or not text.strip()) and not attachments:
         return None
+    text = text or ""
 
     mentions_bot = _mentions(message, text, bot_id=bot_id, bot_username=bot_username)
     text = _strip_leading_mention(text, bot_username)
@@ -77,7 +80,31 @@ def normalize_update(update: Update, *, bot_id: int, bot_username: str) -> Inbou
         and reply_to.from_user.id == bot_id,
         event_id=str(update.update_id),
         is_command=is_command,
+        attachments=attachments,
     )
+
+
+def attachments_of(message: Message) -> tuple[Attachment, ...]:
+    """The files of a message: the largest size of a photo, a document, a voice note, audio."""
+    out: list[Attachment] = []
+    if message.photo:
+        largest = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
+        out.append(Attachment("image", "photo.jpg", "image/jpeg", largest.file_size, largest.file_id,
+                              largest.width, largest.height))
+    if message.document is not None:
+        doc = message.document
+        name = doc.file_name or "file"
+        media_type = media_type_of(name, doc.mime_type)
+        out.append(Attachment(attachment_kind(name, media_type), name, media_type, doc.file_size, doc.file_id))
+    if message.voice is not None:
+        voice = message.voice
+        out.append(Attachment("audio", "voice.ogg", media_type_of("voice.ogg", voice.mime_type or "audio/ogg"),
+                              voice.file_size, voice.file_id))
+    if message.audio is not None:
+        audio = message.audio
+        name = audio.file_name or "audio.mp3"
+        out.append(Attachment("audio", name, media_type_of(name, audio.mime_type), audio.file_size, audio.file_id))
+    return tuple(out)
 
 
 def _mentions(message: Message, text: str, *, bot_id: int, bot_username: str) -> bool:

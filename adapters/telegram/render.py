@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from adapters.contract import Answer, Notice, Progress, ReferenceSummary, SummaryEntry
 from adapters.figures import format_latency, format_usd
+from adapters.files import heard_line, sight_note
 from adapters.telegram.markup import escape, markdown_to_html
 from adapters.text import shorten, split_message, utf16_len
 
@@ -102,13 +103,17 @@ def render_summary(summary: ReferenceSummary, limit: int = MAX_CHARS) -> list[Pa
 def _summary_header(summary: ReferenceSummary) -> str:
     count = len(summary.entries)
     noun = "reference" if count == 1 else "references"
-    return f"🧩 {count} {noun} · preset {summary.preset} · {format_usd(summary.total_cost_usd)}"
+    header = f"🧩 {count} {noun} · preset {summary.preset} · {format_usd(summary.total_cost_usd)}"
+    heard = heard_line(summary.heard)
+    return f"{header}\n🎙 {heard}" if heard else header
 
 
 def _entry_meta(entry: SummaryEntry) -> tuple[str, str]:
     label = shorten(entry.label, _MAX_LABEL, measure=utf16_len)
     mark = _STATUS_MARK.get(entry.status, "")
     rest = f" · {mark} {entry.status} · {format_latency(entry.latency_ms)} · {format_usd(entry.cost_usd)}"
+    if sight := sight_note(entry.saw_images):
+        rest += f" · {sight}"
     return f"<b>{escape(label)}</b>{escape(rest)}", label + rest
 
 

@@ -31,7 +31,17 @@ class TelegramSettings:
     poll_timeout_s: float = 10.0  # getUpdates long-poll timeout
     request_timeout_s: float = 10.0  # connect/read/write timeout of every other Bot API call
 
+    @property
+    def file_url(self) -> str:
+        """Where files are downloaded from: `base_file_url`, else `base_url` with its final
+        `/bot` made `/file/bot`, as the Bot API and self-hosted Bot API servers lay it out."""
+        if self.base_file_url:
+            return self.base_file_url
+        return self.base_url.rstrip("/").removesuffix("/bot") + "/file/bot"
+
     def __post_init__(self) -> None:
+        if not self.base_file_url and not self.base_url.rstrip("/").endswith("/bot"):
+            raise ValueError("telegram.base_file_url is required when telegram.base_url does not end in /bot")
         if not self.token:
             raise ValueError("telegram: the bot token is empty (check [telegram] token_env)")
         if self.mode not in ("polling", "webhook"):

@@ -233,3 +233,12 @@ def m006_unfinished_turns_index(db: Database) -> None:
     covers those as well as running ones, from a partial index of both."""
     db.execute("DROP INDEX turns_running")
     db.execute("CREATE INDEX turns_unfinished ON turns (id) WHERE status IN ('queued', 'running')")
+
+
+@migrations()
+def m007_attachment_metadata(db: Database) -> None:
+    """Images that came with a user message are described, never stored: name, media type,
+    pixel size and sha256 digest as JSON in `messages.images` (NULL when none), and the same on
+    the turn (`turns.images`) so that a queued turn's message gets them when it begins."""
+    db["messages"].add_column("images", str)
+    db["turns"].add_column("images", str)

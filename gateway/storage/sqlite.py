@@ -26,7 +26,7 @@ import sqlite_utils
 from adapters.contract import ChatRef
 from gateway.storage.migrations import migrations
 from moa_core.clock import Clock
-from moa_core.values import CallRecord, Message, ToolCall
+from moa_core.values import CallRecord, ImagePart, Message, ToolCall
 
 T = TypeVar("T")
 
@@ -150,8 +150,26 @@ def _message_row(session_id: int, turn_id: int | None, message: Message, at: str
         ),
         "tool_call_id": message.tool_call_id,
         "name": message.name,
+        "images": images_json(message.images),
         "created_at": at,
     }
+
+
+def images_json(images: Sequence[ImagePart]) -> str | None:
+    """Images described for storage: never their bytes."""
+    if not images:
+        return None
+    return json.dumps([
+        {"name": i.name, "media_type": i.media_type, "width": i.width, "height": i.height, "sha256": i.digest}
+        for i in images
+    ])
+
+
+def images_from_json(text: str | None) -> tuple[ImagePart, ...]:
+    return tuple(
+        ImagePart(d["name"], d["media_type"], b"", d.get("width"), d.get("height"), d.get("sha256") or "")
+        for d in json.loads(text or "[]")
+    )
 
 
 def _message(row: dict[str, Any]) -> Message:
@@ -162,6 +180,7 @@ def _message(row: dict[str, Any]) -> Message:
         tool_calls=tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in calls),
         tool_call_id=row["tool_call_id"],
         name=row["name"],
+        images=images_from_json(row.get("images")),
     )
 
 
@@ -332,11 +351,13 @@ class Store:
         preset: str,
         prompt: str,
         queued: bool = False,
+        images: Sequence[ImagePart] = (),
     ) -> int:
         """Record a turn; returns its id. A running turn stores its user message in the same
         transaction. A queued one (waiting behind another turn of its chat) is stored at once,
         so a crash cannot lose it, but its message only joins the session in `begin_turn`:
-        the history keeps the order in which turns really ran."""
+        the history keeps the order in which turns really ran. `images` are described on the
+        message (and the turn), their bytes never stored."""
         at = self._now()
         turn = {
             "session_id": session_id,
@@ -349,6 +370,7 @@ class Store:
             "message_id": message_id,
             "preset": preset,
             "prompt": prompt,
+            "images": images_json(images),
             "status": "queued" if queued else "running",
             "answer": None,
             "cost_usd": None,
@@ -361,7 +383,8 @@ class Store:
             with db.atomic():
                 turn_id = _inserted_id(db.table("turns").insert(turn))
                 if not queued:
-                    db.table("messages").insert(_message_row(session_id, turn_id, Message("user", prompt), at))
+                    user = Message("user", prompt, images=tuple(images))
+                    db.table("messages").insert(_message_row(session_id, turn_id, user, at))
                 return turn_id
 
         return await self.run(work)
@@ -372,14 +395,17 @@ class Store:
 
         def work(db: sqlite_utils.Database) -> None:
             with db.atomic():
-                row = db.execute("SELECT session_id, prompt, status FROM turns WHERE id = ?", [turn_id]).fetchone()
+                row = db.execute(
+                    "SELECT session_id, prompt, status, images FROM turns WHERE id = ?", [turn_id]
+                ).fetchone()
                 if row is None:
                     raise KeyError(f"no turn {turn_id}")
-                session_id, prompt, status = row
+                session_id, prompt, status, images = row
                 if status != "queued":
                     raise ValueError(f"turn {turn_id} is {status}, not queued")
                 db.execute("UPDATE turns SET status = 'running', started_at = ? WHERE id = ?", [at, turn_id])
-                db.table("messages").insert(_message_row(session_id, turn_id, Message("user", prompt), at))
+                user = Message("user", prompt, images=images_from_json(images))
+                db.table("messages").insert(_message_row(session_id, turn_id, user, at))
 
         await self.run(work)
 

@@ -66,8 +66,11 @@ def write_config(
     *,
     gateway: dict[str, Any] | None = None,
     telegram_options: dict[str, Any] | None = None,
+    tables: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """A moa-gateway.toml in `tmp_path`: providers at `provider`, [telegram] at `telegram`."""
+    """A moa-gateway.toml in `tmp_path`: providers at `provider`, [telegram] at `telegram`;
+    `tables` adds sections or replaces whole ones (e.g. "presets.default")."""
+    extra = tables or {}
     tables = {
         "gateway": {
             "database": str(tmp_path / "gateway.db"),
@@ -100,6 +103,7 @@ def write_config(
             **(telegram_options or {}),
         },
     }
+    tables.update(extra)
     path = tmp_path / "moa-gateway.toml"
     path.write_text(_toml(tables), encoding="utf-8")
     return path

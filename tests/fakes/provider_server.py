@@ -1,7 +1,8 @@
 """A fake model provider on 127.0.0.1 speaking both wire formats for real.
 
 POST /v1/chat/completions (OpenAI) and POST /v1/messages (Anthropic), streamed when the body
-asks for it, with each wire's real chunk, usage and error shapes. Tests queue `Reply` values per
+asks for it, with each wire's real chunk, usage and error shapes; POST /v1/audio/transcriptions
+(OpenAI's multipart form) answered with `{"text", "usage"}` as queued by `transcript`. Tests queue `Reply` values per
 model and read back what the server `Recorded`.
 """
 
@@ -44,6 +45,17 @@ class Recorded:
     model: str
 
 
+@dataclass
+class Transcription:
+    """One /audio/transcriptions request: the form's fields and the uploaded file."""
+
+    model: str
+    filename: str
+    content_type: str
+    data: bytes
+    authorization: str
+
+
 class _Headers(dict):
     """A dict of lower-cased header names whose lookups ignore case."""
 
@@ -82,6 +94,8 @@ class FakeProvider:
         self.openai_base = ""
         self.anthropic_base = ""
         self.requests: list[Recorded] = []
+        self.transcriptions: list[Transcription] = []
+        self._transcripts: dict[str, tuple[int, dict]] = {}
         self._queues: dict[str, list[Reply]] = {}
         self._handlers: dict[str, Callable[[Recorded], Reply | Awaitable[Reply]]] = {}
         self._barrier = 0
@@ -93,6 +107,7 @@ class FakeProvider:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -110,6 +125,23 @@ class FakeProvider:
 
     def reply(self, model: str, *replies: Reply) -> None:
         self._queues.setdefault(model, []).extend(replies)
+
+    def transcript(self, model: str, text: str, *, usage: dict | None = None, status: int = 200) -> None:
+        """What /audio/transcriptions answers for `model` (usage as the server sends it)."""
+        body: dict = {"text": text} if status == 200 else {"error": {"message": f"fake error {status}"}}
+        if usage is not None:
+            body["usage"] = usage
+        self._transcripts[model] = (status, body)
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form.get("file")
+        model = str(form.get("model", ""))
+        assert isinstance(upload, web.FileField), "the audio must be a multipart file field"
+        self.transcriptions.append(Transcription(model, upload.filename, upload.content_type,
+                                                 upload.file.read(), request.headers.get("authorization", "")))
+        status, body = self._transcripts.get(model, (200, {"text": f"transcript by {model}"}))
+        return web.json_response(body, status=status)
 
     def handler(self, model: str, fn: Callable[[Recorded], Reply | Awaitable[Reply]]) -> None:
         self._handlers[model] = fn

@@ -193,12 +193,17 @@ class FakeTelegram:
         self._closing = False
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # Files the bot may download: file_id -> (file_path, bytes); file_path may be odd on purpose.
+        self.files: dict[str, tuple[str, bytes]] = {}
+        self.downloads: list[str] = []  # file paths downloaded, in order
+        self._file_ids = itertools.count(1)
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         app = web.Application(client_max_size=50 * 1024 * 1024)
         app.router.add_post("/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -222,6 +227,12 @@ class FakeTelegram:
         return f"http://127.0.0.1:{self.port}/file/bot"
 
     # -- test controls -------------------------------------------------------------------
+
+    def add_file(self, data: bytes, *, name: str = "file", file_path: str | None = None) -> str:
+        """A file the bot can fetch with getFile; returns its file_id."""
+        file_id = f"file-{next(self._file_ids)}"
+        self.files[file_id] = (file_path or f"documents/{file_id}-{name}", data)
+        return file_id
 
     def push_update(self, update: dict[str, Any]) -> int:
         """Queue an update for getUpdates; gives it an update_id unless it has one."""
@@ -344,6 +355,24 @@ class FakeTelegram:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+    async def _download(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
+        path = request.match_info["path"]
+        for file_path, data in self.files.values():
+            if file_path == path:
+                self.downloads.append(path)
+                return web.Response(body=data, content_type="application/octet-stream")
+        return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"}, status=404)
+
+    async def _api_getFile(self, params: dict[str, Any], files: dict[str, bytes]) -> Any:
+        found = self.files.get(str(params.get("file_id")))
+        if found is None:
+            raise ApiError(400, "Bad Request: invalid file_id")
+        file_path, data = found
+        return {"file_id": params["file_id"], "file_unique_id": "u-" + str(params["file_id"]),
+                "file_size": len(data), "file_path": file_path}
 
     def _me(self) -> dict[str, Any]:
         return {
@@ -604,8 +633,13 @@ def message_update(
     caption: str | None = None,
     edited: bool = False,
     update_id: int | None = None,
+    photo: list[dict[str, Any]] | None = None,
+    document: dict[str, Any] | None = None,
+    voice: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An update as Telegram sends it, with the entities Telegram would add."""
+    """An update as Telegram sends it, with the entities Telegram would add. `photo`,
+    `document` and `voice` are the message's file fields as Telegram writes them (a caption
+    then comes with them instead of the placeholder photo)."""
     message: dict[str, Any] = {
         "message_id": message_id,
         "date": date,
@@ -616,9 +650,13 @@ def message_update(
         message["text"] = text
         if entities := entities_for(text):
             message["entities"] = entities
+    for key, value in (("photo", photo), ("document", document), ("voice", voice)):
+        if value is not None:
+            message[key] = value
     if caption is not None:
         message["caption"] = caption
-        message["photo"] = [{"file_id": "p1", "file_unique_id": "u1", "width": 90, "height": 90}]
+        if photo is None and document is None and voice is None:
+            message["photo"] = [{"file_id": "p1", "file_unique_id": "u1", "width": 90, "height": 90}]
         if entities := entities_for(caption):
             message["caption_entities"] = entities
     if thread_id is not None:

@@ -21,7 +21,7 @@ import sqlite_utils
 from adapters.contract import ChatRef
 from gateway.storage import Delivery, Store, TurnRow, from_iso, to_iso
 from gateway.storage.migrations import migrations
-from moa_core.values import CallRecord, Cost, Message, ToolCall, Usage
+from moa_core.values import CallRecord, Cost, ImagePart, Message, ToolCall, Usage
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
@@ -467,7 +467,7 @@ CHILD = textwrap.dedent(
     from adapters.contract import ChatRef
     from gateway.storage import Store
     from moa_core.clock import SystemClock
-    from moa_core.values import CallRecord, Cost, Message, ToolCall, Usage
+    from moa_core.values import CallRecord, Cost, ImagePart, Message, ToolCall, Usage
 
     BIG = "x" * 50_000  # spreads one complete_turn over many pages
 
@@ -573,3 +573,16 @@ def test_sigkill_inside_complete_turn_stores_none_of_it(tmp_path: Path) -> None:
     rows = check_crashed_database(path, finished)
     assert [(r["status"], r["calls"], r["produced"], r["ledger"]) for r in rows] == [
         ("done", 5, 3, 1)] * 3 + [("running", 5, 0, 0)]
+
+
+async def test_images_are_stored_described_never_their_bytes(store: Store, tmp_path: Path) -> None:
+    photo = ImagePart("photo.jpg", "image/jpeg", b"\xff\xd8IMAGE-BYTES", 640, 480, "ab" * 32)
+    session = await store.active_session("telegram", "1", None)
+    await start(store, session, prompt="what is this?", images=[photo])
+    queued = await start(store, session, prompt="and this?", images=[photo], queued=True)
+    await store.begin_turn(queued)
+    described = ImagePart("photo.jpg", "image/jpeg", b"", 640, 480, "ab" * 32)
+    assert [(m.content, m.images) for m in await store.history(session)] == [
+        ("what is this?", (described,)), ("and this?", (described,))]
+    await store.close()
+    assert b"IMAGE-BYTES" not in b"".join(p.read_bytes() for p in tmp_path.glob("gw.db*"))

@@ -113,7 +113,8 @@ class ReferenceSummary:
     preset: str
     mode: Literal["full", "compact"]
     entries: tuple[SummaryEntry, ...]
-    total_cost_usd: float | None
+    total_cost_usd: float | None  # the priced entries' sum; None when none was priced
+    unpriced: int = 0  # entries that made a call without a price: shown beside the total
     # The transcript of a voice message or audio file that was the question.
     heard: str | None = None
 

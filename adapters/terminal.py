@@ -31,7 +31,7 @@ from adapters.contract import (
     ReferenceSummary,
     Sent,
 )
-from adapters.figures import format_latency, format_usd
+from adapters.figures import format_latency, format_total, format_usd
 from adapters.text import shorten
 
 _INDENT = "    "
@@ -79,7 +79,7 @@ def render_summary(summary: ReferenceSummary, *, width: int = 100) -> str:
     n = len(summary.entries)
     lines = [
         f"References · preset {summary.preset} · {n} model{'' if n == 1 else 's'}"
-        f" · total {format_usd(summary.total_cost_usd)}"
+        f" · total {format_total(summary.total_cost_usd, summary.unpriced)}"
     ]
     room = max(20, width - len(_INDENT))
     for position, entry in enumerate(summary.entries, start=1):

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from adapters.figures import format_usd
+from adapters.figures import format_total, json_usd
 from adapters.terminal import strip_controls
 from gateway.config import Config, ConfigError, load_config
 from gateway.heap import settle_heap
@@ -30,7 +30,7 @@ from moa_core.events import (
     ToolCallStarted,
     TurnResult,
 )
-from moa_core.values import Message, sum_dollars
+from moa_core.values import Message, count_unpriced, sum_dollars
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -205,7 +205,7 @@ def result_json(result: TurnResult) -> dict:
                 "latency_ms": r.latency_ms,
                 "usage": r.usage.as_dict(),
                 "usage_source": r.usage.source,
-                "cost_usd": r.cost.usd,
+                "cost_usd": json_usd(r.cost.usd),
                 "cost_source": r.cost.source,
                 "step": r.step,
                 "late": r.late,
@@ -218,11 +218,12 @@ def result_json(result: TurnResult) -> dict:
             "steps": result.steps,
             "usage": result.aggregator_usage.as_dict(),
             "usage_source": result.aggregator_usage.source,
-            "cost_usd": result.aggregator_cost.usd,
+            "cost_usd": json_usd(result.aggregator_cost.usd),
             "cost_source": result.aggregator_cost.source,
         },
         "answer": result.answer,
-        "total_cost_usd": result.total_cost_usd,
+        "total_cost_usd": json_usd(result.total_cost_usd),  # the priced calls' sum
+        "unpriced_calls": result.unpriced_calls,
         "elapsed_ms": result.elapsed_ms,
         "error": result.error,
     }
@@ -262,8 +263,9 @@ async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool,
     if not (printer and printer.streamed):
         print(strip_controls(result.answer), file=out)
     print(f"\n\n— {answer_footer(result)}", file=out)
-    refs = format_usd(sum_dollars([c.cost for c in result.calls if c.role == "reference"]))
-    print(f"  references {refs} · aggregator {format_usd(result.aggregator_cost.usd)}", file=out)
+    spend = {role: [c.cost for c in result.calls if c.role == role] for role in ("reference", "aggregator")}
+    refs, agg = (format_total(sum_dollars(costs), count_unpriced(costs)) for costs in spend.values())
+    print(f"  references {refs} · aggregator {agg}", file=out)
     return EXIT_OK
 
 

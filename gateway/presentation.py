@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from adapters.contract import ReferenceSummary, SummaryEntry
-from adapters.figures import format_usd
+from adapters.figures import format_total
 from moa_core.events import ReferenceResult, TurnResult
-from moa_core.values import sum_dollars
+from moa_core.values import count_unpriced, sum_dollars
 
 
 def summary_entry(result: ReferenceResult) -> SummaryEntry:
@@ -25,11 +25,13 @@ def summary_entry(result: ReferenceResult) -> SummaryEntry:
 
 def reference_summary(preset: str, mode: str, results: Sequence[ReferenceResult], *,
                       heard: str | None = None) -> ReferenceSummary:
+    called = [r.cost for r in results if r.status != "skipped"]  # a skipped slot made no call
     return ReferenceSummary(
         preset=preset,
         mode="compact" if mode == "compact" else "full",
         entries=tuple(summary_entry(r) for r in results),
-        total_cost_usd=sum_dollars([r.cost for r in results]),
+        total_cost_usd=sum_dollars(called),
+        unpriced=count_unpriced(called),
         heard=heard,
     )
 
@@ -40,6 +42,6 @@ def answer_footer(result: TurnResult) -> str:
     estimated = any(c.usage.source != "reported" for c in result.calls if c.status == "ok")
     return (
         f"{result.preset} · {len(refs)} reference{'s' if len(refs) != 1 else ''} · "
-        f"{'~' if estimated else ''}{tokens:,} tokens · {format_usd(result.total_cost_usd)} · "
+        f"{'~' if estimated else ''}{tokens:,} tokens · {format_total(result.total_cost_usd, result.unpriced_calls)} · "
         f"{result.elapsed_ms / 1000:.1f} s"
     )

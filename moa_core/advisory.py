@@ -120,12 +120,32 @@ def _image_key(image: ImagePart) -> list:
 
 def guidance_block(preset: str, aggregator_label: str, results: Sequence[ReferenceResult]) -> str:
     """The references' advice as one block for the aggregator; unusable ones are named as such."""
+    asked, answered = len(results), sum(1 for r in results if r.status == "ok")
+    # Say how many really answered: "2 advisors gave advice" over two timeouts misleads the model.
+    if answered == asked:
+        opening = (
+            f"Before you answer, {asked} advisor model(s) of the '{preset}' mixture gave private "
+            f"advice on this conversation. You ({aggregator_label}) are the acting model: weigh the "
+            "advice, resolve disagreements with your own judgement, use tools if they help, and then "
+            "answer the user directly."
+        )
+    elif answered:
+        opening = (
+            f"Before you answer, {asked} advisor model(s) of the '{preset}' mixture were asked for "
+            f"private advice on this conversation; only {answered} answered (the others are marked "
+            f"below). You ({aggregator_label}) are the acting model: weigh the advice you have, use "
+            "your own judgement and tools if they help, and then answer the user directly."
+        )
+    else:
+        opening = (
+            f"Before you answer, {asked} advisor model(s) of the '{preset}' mixture were asked for "
+            "private advice on this conversation, but none answered (see below): there is no advice "
+            f"to weigh. You ({aggregator_label}) are the acting model: answer the user directly on "
+            "your own judgement, using tools if they help."
+        )
     lines = [
         "<moa-reference-advice>",
-        f"Before you answer, {len(results)} advisor model(s) of the '{preset}' mixture gave private "
-        f"advice on this conversation. You ({aggregator_label}) are the acting model: weigh the "
-        "advice, resolve disagreements with your own judgement, use tools if they help, and then "
-        "answer the user directly. Do not mention the advisors unless the user asks about them.",
+        opening + " Do not mention the advisors unless the user asks about them.",
     ]
     for result in results:
         header = f"\n[Advisor {result.index + 1}: {result.label}]"

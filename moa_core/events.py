@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from moa_core.values import CallRecord, CallStatus, Cost, Message, ToolCall, Usage
+from moa_core.values import CallRecord, CallStatus, Cost, Message, ToolCall, Usage, count_unpriced
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,11 @@ class TurnResult:
     elapsed_ms: int
     step_limit_hit: bool = False
     error: str | None = None
+
+    @property
+    def unpriced_calls(self) -> int:
+        """Calls of the turn without a price: `total_cost_usd` is the sum of the others."""
+        return count_unpriced([c.cost for c in self.calls])
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,9 +138,15 @@ class Completion:
 
 
 def sum_dollars(costs: list[Cost] | tuple[Cost, ...]) -> float | None:
-    """Sum known dollars; None only when nothing at all is known."""
+    """Sum known dollars; None only when nothing at all is known. Never show this alone beside
+    unknown parts: a total is this sum *plus* `count_unpriced` of the same costs."""
     known = [c.usd for c in costs if c.usd is not None]
     return sum(known) if known else None
+
+
+def count_unpriced(costs: list[Cost] | tuple[Cost, ...]) -> int:
+    """How many of `costs` have no dollar figure: the part of a total `sum_dollars` leaves out."""
+    return sum(1 for c in costs if c.usd is None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.contract import Answer, FileOut, Notice, Outbound, Progress, ReferenceSummary, SummaryEntry
-from adapters.figures import format_latency, format_usd
+from adapters.figures import format_latency, format_total, format_usd
 from adapters.text import shorten, split_message
 
 MAX_CONTENT = 2000
@@ -152,7 +152,7 @@ def summary_embeds(summary: ReferenceSummary) -> list[dict[str, Any]]:
     compact = summary.mode == "compact"
     title = shorten(f"MoA references · {summary.preset}", EMBED_TITLE)
     entries = list(summary.entries)
-    total = format_usd(summary.total_cost_usd)
+    total = format_total(summary.total_cost_usd, summary.unpriced)
 
     def footer_for(shown: int) -> str:
         text = f"{len(entries)} reference{'s' if len(entries) != 1 else ''} · total {total}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.contract import Notice, Progress, ReferenceSummary, SummaryEntry
-from adapters.figures import format_latency, format_usd
+from adapters.figures import format_latency, format_total, format_usd
 from adapters.text import shorten, split_message, utf16_len
 
 MESSAGE_CHARS = 4000
@@ -267,7 +267,7 @@ def summary_payload(summary: ReferenceSummary) -> Payload:
     if folded:
         lines = "\n".join(_entry_line(e) for e in folded)
         blocks.append(_section(shorten(lines, SECTION_CHARS, measure=utf16_len)))
-    total = f"Total {format_usd(summary.total_cost_usd)} · preset *{_link_label(summary.preset)}*"
+    total = f"Total {format_total(summary.total_cost_usd, summary.unpriced)} · preset *{_link_label(summary.preset)}*"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": total}]})
     fallback = f"MoA summary ({summary.preset}): " + "; ".join(_plain_line(e) for e in entries)
     return Payload(escape(shorten(fallback, SECTION_CHARS)), tuple(blocks))

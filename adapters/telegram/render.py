@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapters.contract import Answer, Notice, Progress, ReferenceSummary, SummaryEntry
-from adapters.figures import format_latency, format_usd
+from adapters.figures import format_latency, format_total, format_usd
 from adapters.files import heard_line, sight_note
 from adapters.telegram.markup import escape, markdown_to_html
 from adapters.text import shorten, split_message, utf16_len
@@ -103,7 +103,7 @@ def render_summary(summary: ReferenceSummary, limit: int = MAX_CHARS) -> list[Pa
 def _summary_header(summary: ReferenceSummary) -> str:
     count = len(summary.entries)
     noun = "reference" if count == 1 else "references"
-    header = f"🧩 {count} {noun} · preset {summary.preset} · {format_usd(summary.total_cost_usd)}"
+    header = f"🧩 {count} {noun} · preset {summary.preset} · {format_total(summary.total_cost_usd, summary.unpriced)}"
     heard = heard_line(summary.heard)
     return f"{header}\n🎙 {heard}" if heard else header
 

@@ -243,7 +243,7 @@ async def test_ask_is_deferred_before_the_gateway_hears_of_it_then_summary_and_a
         "1. openrouter:openai/gpt-5.1",
         "2. openrouter:google/gemini-2.5-pro",
     ]
-    assert embed["fields"][1]["value"] == "⏱️ timeout · 120.0 s · $?"
+    assert embed["fields"][1]["value"] == "⏱️ timeout · 120.0 s · unknown"
     edits = fake.calls_to("PATCH", rf"/webhooks/{fake.application_id}/{payload['token']}/messages/\d+")
     assert len(edits) == 1
     messages = fake.channel_messages(CHANNEL)

@@ -62,7 +62,7 @@ def test_one_field_per_reference_with_status_latency_cost_and_advice() -> None:
         "3. openrouter:model-3",
     ]
     assert fields[0]["value"] == "✅ ok · 812 ms · $0.0031\nPrefer `Maybe`."
-    assert fields[1]["value"] == "⏱️ timeout · 120.0 s · $?"
+    assert fields[1]["value"] == "⏱️ timeout · 120.0 s · unknown"
     assert fields[2]["value"] == "❌ failed · – · $0.00\nHTTP 500 from provider"
     assert embeds[-1]["footer"]["text"] == "3 references · total $0.0100"
     assert_within_discord_limits(embeds)

@@ -78,7 +78,7 @@ def test_summary_is_a_header_and_one_section_per_reference() -> None:
     assert blocks[0]["type"] == "header"
     sections = [b for b in blocks if b["type"] == "section"]
     assert len(sections) == 3
-    assert sections[0]["text"]["text"].startswith("*openrouter:model-0* · :white_check_mark: ok · 1.5 s · $?")
+    assert sections[0]["text"]["text"].startswith("*openrouter:model-0* · :white_check_mark: ok · 1.5 s · unknown")
     assert "$0.0042" in sections[1]["text"]["text"] and "timeout" in sections[1]["text"]["text"]
     assert "boom" in sections[2]["text"]["text"]
     assert all(len(s["text"]["text"]) <= SECTION_CHARS for s in sections)

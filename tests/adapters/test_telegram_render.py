@@ -170,9 +170,9 @@ def test_summary_is_one_message_with_an_expandable_blockquote_per_reference():
     assert part.html.count("<blockquote expandable>") == 3
     shown = visible(part.html)
     assert "openrouter:model-0 · ✅ ok · 1.2 s · $0.0031\nUse a <dict> & cache it." in shown
-    assert "openrouter:model-1 · ⏱ timeout · – · $?" in shown
+    assert "openrouter:model-1 · ⏱ timeout · – · unknown" in shown
     assert "openrouter:model-2 · ❌ failed · 80 ms · $0" in shown
-    assert shown.startswith("🧩 3 references · preset default · $?")
+    assert shown.startswith("🧩 3 references · preset default · unknown")
     assert "<b>openrouter:model-0</b>" in part.html
 
 

@@ -235,14 +235,14 @@ async def test_edit_of_an_empty_sent_is_a_send() -> None:
 def test_summary_shows_every_reference_its_status_latency_and_cost() -> None:
     text = render_summary(SUMMARY)
     lines = text.splitlines()
-    assert "deep" in lines[0] and "$?" in lines[0]
+    assert "deep" in lines[0] and "unknown" in lines[0]
     for entry in SUMMARY.entries:
         assert entry.label in text
     assert "[1/5] openrouter:openai/gpt-5.1 — ok · 812 ms · $0.0031" in lines
-    assert "[2/5] local:llama — ok · 1.5 s · $?" in lines
+    assert "[2/5] local:llama — ok · 1.5 s · unknown" in lines
     assert "[3/5] groq:mixtral — timeout · 120.0 s · $0.00" in lines
-    assert "[4/5] openai:gpt-4o — failed · 95 ms · $?" in lines
-    assert "[5/5] moa:other — skipped · $?" in lines
+    assert "[4/5] openai:gpt-4o — failed · 95 ms · unknown" in lines
+    assert "[5/5] moa:other — skipped · unknown" in lines
     assert "    HTTP 500 from provider" in lines
     assert "    timed out after 120 s" in lines
 

@@ -105,3 +105,22 @@ def test_guidance_goes_to_the_last_user_turn_or_a_new_one():
     out = with_guidance(convo, block)
     assert out[0].content == f"Q\n\n{block}" and out[1:] == tuple(convo[1:])
     assert with_guidance([Message("system", "s")], block)[-1] == Message("user", block)
+
+
+def _result(index: int, status: str) -> ReferenceResult:
+    text = "Do X." if status == "ok" else ""
+    return ReferenceResult(index, 2, f"r{index}:m", status, text, UNKNOWN_USAGE, UNKNOWN_COST, 10,
+                           error=None if status == "ok" else "no answer within 5 s")
+
+
+def test_guidance_says_none_answered_when_every_reference_failed():
+    block = guidance_block("p", "agg:m", [_result(0, "timeout"), _result(1, "failed")])
+    assert "none answered" in block and "no advice to weigh" in block
+    assert "gave private advice" not in block and "2 advisor model(s)" in block
+
+
+def test_guidance_counts_the_references_that_answered():
+    some = guidance_block("p", "agg:m", [_result(0, "ok"), _result(1, "timeout")])
+    assert "only 1 answered" in some and "gave private advice" not in some
+    every = guidance_block("p", "agg:m", [_result(0, "ok"), _result(1, "ok")])
+    assert "2 advisor model(s) of the 'p' mixture gave private advice" in every

@@ -32,6 +32,7 @@ from adapters.contract import (
     Sent,
 )
 from adapters.figures import format_latency, format_total, format_usd
+from adapters.files import heard_line, sight_note
 from adapters.text import shorten
 
 _INDENT = "    "
@@ -81,12 +82,16 @@ def render_summary(summary: ReferenceSummary, *, width: int = 100) -> str:
         f"References · preset {summary.preset} · {n} model{'' if n == 1 else 's'}"
         f" · total {format_total(summary.total_cost_usd, summary.unpriced)}"
     ]
+    if heard := heard_line(summary.heard):
+        lines.append(heard)
     room = max(20, width - len(_INDENT))
     for position, entry in enumerate(summary.entries, start=1):
         facts = [entry.status]
         if entry.latency_ms is not None:
             facts.append(format_latency(entry.latency_ms))
         facts.append(format_usd(entry.cost_usd))
+        if sight := sight_note(entry.saw_images):
+            facts.append(sight)
         lines.append(f"[{position}/{n}] {entry.label} — {' · '.join(facts)}")
         advice = entry.advice.strip()
         if entry.status != "ok":

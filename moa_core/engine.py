@@ -193,10 +193,12 @@ class MoaEngine:
                         self._remember(session, _Advice(key, advice))
                         await emit(ReferencesDone(step, advice))
 
+                # Stand-ins go right after the user's words, before any advice is added.
+                seen = for_model(state, can_see(provider, aggregator.model)) if has_visible_images(state) else state
                 agg_input = (
-                    with_guidance(state, guidance_block(preset.name, aggregator.label, advice))
+                    with_guidance(seen, guidance_block(preset.name, aggregator.label, advice))
                     if advice
-                    else state
+                    else seen
                 )
                 await emit(Aggregating(aggregator.label, step))
                 completion, record = await self._call_aggregator(
@@ -281,8 +283,6 @@ class MoaEngine:
         async def on_text(text: str) -> None:
             await emit(TextDelta(step, text))
 
-        if has_visible_images(messages):
-            messages = for_model(messages, can_see(provider, slot.model))
         request = CompletionRequest(
             provider=provider,
             model=slot.model,

@@ -44,6 +44,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.contract import (
+    Attachment,
     ChatRef,
     FileOut,
     InboundHandler,
@@ -61,6 +62,7 @@ from adapters.discord.normalize import (
 )
 from adapters.discord.render import MAX_CONTENT, Part, render
 from adapters.discord.settings import DiscordSettings
+from adapters.download import download
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,7 @@ class DiscordAdapter:
         self._thread_parents: OrderedDict[int, str | None] = OrderedDict()
         self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._files: aiohttp.ClientSession | None = None  # attachment downloads only
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -183,6 +186,22 @@ class DiscordAdapter:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        files, self._files = self._files, None
+        if files is not None:
+            await files.close()
+
+    # -- files ---------------------------------------------------------------------------------
+
+    async def fetch_attachment(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """The file from Discord's CDN (its signed URL needs no token); any other URL is refused."""
+        if self._files is None:
+            self._files = aiohttp.ClientSession()
+        cdn = self.settings.cdn_url.rstrip("/")
+        prefixes = [f"{cdn}/attachments", f"{cdn}/ephemeral-attachments"]
+        if cdn == "https://cdn.discordapp.com":
+            prefixes += ["https://media.discordapp.net/attachments", "https://media.discordapp.net/ephemeral-attachments"]
+        return await download(self._files, attachment.ref, name=attachment.name, service="Discord",
+                              prefixes=prefixes, max_bytes=max_bytes)
 
     # -- inbound -------------------------------------------------------------------------------
 

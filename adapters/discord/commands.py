@@ -30,8 +30,17 @@ def build_moa_group(presets: Sequence[str], on_command: CommandHandler) -> app_c
     moa = app_commands.Group(name="moa", description="Ask several AI models at once and get one answer")
 
     @moa.command(name="ask", description="Ask a question (reference models advise, one model answers)")
-    @app_commands.describe(prompt="Your question", preset="Preset to use instead of this channel's default")
-    async def ask(interaction: discord.Interaction, prompt: str, preset: str | None = None) -> None:
+    @app_commands.describe(
+        prompt="Your question",
+        preset="Preset to use instead of this channel's default",
+        attachment="An image, text file or audio the question is about",
+    )
+    async def ask(
+        interaction: discord.Interaction,
+        prompt: str,
+        preset: str | None = None,
+        attachment: discord.Attachment | None = None,
+    ) -> None:
         await on_command(interaction)
 
     @ask.autocomplete("preset")

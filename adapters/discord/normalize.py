@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from adapters.contract import InboundMessage
+from adapters.contract import Attachment, InboundMessage
+from adapters.files import attachment_kind, media_type_of
 
 PLATFORM = "discord"
 COMMAND = "moa"
@@ -39,6 +40,7 @@ _USER_MESSAGE_TYPES = frozenset({0, 19})
 _FORWARD_REFERENCE_TYPE = 1
 _APPLICATION_COMMAND = 2
 _SUB_COMMAND = 1
+_ATTACHMENT_OPTION = 11
 
 # A bare "/moa" (any case) at the start of a typed message.
 _TEXT_COMMAND = re.compile(r"^/moa(?=\s|$)", re.IGNORECASE)
@@ -87,7 +89,8 @@ def message_to_inbound(
     if payload.get("type", 0) not in _USER_MESSAGE_TYPES or payload.get("edited_timestamp"):
         return None
     content = payload.get("content") or ""
-    if not content.strip():
+    attachments = attachments_of(payload.get("attachments") or ())
+    if not content.strip() and not attachments:
         return None
 
     role_ids = {str(r) for r in bot_role_ids}
@@ -146,7 +149,35 @@ def message_to_inbound(
         event_id=message_id,
         is_command=is_command,
         user_roles=tuple(str(r) for r in (member or {}).get("roles") or ()),
+        attachments=attachments,
     )
+
+
+def attachments_of(items: Any) -> tuple[Attachment, ...]:
+    """Discord attachment objects (of a message, or resolved for a command option) described;
+    `ref` is the CDN URL, which the adapter checks before it downloads anything."""
+    out: list[Attachment] = []
+    for item in items:
+        if not isinstance(item, Mapping) or not item.get("url"):
+            continue
+        name = str(item.get("filename") or "file")
+        media_type = media_type_of(name, item.get("content_type"))
+        size = item.get("size")
+        width, height = item.get("width"), item.get("height")
+        out.append(Attachment(
+            attachment_kind(name, media_type), name, media_type, size if isinstance(size, int) else None,
+            str(item["url"]), width if isinstance(width, int) else None, height if isinstance(height, int) else None,
+        ))
+    return tuple(out)
+
+
+def _option_attachments(data: Mapping[str, Any]) -> tuple[Attachment, ...]:
+    """The files given to `/moa ask` through its `attachment` option (resolved by Discord)."""
+    options = data.get("options") or ()
+    sub = options[0] if options else {}
+    resolved = (data.get("resolved") or {}).get("attachments") or {}
+    ids = [str(o.get("value")) for o in sub.get("options") or () if o.get("type") == _ATTACHMENT_OPTION]
+    return attachments_of([resolved[i] for i in ids if i in resolved])
 
 
 def _chat_and_thread(channel_id: str, parent_id: str | None) -> tuple[str, str | None]:
@@ -273,4 +304,5 @@ def interaction_to_inbound(
         is_command=True,
         user_roles=tuple(str(r) for r in (member or {}).get("roles") or ()),
         reply_handle=handle.encode(),
+        attachments=_option_attachments(payload.get("data") or {}),
     )

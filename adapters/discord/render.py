@@ -15,11 +15,13 @@ from typing import Any
 
 from adapters.contract import Answer, FileOut, Notice, Outbound, Progress, ReferenceSummary, SummaryEntry
 from adapters.figures import format_latency, format_total, format_usd
+from adapters.files import heard_line, sight_note
 from adapters.text import shorten, split_message
 
 MAX_CONTENT = 2000
 EMBED_TITLE = 256
 EMBED_FOOTER = 2048
+EMBED_DESCRIPTION = 4096
 FIELD_NAME = 256
 FIELD_VALUE = 1024
 FIELDS_PER_EMBED = 25
@@ -110,7 +112,9 @@ def progress_text(progress: Progress) -> str:
 
 def _status_line(entry: SummaryEntry) -> str:
     status = _STATUS.get(entry.status, entry.status)
-    return f"{status} · {format_latency(entry.latency_ms)} · {format_usd(entry.cost_usd)}"
+    line = f"{status} · {format_latency(entry.latency_ms)} · {format_usd(entry.cost_usd)}"
+    sight = sight_note(entry.saw_images)
+    return f"{line} · {sight}" if sight else line
 
 
 def _fit_markdown(text: str, limit: int) -> str:
@@ -160,9 +164,10 @@ def summary_embeds(summary: ReferenceSummary) -> list[dict[str, Any]]:
             text += f" · {len(entries) - shown} not shown (Discord's limits)"
         return shorten(text, EMBED_FOOTER)
 
+    heard = shorten(heard_line(summary.heard), EMBED_DESCRIPTION)
     names: list[str] = []
     heads: list[str] = []
-    used = len(title) + len(footer_for(0))  # the longest footer: every entry may be dropped
+    used = len(title) + len(footer_for(0)) + len(heard)  # the longest footer: every entry may be dropped
     for position, entry in enumerate(entries[: FIELDS_PER_EMBED * EMBEDS_PER_MESSAGE]):
         name = shorten(f"{position + 1}. {entry.label}", FIELD_NAME) or _EMPTY_FIELD
         head = _status_line(entry)
@@ -193,8 +198,11 @@ def summary_embeds(summary: ReferenceSummary) -> list[dict[str, Any]]:
     for start in range(0, max(len(fields), 1), FIELDS_PER_EMBED):
         embeds.append({"type": "rich", "color": colour, "fields": fields[start : start + FIELDS_PER_EMBED]})
     embeds[0]["title"] = title
+    if heard:
+        embeds[0]["description"] = heard
     if not fields:
-        embeds[0]["description"] = "No reference answered." if entries else "No references."
+        embeds[0]["description"] = (heard + "\n" if heard else "") + (
+            "No reference answered." if entries else "No references.")
     embeds[-1]["footer"] = {"text": footer_for(shown)}
     return embeds
 

@@ -26,6 +26,8 @@ class DiscordSettings:
     guild_ready_timeout_s: float = 2.0
     # How long start() waits for the gateway's READY before giving up.
     ready_timeout_s: float = 60.0
+    # Where attachments are downloaded from; a file URL elsewhere is refused.
+    cdn_url: str = "https://cdn.discordapp.com"
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -34,6 +36,8 @@ class DiscordSettings:
             raise ValueError(f"discord.api_base must be an http(s) URL, not {self.api_base!r}")
         if not self.gateway_url.startswith(("ws://", "wss://")):
             raise ValueError(f"discord.gateway_url must be a ws(s) URL, not {self.gateway_url!r}")
+        if not self.cdn_url.startswith(("http://", "https://")):
+            raise ValueError(f"discord.cdn_url must be an http(s) URL, not {self.cdn_url!r}")
         if self.edit_interval_s < 0:
             raise ValueError("discord.edit_interval_s must not be negative")
         if not 0 < self.followup_window_s <= 15 * 60:

@@ -29,6 +29,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -39,6 +40,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.contract import (
     Answer,
+    Attachment,
     ChatRef,
     FileOut,
     InboundHandler,
@@ -50,6 +52,7 @@ from adapters.contract import (
     ReferenceSummary,
     Sent,
 )
+from adapters.download import download
 from adapters.slack.normalize import (
     PLATFORM,
     inbound_from_command,
@@ -127,6 +130,7 @@ class SlackAdapter:
     ) -> None:
         settings.validate()
         self.settings = settings
+        self._files: aiohttp.ClientSession | None = None  # shared-file downloads only
         # Known preset names; Slack slash commands have no option autocomplete, so they are
         # only kept for parity with the other adapters.
         self.presets = tuple(presets)
@@ -198,7 +202,20 @@ class SlackAdapter:
             self.http_port = int(addresses[0][1]) if addresses else s.http_port
             log.info("slack: HTTP mode on %s:%s%s", s.http_host, self.http_port, s.http_path)
 
+    async def fetch_attachment(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """A shared file from Slack's file host, with the bot token; any other URL is refused."""
+        if self._files is None:
+            self._files = aiohttp.ClientSession()
+        return await download(
+            self._files, attachment.ref, name=attachment.name, service="Slack",
+            prefixes=[self.settings.files_url.rstrip("/") + "/"], max_bytes=max_bytes,
+            headers={"Authorization": f"Bearer {self.settings.bot_token}"},
+        )
+
     async def stop(self) -> None:
+        files, self._files = self._files, None
+        if files is not None:
+            await files.close()
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None

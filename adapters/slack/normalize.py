@@ -20,7 +20,8 @@ from collections.abc import Container, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.contract import InboundMessage
+from adapters.contract import Attachment, InboundMessage
+from adapters.files import attachment_kind, media_type_of
 
 PLATFORM = "slack"
 
@@ -156,6 +157,9 @@ def inbound_from_event(
         thread_id = ts  # answer under the mention; that new thread is the session
 
     text, is_command = _command_text(slack_text_to_plain(text))
+    attachments = files_of(event.get("files") or ())
+    if not text.strip() and not attachments:
+        return None
     event_id = str(body.get("event_id") or f"{channel}:{ts}")
     return InboundMessage(
         platform=PLATFORM,
@@ -172,7 +176,28 @@ def inbound_from_event(
         replies_to_bot=replies_to_bot,
         event_id=event_id,
         is_command=is_command,
+        attachments=attachments,
     )
+
+
+def files_of(files: Any) -> tuple[Attachment, ...]:
+    """Slack file objects shared in a message, described; `ref` is the url_private (fetched
+    with the bot token, only from Slack's file host)."""
+    out: list[Attachment] = []
+    for item in files:
+        if not isinstance(item, Mapping) or item.get("mode") == "tombstone":
+            continue
+        url = item.get("url_private_download") or item.get("url_private")
+        if not url:
+            continue
+        name = str(item.get("name") or item.get("title") or "file")
+        media_type = media_type_of(name, item.get("mimetype"))
+        size, width, height = item.get("size"), item.get("original_w"), item.get("original_h")
+        out.append(Attachment(
+            attachment_kind(name, media_type), name, media_type, size if isinstance(size, int) else None, str(url),
+            width if isinstance(width, int) else None, height if isinstance(height, int) else None,
+        ))
+    return tuple(out)
 
 
 def inbound_from_command(

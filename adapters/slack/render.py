@@ -17,6 +17,7 @@ from typing import Any
 
 from adapters.contract import Notice, Progress, ReferenceSummary, SummaryEntry
 from adapters.figures import format_latency, format_total, format_usd
+from adapters.files import heard_line, sight_note
 from adapters.text import shorten, split_message, utf16_len
 
 MESSAGE_CHARS = 4000
@@ -225,9 +226,10 @@ _STATUS = {
 
 def _entry_line(entry: SummaryEntry) -> str:
     status = _STATUS.get(entry.status, escape(entry.status))
+    sight = sight_note(entry.saw_images)
     return (
         f"*{_link_label(entry.label)}* · {status} · {format_latency(entry.latency_ms)}"
-        f" · {format_usd(entry.cost_usd)}"
+        f" · {format_usd(entry.cost_usd)}" + (f" · {sight}" if sight else "")
     )
 
 
@@ -248,7 +250,10 @@ def summary_payload(summary: ReferenceSummary) -> Payload:
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": True}}
     ]
-    room = MAX_BLOCKS - 2  # header and the closing context block
+    heard = heard_line(summary.heard)
+    if heard:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(heard)}]})
+    room = MAX_BLOCKS - len(blocks) - 1  # the header (and heard line) and the closing context block
     shown = entries if len(entries) <= room else entries[: room - 1]
     folded = entries[len(shown) :]
     share = SUMMARY_CHARS // max(1, len(shown))

@@ -15,6 +15,8 @@ class SlackSettings:
     app_token: str | None = field(default=None, repr=False)  # Socket Mode when set
     signing_secret: str | None = field(default=None, repr=False)  # HTTP mode (Events API + slash commands)
     base_url: str = "https://slack.com/api/"
+    # Where shared files are downloaded from (with the bot token); a URL elsewhere is refused.
+    files_url: str = "https://files.slack.com"
     http_host: str = "0.0.0.0"
     http_port: int = 3000
     http_path: str = "/slack/events"

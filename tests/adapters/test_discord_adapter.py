@@ -107,7 +107,9 @@ async def test_ready_then_a_mention_is_normalised_and_forwarded(env: Env) -> Non
     assert [(o["name"], o["required"], o.get("autocomplete", False)) for o in ask["options"]] == [
         ("prompt", True, False),
         ("preset", False, True),
+        ("attachment", False, False),
     ]
+    assert ask["options"][2]["type"] == 11  # an attachment option
 
     payload = fake.message_payload(
         channel_id=CHANNEL,

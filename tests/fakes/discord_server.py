@@ -132,6 +132,8 @@ class FakeDiscord:
         self._ready = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.files: dict[str, bytes] = {}  # CDN path -> bytes
+        self.downloads: list[str] = []  # CDN paths fetched, in order
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -139,6 +141,7 @@ class FakeDiscord:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gw", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{tail:.*}", self._cdn)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -155,6 +158,32 @@ class FakeDiscord:
     @property
     def api_base(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/v10"
+
+    @property
+    def cdn_url(self) -> str:
+        """Where this fake serves attachments, as cdn.discordapp.com does."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def add_file(self, data: bytes, filename: str, content_type: str | None, *, channel_id: str = "1",
+                 width: int | None = None, height: int | None = None, size: int | None = None) -> dict[str, Any]:
+        """An attachment object as Discord sends it, its file served at its CDN URL."""
+        attachment_id = self.snowflake()
+        path = f"/attachments/{channel_id}/{attachment_id}/{filename}"
+        self.files[path] = data
+        item: dict[str, Any] = {"id": attachment_id, "filename": filename, "size": len(data) if size is None else size,
+                                "url": f"{self.cdn_url}{path}?ex=1&is=2&hm=3", "proxy_url": f"{self.cdn_url}{path}"}
+        if content_type is not None:
+            item["content_type"] = content_type
+        if width is not None:
+            item.update(width=width, height=height)
+        return item
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        data = self.files.get(request.path)
+        if data is None:
+            return web.Response(status=404, text="not found")
+        self.downloads.append(request.path)
+        return web.Response(body=data, content_type="application/octet-stream")
 
     @property
     def gateway_url(self) -> str:
@@ -276,6 +305,7 @@ class FakeDiscord:
         roles: tuple[str, ...] = (),
         mentions: tuple[dict[str, Any], ...] = (),
         reply_to: dict[str, Any] | None = None,
+        attachments: tuple[dict[str, Any], ...] = (),
     ) -> dict[str, Any]:
         message_id = self.snowflake()
         data: dict[str, Any] = {
@@ -290,7 +320,7 @@ class FakeDiscord:
             "mention_everyone": False,
             "mentions": list(mentions),
             "mention_roles": [],
-            "attachments": [],
+            "attachments": list(attachments),
             "embeds": [],
             "pinned": False,
             "flags": 0,
@@ -318,9 +348,13 @@ class FakeDiscord:
         roles: tuple[str, ...] = (),
         channel_type: int = 0,
         parent_id: str | None = None,
+        attachment: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """An INTERACTION_CREATE for `/moa <subcommand>` with string options."""
+        """An INTERACTION_CREATE for `/moa <subcommand>` with string options (and an
+        `attachment` option, resolved as Discord does, when given)."""
         sub_options = [{"name": k, "type": 3, "value": v} for k, v in (options or {}).items()]
+        if attachment is not None:
+            sub_options.append({"name": "attachment", "type": 11, "value": attachment["id"]})
         channel: dict[str, Any] = {"id": channel_id, "type": channel_type}
         if guild_id is not None:
             channel.update(
@@ -351,6 +385,7 @@ class FakeDiscord:
                 "name": "moa",
                 "type": 1,
                 "options": [{"name": subcommand, "type": 1, "options": sub_options}],
+                **({"resolved": {"attachments": {attachment["id"]: attachment}}} if attachment else {}),
             },
             "channel_id": channel_id,
             "channel": channel,

@@ -100,6 +100,10 @@ class FakeSlack:
     uploads: dict[str, bytes] = field(default_factory=dict)
     users: dict[str, str] = field(default_factory=dict)  # user id -> display name
     port: int = 0
+    # Shared files: path under /files-pri/ -> bytes; downloads recorded as (path, Authorization).
+    files: dict[str, bytes] = field(default_factory=dict)
+    downloads: list[tuple[str, str]] = field(default_factory=list)
+    bot_token: str | None = None  # when set, file downloads need exactly this token
 
     def __post_init__(self) -> None:
         self._ts = itertools.count(1)
@@ -117,12 +121,39 @@ class FakeSlack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/"
 
+    @property
+    def files_url(self) -> str:
+        """Where this fake serves shared files, as files.slack.com does."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def add_file(self, data: bytes, name: str, mimetype: str, **extra: Any) -> dict[str, Any]:
+        """A file object as Slack puts it in a message event, its bytes at its url_private."""
+        file_id = f"F{next(self._ids):06d}"
+        path = f"/files-pri/{TEAM_ID}-{file_id}/{name}"
+        self.files[path] = data
+        return {"id": file_id, "name": name, "title": name, "mimetype": mimetype, "filetype": name.rsplit(".", 1)[-1],
+                "size": len(data), "mode": "hosted", "url_private": f"{self.files_url}{path}",
+                "url_private_download": f"{self.files_url}/files-pri/{TEAM_ID}-{file_id}/download/{name}", **extra}
+
+    async def _file(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        self.downloads.append((request.path, auth))
+        good = auth == f"Bearer {self.bot_token}" if self.bot_token else auth.startswith("Bearer xox")
+        if not good:  # what Slack does without the bot's token: off to the sign-in page
+            raise web.HTTPFound(f"{self.files_url}/signin")
+        path = request.path.replace("/download/", "/", 1)
+        data = self.files.get(path)
+        if data is None:
+            return web.Response(status=404, text="file not found")
+        return web.Response(body=data, content_type="application/octet-stream")
+
     async def start(self) -> FakeSlack:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
         app.router.add_get("/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/socket", self._socket)
+        app.router.add_get("/files-pri/{tail:.*}", self._file)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

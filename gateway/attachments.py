@@ -21,6 +21,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from adapters.contract import Attachment, AttachmentError
 from moa_core.transcription import Transcriber, TranscriptionFailed
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 MODEL_IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
 # Bytes of kept images (keep_images_in_history) this process holds at most.
 _KEPT_BYTES = 64 * 1024 * 1024
+# Larger images are scaled down before they go to the models: Anthropic refuses images over
+# 5 MB (base64) or 8000 px a side and scales anything past ~1.15 megapixels down itself;
+# OpenAI's high detail works on at most 2048 px. Sending more only costs upload time.
+_MAX_SIDE = 2048
+_MAX_IMAGE_BYTES = 3_500_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +155,13 @@ class AttachmentIntake:
         try:
             with Image.open(io.BytesIO(data)) as image:
                 kind, (width, height) = image.format, image.size
+                media_type = MODEL_IMAGE_TYPES.get(kind or "")
+                if media_type is None:
+                    raise _Unusable(f"{kind} images are not supported (send JPEG, PNG, GIF or WebP)")
+                if len(data) > _MAX_IMAGE_BYTES or max(width, height) > _MAX_SIDE:
+                    data, media_type, (width, height) = _shrink(image)
         except (UnidentifiedImageError, OSError, ValueError):
             raise _Unusable("not a readable image") from None
-        media_type = MODEL_IMAGE_TYPES.get(kind or "")
-        if media_type is None:
-            raise _Unusable(f"{kind} images are not supported (send JPEG, PNG, GIF or WebP)")
         digest = hashlib.sha256(data).hexdigest()
         if self.settings.keep_images_in_history:
             self._keep(digest, data)
@@ -198,6 +206,21 @@ class AttachmentIntake:
             filled = tuple(replace(image, data=source.get(image.digest, b"")) for image in message.images)
             out[i] = replace(message, images=filled)
         return out
+
+
+def _shrink(image: Any) -> tuple[bytes, str, tuple[int, int]]:
+    """The image scaled to fit _MAX_SIDE: PNG when it has transparency, JPEG otherwise."""
+    from PIL import Image
+
+    image.seek(0)  # an animated GIF: its first frame
+    small = image.copy()
+    small.thumbnail((_MAX_SIDE, _MAX_SIDE), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if small.mode in ("RGBA", "LA", "P") and "transparency" in small.info or small.mode in ("RGBA", "LA"):
+        small.save(out, "PNG", optimize=True)
+        return out.getvalue(), "image/png", small.size
+    small.convert("RGB").save(out, "JPEG", quality=85)
+    return out.getvalue(), "image/jpeg", small.size
 
 
 class _Unusable(Exception):

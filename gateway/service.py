@@ -345,6 +345,12 @@ class Gateway:
         None when nothing is left to ask."""
         if not message.attachments:
             return Prepared(ask.prompt)
+        if self._budget_check is not None and any(a.kind == "audio" for a in message.attachments):
+            # Transcribing costs money: a chat or user over budget is refused before it.
+            refusal = await self._budget_check(self, message)
+            if refusal:
+                await self.notify(chat_ref(message), refusal, "warning")
+                return None
         prepared = await self.attachments.prepare(self.adapters.get(message.platform), message.attachments,
                                                   ask.prompt)
         if prepared.notes:

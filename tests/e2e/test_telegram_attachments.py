@@ -212,3 +212,25 @@ async def test_a_file_path_outside_the_file_service_is_refused(bot, provider, te
     await answered(telegram, USER_ID)
     assert "notes.txt: Telegram named a file outside its file service" in texts(telegram, USER_ID)[0]
     assert all("LOCAL-SECRET" not in str(r.body) for r in provider.requests)
+
+
+async def test_over_budget_nothing_is_transcribed(bot, provider, telegram):
+    running = await bot(transcription={"provider": "fake", "model": "whisper-1"},
+                        budgets={"per_user_usd_day": 0.0})
+    telegram.push_update(in_dm(voice={"file_id": telegram.add_file(b"OggS"), "file_unique_id": "v",
+                                      "duration": 1, "mime_type": "audio/ogg"}))
+    await wait_until(lambda: bool(texts(telegram, USER_ID)), "the refusal")
+    await running.app.gateway.idle()
+    assert "budget" in texts(telegram, USER_ID)[0].lower()
+    assert provider.transcriptions == [] and telegram.downloads == [] and provider.requests == []
+
+
+async def test_a_bare_moa_caption_asks_about_the_photo_alone(bot, provider, telegram):
+    photo = jpeg()
+    await bot()
+    telegram.push_update(in_group(caption="/moa", photo=[
+        {"file_id": telegram.add_file(photo), "file_unique_id": "l", "width": 64, "height": 48}]))
+    await answered(telegram, GROUP_ID)
+    assert last_user_content(provider, "ref-a") == "[image: photo.jpg, 64×48, not visible to you]"
+    assert last_user_content(provider, "ref-eye") == [
+        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(photo).decode()}}]

@@ -152,3 +152,17 @@ def test_bad_attachment_config_names_the_key(tmp_path: Path, extra: str, expecte
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, BASE + "\n" + extra + "\n"))
     assert expected in str(caught.value)
+
+
+async def test_a_large_image_is_scaled_down_before_it_goes_to_the_models():
+    big = picture("PNG", (4000, 1000))
+    transparent = io.BytesIO()
+    Image.new("RGBA", (3000, 3000), (0, 0, 0, 0)).save(transparent, "PNG")
+    files = Files(big=big, clear=transparent.getvalue())
+    prepared = await AttachmentIntake(AttachmentSettings()).prepare(
+        files, [att("big", "image", "wide.png", "image/png"), att("clear", "image", "clear.png", "image/png")], "")
+    wide, clear = prepared.images
+    assert (wide.media_type, wide.width, wide.height) == ("image/jpeg", 2048, 512)
+    with Image.open(io.BytesIO(wide.data)) as sent:
+        assert sent.size == (2048, 512)
+    assert (clear.media_type, clear.width, clear.height) == ("image/png", 2048, 2048)

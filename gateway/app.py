@@ -19,7 +19,7 @@ from gateway.costs.commands import CostCommands
 from gateway.costs.delivery import start_digest
 from gateway.runtime import EngineRuntime, build_engine, build_transcriber
 from gateway.service import Gateway
-from gateway.storage import Store
+from gateway.storage import Storage, open_store
 from moa_core.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ NOTHING_CONFIGURED = (
 @dataclass(slots=True)
 class App:
     gateway: Gateway
-    store: Store
+    store: Storage
     runtime: EngineRuntime
     extras: list[Any] = field(default_factory=list)
 
@@ -138,7 +138,8 @@ class App:
 async def build_app(config: Config, adapters: Mapping[str, Adapter], *, env: Mapping[str, str],
                     clock: Clock | None = None) -> App:
     clock = clock or SystemClock()
-    store = await Store.open(config.gateway.database, clock)
+    store = await open_store(config.gateway.database, clock, password_env=config.gateway.database_password_env,
+                             env=env)
     runtime = build_engine(config, env=env, clock=clock)
     hooks = cost_hooks(config)
     intake = AttachmentIntake(config.attachments, build_transcriber(config, runtime.http, env=env, clock=clock))

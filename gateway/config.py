@@ -34,7 +34,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
+    # A SQLite file path, or a libpq URL "postgresql://user@host:port/db" for PostgreSQL.
     database: str = "moa-gateway.db"
+    # PostgreSQL only: the environment variable holding the password (else libpq's PGPASSWORD).
+    database_password_env: str | None = None
     default_preset: str = "default"
     save_traces: bool = False
     trace_dir: str = "traces"
@@ -258,6 +261,7 @@ def _gateway(r: _Reader) -> GatewaySettings:
     r.known(*GatewaySettings.__slots__)
     return GatewaySettings(
         database=r.text("database", d.database, required=True),
+        database_password_env=r.text("database_password_env", None) or None,
         default_preset=r.text("default_preset", d.default_preset, required=True),
         save_traces=r.flag("save_traces", d.save_traces),
         trace_dir=r.text("trace_dir", d.trace_dir, required=True),

@@ -46,7 +46,7 @@ from gateway.config import AccessRules, Config
 from gateway.history import trim_history
 from gateway.live import LiveMessage
 from gateway.presentation import answer_footer, reference_summary
-from gateway.storage import Delivery, Store
+from gateway.storage import Delivery, Storage
 from moa_core.clock import Clock
 from moa_core.engine import MoaEngine
 from moa_core.events import Event, ReferenceFinished, ReferencesDone, TextDelta, ToolCallStarted, TurnResult
@@ -107,7 +107,7 @@ class Gateway:
     def __init__(
         self,
         config: Config,
-        store: Store,
+        store: Storage,
         engine: MoaEngine,
         adapters: Mapping[str, Adapter],
         clock: Clock,

@@ -4,6 +4,7 @@ in a chat, and the `moa-gateway costs` terminal table."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from gateway.costs.digest import Digest, digest_chart_png, render_digest_text
 from gateway.costs.reports import cost_table
 from gateway.costs.schedule import DigestScheduler, digest_destinations
 from gateway.service import chat_ref
-from gateway.storage import Store
+from gateway.storage import open_store
 from moa_core.clock import SystemClock
 
 if TYPE_CHECKING:
@@ -82,7 +83,8 @@ async def print_costs(config: Config, *, since: str | None, by: str, out=sys.std
         start = start.replace(tzinfo=tz) if start.tzinfo is None else start
     else:
         start = clock.now().astimezone(tz) - timedelta(days=30)
-    store = await Store.open(config.gateway.database, clock)
+    store = await open_store(config.gateway.database, clock, password_env=config.gateway.database_password_env,
+                             env=os.environ)
     try:
         rows = await cost_table(store, start, by)  # type: ignore[arg-type]
     finally:

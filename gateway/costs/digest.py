@@ -1,5 +1,5 @@
-"""The admin cost digest: what it says — `build_digest` aggregates one period's calls (in SQL,
-in the store's thread) into a frozen `Digest`; `render_digest_text` words it (platform-neutral
+"""The admin cost digest: what it says — `build_digest` aggregates one period's calls (portable
+SQL through `Storage.query`, so on SQLite and PostgreSQL alike) into a frozen `Digest`; `render_digest_text` words it (platform-neutral
 Markdown); `digest_chart_png` draws its spend per day by model. When it is sent is
 `gateway.costs.schedule`'s job.
 """
@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import sqlite_utils
-
 from adapters.figures import format_usd
 from gateway.costs.chart import spend_chart_png
 from gateway.costs.reports import (
+    KNOWN_DOLLARS,
     BudgetKind,
     BudgetLimits,
     ChannelBudgets,
@@ -27,15 +26,20 @@ from gateway.costs.reports import (
     period_bounds,
     spent_between,
 )
-from gateway.storage import Store, to_iso
+from gateway.storage import Storage, to_iso
 
 log = logging.getLogger(__name__)
 
 NEAR_BUDGET = 0.8  # a budget at or above this share of its limit is shown in the digest
 _TICK = timedelta(microseconds=1)
-# Scans of a time range use the created_at index: with ANALYZE statistics the planner may prefer
-# a skip-scan of (platform, chat_id, created_at), several times slower for these queries.
-_BY_TIME = "INDEXED BY idx_model_calls_created_at"
+# Scans of a time range use the created_at index: with ANALYZE statistics SQLite's planner may
+# prefer a skip-scan of (platform, chat_id, created_at), several times slower for these queries.
+# Hints are portable-SQL comments that only the SQLite backend unwraps (gateway.storage.contract).
+_BY_TIME = "/*sqlite: INDEXED BY idx_model_calls_created_at*/"
+
+
+def _indexed_by(index: str) -> str:
+    return f"/*sqlite: INDEXED BY {index}*/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +145,7 @@ def _ranked(spends: list[Spend]) -> tuple[Spend, ...]:
 
 
 async def build_digest(
-    store: Store,
+    store: Storage,
     *,
     start: datetime,
     end: datetime,
@@ -174,7 +178,7 @@ async def build_digest(
         getattr(c, "budget_usd_month", None) is not None for c in channels.values()
     )
 
-    def work(db: sqlite_utils.Database) -> Digest:
+    async def work() -> Digest:
         total = _Sums()
         by_chat: defaultdict[tuple[str, str], _Sums] = defaultdict(_Sums)
         by_user: defaultdict[tuple[str, str], _Sums] = defaultdict(_Sums)
@@ -182,9 +186,9 @@ async def build_digest(
         by_model: defaultdict[tuple[str, str, str], _Sums] = defaultdict(_Sums)
         failed_refs = timed_out_refs = 0
         # One grouped scan of the period; every breakdown is folded from it in Python.
-        for row in db.execute(
+        for row in await store.query(
             "SELECT platform, chat_id, user_id, preset, role, provider, model, status, COUNT(*), "
-            "TOTAL(cost_usd), COALESCE(SUM(cost_usd IS NULL), 0), SUM(input), SUM(cache_read), "
+            f"{KNOWN_DOLLARS}, COUNT(*) - COUNT(cost_usd), SUM(input), SUM(cache_read), "
             f"SUM(cache_write), SUM(output), SUM(reasoning) FROM model_calls {_BY_TIME} "
             "WHERE created_at >= ? AND created_at < ? "
             "GROUP BY platform, chat_id, user_id, preset, role, provider, model, status",
@@ -201,9 +205,9 @@ async def build_digest(
 
         turns_of: dict[tuple[str, ...], int] = defaultdict(int)
         turns = failed_turns = 0
-        for platform, chat_id, user_id, preset, status, count in db.execute(
-            "SELECT platform, chat_id, user_id, preset, status, COUNT(*) FROM turns "
-            "INDEXED BY idx_turns_started_at WHERE started_at >= ? AND started_at < ? AND status != 'refused' "
+        for platform, chat_id, user_id, preset, status, count in await store.query(
+            f"SELECT platform, chat_id, user_id, preset, status, COUNT(*) FROM turns {_indexed_by('idx_turns_started_at')} "
+            "WHERE started_at >= ? AND started_at < ? AND status != 'refused' "
             "GROUP BY platform, chat_id, user_id, preset, status",
             span,
         ):
@@ -215,18 +219,18 @@ async def build_digest(
         users = _ranked([
             sums.spend(f"{p}:{u}", turns_of[("user", p, u)]) for (p, u), sums in by_user.items()
         ])[:top_users]
-        users = tuple(
+        users = tuple([
             Spend(s.key, s.dollars, s.calls, s.turns, s.unknown_calls, s.tokens, None,
-                  _user_name(db, *s.key.split(":", 1)))
+                  await _user_name(store, *s.key.split(":", 1)))
             for s in users
-        )
+        ])
 
         # Per model and per user, one short index-only read each (no sort of the whole period).
         daily: list[DaySpend] = []
         for provider, model in sorted({(provider, model) for _, provider, model in by_model}):
-            for n, dollars in db.execute(
-                f"SELECT {day_of_row} AS day, TOTAL(cost_usd) FROM model_calls "
-                "INDEXED BY idx_model_calls_model_spend WHERE provider = ? AND model = ? "
+            for n, dollars in await store.query(
+                f"SELECT {day_of_row} AS day, {KNOWN_DOLLARS} FROM model_calls "
+                f"{_indexed_by('idx_model_calls_model_spend')} WHERE provider = ? AND model = ? "
                 "AND created_at >= ? AND created_at < ? GROUP BY day ORDER BY day",
                 [*day_starts, provider, model, *span],
             ):
@@ -236,10 +240,10 @@ async def build_digest(
         if user_day_limit is not None:
             # A user's local day counts from its midnight, also before the period began.
             for platform, user_id in by_user:
-                for n, dollars in db.execute(
-                    f"SELECT {day_of_row} AS day, TOTAL(cost_usd) FROM model_calls "
-                    "INDEXED BY idx_model_calls_user_spend WHERE platform = ? AND user_id = ? "
-                    "AND created_at >= ? AND created_at < ? GROUP BY day HAVING TOTAL(cost_usd) >= ?",
+                for n, dollars in await store.query(
+                    f"SELECT {day_of_row} AS day, {KNOWN_DOLLARS} FROM model_calls "
+                    f"{_indexed_by('idx_model_calls_user_spend')} WHERE platform = ? AND user_id = ? "
+                    f"AND created_at >= ? AND created_at < ? GROUP BY day HAVING {KNOWN_DOLLARS} >= ?",
                     [*day_starts, platform, user_id, *whole_days, NEAR_BUDGET * user_day_limit],
                 ):
                     scope = f"{platform}:{user_id}"
@@ -249,26 +253,26 @@ async def build_digest(
         alerts: list[BudgetAlert] = []
         if check_chats:
             if chat_month_default is not None:
-                chats = db.execute("SELECT DISTINCT platform, chat_id FROM sessions").fetchall()
+                chats = await store.query("SELECT DISTINCT platform, chat_id FROM sessions")
             else:
                 chats = [tuple(key.split(":", 1)) for key in channels]
             for platform, chat_id in chats:
                 # One short read of the (platform, chat_id, created_at, cost_usd) index per chat.
-                dollars = spent_between(db, month_start, end, platform=platform, chat_id=chat_id)
+                dollars = await spent_between(store, month_start, end, platform=platform, chat_id=chat_id)
                 scope = f"{platform}:{chat_id}"
                 limit = getattr(channels.get(scope), "budget_usd_month", None)
                 limit = chat_month_default if limit is None else limit
                 if limit is not None and dollars >= NEAR_BUDGET * limit:
                     alerts.append(BudgetAlert("chat_month", scope, dollars, limit, (end - _TICK).date()))
-        alerts.extend(
-            BudgetAlert(a.kind, a.scope, a.spent, a.limit, a.day, _user_name(db, *a.scope.split(":", 1)))
+        alerts.extend([
+            BudgetAlert(a.kind, a.scope, a.spent, a.limit, a.day, await _user_name(store, *a.scope.split(":", 1)))
             for a in user_alerts.values()
-        )
+        ])
 
-        previous = db.execute(
-            f"SELECT TOTAL(cost_usd) FROM model_calls {_BY_TIME} WHERE created_at >= ? AND created_at < ?",
+        previous = (await store.query(
+            f"SELECT {KNOWN_DOLLARS} FROM model_calls {_BY_TIME} WHERE created_at >= ? AND created_at < ?",
             [to_iso(previous_start), to_iso(start)],
-        ).fetchone()[0]
+        ))[0][0]
 
         return Digest(
             start=start,
@@ -294,15 +298,15 @@ async def build_digest(
             daily=tuple(daily),
         )
 
-    return await store.run(work)
+    return await work()
 
 
-def _user_name(db: sqlite_utils.Database, platform: str, user_id: str) -> str | None:
-    row = db.execute(
+async def _user_name(store: Storage, platform: str, user_id: str) -> str | None:
+    rows = await store.query(
         "SELECT user_name FROM turns WHERE platform = ? AND user_id = ? ORDER BY started_at DESC LIMIT 1",
         [platform, user_id],
-    ).fetchone()
-    return row[0] if row and row[0] else None
+    )
+    return rows[0][0] if rows and rows[0][0] else None
 
 
 # Wording and chart --------------------------------------------------------------------------

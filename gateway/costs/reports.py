@@ -2,8 +2,9 @@
 budgets (`/moa budget`, the check before a turn).
 
 Everything reads the `model_calls` rows written by the store (one per reference and aggregator
-call, with the turn's platform, chat, user and preset copied onto it) and aggregates in SQL, in
-the store's thread. Dollars are the sum of *known* costs; calls whose price is unknown add
+call, with the turn's platform, chat, user and preset copied onto it) and aggregates in SQL,
+written as the storage contract's portable SQL (`Storage.query`), so that the same statements
+run on SQLite and PostgreSQL. Dollars are the sum of *known* costs; calls whose price is unknown add
 nothing to it and are counted apart, so that a report says how much of it is unpriced.
 
 Periods are local to the configured time zone: a day is a calendar day, a week starts on Monday
@@ -18,10 +19,8 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
-import sqlite_utils
-
 from adapters.figures import format_usd
-from gateway.storage import Store, to_iso
+from gateway.storage import Storage, to_iso
 
 Period = Literal["day", "week", "month"]
 GroupBy = Literal["chat", "user", "preset", "model"]
@@ -35,8 +34,10 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "model": ("role", "provider", "model"),
 }
 # One aggregate list for every query, so every row reads the same way (see `_spend`).
+# Portable SQL: COALESCE(SUM(x), 0.0) for SQLite's TOTAL, COUNT(*) - COUNT(x) counts the NULLs.
+KNOWN_DOLLARS = "COALESCE(SUM(cost_usd), 0.0)"
 _AGGREGATES = (
-    "COUNT(*), COUNT(DISTINCT turn_id), TOTAL(cost_usd), COALESCE(SUM(cost_usd IS NULL), 0), "
+    f"COUNT(*), COUNT(DISTINCT turn_id), {KNOWN_DOLLARS}, COUNT(*) - COUNT(cost_usd), "
     "COALESCE(SUM(input), 0), COALESCE(SUM(cache_read), 0), COALESCE(SUM(cache_write), 0), "
     "COALESCE(SUM(output), 0), COALESCE(SUM(reasoning), 0)"
 )
@@ -207,7 +208,7 @@ def period_bounds(period: Period, now: datetime, tz: ZoneInfo) -> tuple[datetime
     return local_midnight(first, tz), local_midnight(after, tz)
 
 
-# SQL helpers (run in the store's thread) ----------------------------------------------------
+# SQL helpers (portable SQL through `Storage.query`) -----------------------------------------
 
 
 def _scope(platform: str | None, chat_id: str | None, user_id: str | None) -> tuple[str, list[Any]]:
@@ -225,12 +226,12 @@ def _spend(key: str, row: tuple[Any, ...], *, role: str | None = None, label: st
     return Spend(key, float(dollars), int(calls), int(turns), int(unknown), Tokens(i, cr, cw, o, r), role, label)
 
 
-def _grouped(db: sqlite_utils.Database, by: GroupBy, where: str, params: list[Any]) -> list[Spend]:
+async def _grouped(store: Storage, by: GroupBy, where: str, params: list[Any]) -> list[Spend]:
     columns = _GROUPS[by]
     group = ", ".join(columns)
-    rows = db.execute(
+    rows = await store.query(
         f"SELECT {group}, {_AGGREGATES} FROM model_calls WHERE {where} GROUP BY {group}", params
-    ).fetchall()
+    )
     out = []
     for row in rows:
         if by == "model":
@@ -240,24 +241,24 @@ def _grouped(db: sqlite_utils.Database, by: GroupBy, where: str, params: list[An
     return sorted(out, key=lambda s: (-s.dollars, -s.calls, s.key))
 
 
-def spent_between(
-    db: sqlite_utils.Database, start: datetime, end: datetime, *, platform: str | None = None,
+async def spent_between(
+    store: Storage, start: datetime, end: datetime, *, platform: str | None = None,
     chat_id: str | None = None, user_id: str | None = None,
 ) -> float:
-    """Known dollars of the calls in [start, end) within a scope (in the store's thread)."""
+    """Known dollars of the calls in [start, end) within a scope."""
     scope, params = _scope(platform, chat_id, user_id)
-    row = db.execute(
-        f"SELECT TOTAL(cost_usd) FROM model_calls WHERE created_at >= ? AND created_at < ?{scope}",
+    rows = await store.query(
+        f"SELECT {KNOWN_DOLLARS} FROM model_calls WHERE created_at >= ? AND created_at < ?{scope}",
         [to_iso(start), to_iso(end), *params],
-    ).fetchone()
-    return float(row[0])
+    )
+    return float(rows[0][0])
 
 
 # Reports ------------------------------------------------------------------------------------
 
 
 async def cost_report(
-    store: Store,
+    store: Storage,
     *,
     period: Period,
     now: datetime,
@@ -274,28 +275,24 @@ async def cost_report(
     where = f"created_at >= ? AND created_at < ?{scope}"
     params = [to_iso(start), to_iso(end), *scope_params]
 
-    def work(db: sqlite_utils.Database) -> CostReport:
-        total = db.execute(f"SELECT {_AGGREGATES} FROM model_calls WHERE {where}", params).fetchone()
-        by_preset = _grouped(db, "preset", where, params)
-        by_model = _grouped(db, "model", where, params)
-        turns = db.execute(
-            f"SELECT COUNT(*) FROM turns WHERE started_at >= ? AND started_at < ?{scope} "
-            "AND status != 'refused'",
-            params,
-        ).fetchone()[0]
-        overall = _spend("total", total)
-        return CostReport(
-            period=period, start=start, end=end, platform=platform, chat_id=chat_id, user_id=user_id,
-            dollars=overall.dollars, turns=int(turns), calls=overall.calls,
-            unknown_calls=overall.unknown_calls, tokens=overall.tokens,
-            by_preset=tuple(by_preset), by_model=tuple(by_model),
-        )
-
-    return await store.run(work)
+    total = (await store.query(f"SELECT {_AGGREGATES} FROM model_calls WHERE {where}", params))[0]
+    by_preset = await _grouped(store, "preset", where, params)
+    by_model = await _grouped(store, "model", where, params)
+    turns = (await store.query(
+        f"SELECT COUNT(*) FROM turns WHERE started_at >= ? AND started_at < ?{scope} AND status != 'refused'",
+        params,
+    ))[0][0]
+    overall = _spend("total", total)
+    return CostReport(
+        period=period, start=start, end=end, platform=platform, chat_id=chat_id, user_id=user_id,
+        dollars=overall.dollars, turns=int(turns), calls=overall.calls,
+        unknown_calls=overall.unknown_calls, tokens=overall.tokens,
+        by_preset=tuple(by_preset), by_model=tuple(by_model),
+    )
 
 
 async def cost_table(
-    store: Store, since: datetime, by: GroupBy, *, until: datetime | None = None
+    store: Storage, since: datetime, by: GroupBy, *, until: datetime | None = None
 ) -> list[Spend]:
     """Spend since `since` (until `until`, default: everything) grouped by chat, user, preset or
     model, most expensive first: the rows of `moa-gateway costs`."""
@@ -305,7 +302,7 @@ async def cost_table(
     if until is not None:
         where += " AND created_at < ?"
         params.append(to_iso(until))
-    return await store.run(lambda db: _grouped(db, by, where, params))
+    return await _grouped(store, by, where, params)
 
 
 # Budgets ------------------------------------------------------------------------------------
@@ -331,7 +328,7 @@ def effective_limits(
 
 
 async def budget_status(
-    store: Store,
+    store: Storage,
     budgets: BudgetLimits | None,
     channel_override: ChannelBudgets | None,
     platform: str,
@@ -347,23 +344,20 @@ async def budget_status(
     day_start, day_end = period_bounds("day", now, tz)
     month_start, month_end = period_bounds("month", now, tz)
 
-    def work(db: sqlite_utils.Database) -> tuple[BudgetLine, ...]:
-        lines = []
-        if "user_day" in limits:
-            limit, source = limits["user_day"]
-            spent = spent_between(db, day_start, day_end, platform=platform, user_id=user_id)
-            lines.append(BudgetLine("user_day", f"{platform}:{user_id}", limit, spent, day_end, source))
-        if "chat_month" in limits:
-            limit, source = limits["chat_month"]
-            spent = spent_between(db, month_start, month_end, platform=platform, chat_id=chat_id)
-            lines.append(BudgetLine("chat_month", f"{platform}:{chat_id}", limit, spent, month_end, source))
-        return tuple(lines)
-
-    return await store.run(work)
+    lines = []
+    if "user_day" in limits:
+        limit, source = limits["user_day"]
+        spent = await spent_between(store, day_start, day_end, platform=platform, user_id=user_id)
+        lines.append(BudgetLine("user_day", f"{platform}:{user_id}", limit, spent, day_end, source))
+    if "chat_month" in limits:
+        limit, source = limits["chat_month"]
+        spent = await spent_between(store, month_start, month_end, platform=platform, chat_id=chat_id)
+        lines.append(BudgetLine("chat_month", f"{platform}:{chat_id}", limit, spent, month_end, source))
+    return tuple(lines)
 
 
 async def check_budget(
-    store: Store,
+    store: Storage,
     budgets: BudgetLimits | None,
     channel_override: ChannelBudgets | None,
     platform: str,

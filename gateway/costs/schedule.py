@@ -24,13 +24,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import sqlite_utils
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from gateway.costs.digest import Digest, build_digest, digest_chart_png
 from gateway.costs.reports import BudgetLimits, ChannelBudgets
-from gateway.storage import Store, from_iso, to_iso
+from gateway.storage import Storage
 from moa_core.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -152,38 +151,7 @@ def due_period(
 # The digest ---------------------------------------------------------------------------------
 
 
-# Once per period, recorded in SQLite --------------------------------------------------------
-
-_RECORDED = ("baseline", "sending", "sent")
-
-
-def _last_recorded_end(db: sqlite_utils.Database) -> tuple[bool, datetime | None]:
-    """(whether any digest row exists, the end of the last period not owed any more)."""
-    any_row = db.execute("SELECT 1 FROM digests LIMIT 1").fetchone() is not None
-    row = db.execute(
-        "SELECT MAX(period_end) FROM digests WHERE status IN (?, ?, ?)", list(_RECORDED)
-    ).fetchone()
-    return any_row, (from_iso(row[0]) if row[0] else None)
-
-
-def _claim(db: sqlite_utils.Database, start: datetime, end: datetime, status: str, at: str) -> bool:
-    """Record a period as `status`; False when it was already recorded (and not failed)."""
-    cursor = db.execute(
-        "INSERT INTO digests (period_end, period_start, status, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (period_end) DO UPDATE SET status = excluded.status, "
-        "period_start = excluded.period_start, updated_at = excluded.updated_at, error = NULL "
-        "WHERE digests.status = 'failed'",
-        [to_iso(end), to_iso(start), status, at, at],
-    )
-    return cursor.rowcount == 1
-
-
-def _finish(db: sqlite_utils.Database, end: datetime, status: str, at: str, dollars: float | None,
-            error: str | None) -> None:
-    db.execute(
-        "UPDATE digests SET status = ?, updated_at = ?, dollars = ?, error = ? WHERE period_end = ?",
-        [status, at, dollars, error, to_iso(end)],
-    )
+# Once per period, recorded in the store's digest claims -------------------------------------
 
 
 DigestSender = Callable[[Digest, bytes], Awaitable[None]]
@@ -200,7 +168,7 @@ class DigestScheduler:
 
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         clock: Clock,
         cron: str,
         tz: str,
@@ -256,29 +224,27 @@ class DigestScheduler:
         """
         async with self._lock:
             now = now or self.clock.now()
-            at = to_iso(now)
-            any_row, last_end = await self.store.run(_last_recorded_end)
-            if not any_row:
+            state = await self.store.digest_state()
+            if not state.any_recorded:
                 last = latest_fire(self.trigger, now)
                 if last is not None:
                     first = previous_fire(self.trigger, last) or last
-                    await self.store.run(lambda db: _claim(db, first, last, "baseline", at))
+                    await self.store.claim_digest(first, last, "baseline", now)
                 return None
-            period = due_period(self.trigger, last_end, now)
+            period = due_period(self.trigger, state.last_end, now)
             if period is None:
                 return None
             start, end = period
-            if not await self.store.run(lambda db: _claim(db, start, end, "sending", at)):
+            # The claim is a unique key: on several replicas, one of them wins it and sends.
+            if not await self.store.claim_digest(start, end, "sending", now):
                 return None
             try:
                 digest, png = await self.digest_for(start, end)
                 await self.send(digest, png)
             except Exception as error:
-                failed_at, reason = to_iso(self.clock.now()), repr(error)[:500]
-                await self.store.run(lambda db: _finish(db, end, "failed", failed_at, None, reason))
+                await self.store.finish_digest(end, "failed", self.clock.now(), None, repr(error)[:500])
                 raise
-            sent_at = to_iso(self.clock.now())
-            await self.store.run(lambda db: _finish(db, end, "sent", sent_at, digest.dollars, None))
+            await self.store.finish_digest(end, "sent", self.clock.now(), digest.dollars, None)
             return digest
 
     async def digest_for(self, start: datetime, end: datetime) -> tuple[Digest, bytes]:

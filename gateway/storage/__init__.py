@@ -1,18 +1,58 @@
 """Storage: everything the gateway keeps — sessions, history, turns, model calls, channel
 settings, seen events, digest claims and the delivery ledger.
 
-`gateway.storage` is the contract the service, costs and digest speak to; `sqlite` is the
-embedded backend (one writer thread over sqlite-utils) and `migrations` its schema steps.
+- `contract`: the storage contract (`Storage`) the service, costs and digest speak to, its
+  values (`TurnRow`, `Delivery`, ...) and the rules of portable SQL for spend queries;
+- `sqlite`: the embedded backend (one writer thread over sqlite-utils), `migrations` its steps;
+- `postgres`: the PostgreSQL backend (psycopg 3, async pool), `postgres_schema` the same steps;
+- `copy`: `moa-gateway migrate-db`, a SQLite file copied into PostgreSQL.
+
+`open_store(database, clock)` picks the backend: a `postgresql://` URL opens PostgreSQL,
+anything else is a SQLite file path.
 """
 
-from gateway.storage.sqlite import (
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.storage.contract import (
     DELIVERY_STATUSES,
     TURN_STATUSES,
     Delivery,
-    Store,
+    DigestState,
+    Storage,
     TurnRow,
     from_iso,
+    is_postgres_url,
     to_iso,
 )
+from gateway.storage.sqlite import Store
+from moa_core.clock import Clock
 
-__all__ = ["DELIVERY_STATUSES", "TURN_STATUSES", "Delivery", "Store", "TurnRow", "from_iso", "to_iso"]
+
+async def open_store(database: str | Path, clock: Clock, *, password_env: str | None = None,
+                     env: Mapping[str, str] | None = None) -> Storage:
+    """Open the configured database: PostgreSQL for a `postgresql://` URL (its password from
+    the variable `password_env` names, else libpq's own PGPASSWORD), else a SQLite file."""
+    if isinstance(database, str) and is_postgres_url(database):
+        from gateway.storage.postgres import PostgresStore
+
+        password = (env or {}).get(password_env) if password_env else None
+        return await PostgresStore.open(database, clock, password=password or None)
+    return await Store.open(database, clock)
+
+
+__all__ = [
+    "DELIVERY_STATUSES",
+    "TURN_STATUSES",
+    "Delivery",
+    "DigestState",
+    "Storage",
+    "Store",
+    "TurnRow",
+    "from_iso",
+    "is_postgres_url",
+    "open_store",
+    "to_iso",
+]

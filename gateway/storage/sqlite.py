@@ -16,201 +16,43 @@ import asyncio
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
 
 from adapters.contract import ChatRef
+from gateway.storage.contract import (
+    CLAIM_DIGEST,
+    DELIVERY_STATUSES,
+    DIGEST_STATUSES,
+    FINISH_DIGEST,
+    TURN_STATUSES,
+    Delivery,
+    DigestState,
+    TurnRow,
+    from_iso,
+    images_from_json,
+    ledger_values,
+    require,
+    sqlite_dialect,
+    thread_key,
+    to_iso,
+    turn_values,
+)
+from gateway.storage.contract import call_values as _call_row
+from gateway.storage.contract import delivery as _delivery
+from gateway.storage.contract import message as _message
+from gateway.storage.contract import message_values as _message_row
+from gateway.storage.contract import turn_row as _turn_row
 from gateway.storage.migrations import migrations
 from moa_core.clock import Clock
-from moa_core.values import CallRecord, ImagePart, Message, ToolCall
+from moa_core.values import CallRecord, ImagePart, Message
 
 T = TypeVar("T")
 
-TURN_STATUSES = frozenset({"queued", "running", "done", "failed", "interrupted", "refused"})
-DELIVERY_STATUSES = frozenset({"pending", "sending", "sent", "failed"})
 BUSY_TIMEOUT_MS = 10_000
-
-
-def to_iso(moment: datetime) -> str:
-    """An aware datetime as fixed-width UTC ISO-8601 text; naive datetimes are refused."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"naive datetime {moment!r}: pass an aware datetime")
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def from_iso(text: str) -> datetime:
-    """Stored text back to an aware UTC datetime."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:  # not written by us; read as UTC rather than guess
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-def _thread_key(thread_id: str | None) -> str:
-    return thread_id or ""
-
-
-def _thread_value(stored: str | None) -> str | None:
-    return stored or None
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One row of the outbound ledger: what to post where, and how far it got.
-
-    `message_ids` are the platform ids already posted for it (a `sending` row may have some).
-    """
-
-    id: int
-    turn_id: int | None
-    chat: ChatRef
-    kind: str
-    payload: dict = field(hash=False)
-    status: str
-    message_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class TurnRow:
-    """A stored turn, as its columns; `thread_id` is None when the turn had no thread."""
-
-    id: int
-    session_id: int
-    platform: str
-    chat_id: str
-    thread_id: str | None
-    user_id: str
-    user_name: str
-    event_id: str
-    message_id: str
-    preset: str
-    prompt: str
-    status: str
-    answer: str | None
-    cost_usd: float | None
-    error: str | None
-    started_at: datetime
-    finished_at: datetime | None
-
-
-def _turn_row(row: dict[str, Any]) -> TurnRow:
-    return TurnRow(
-        id=row["id"],
-        session_id=row["session_id"],
-        platform=row["platform"],
-        chat_id=row["chat_id"],
-        thread_id=_thread_value(row["thread_id"]),
-        user_id=row["user_id"],
-        user_name=row["user_name"] or "",
-        event_id=row["event_id"] or "",
-        message_id=row["message_id"] or "",
-        preset=row["preset"],
-        prompt=row["prompt"] or "",
-        status=row["status"],
-        answer=row["answer"],
-        cost_usd=row["cost_usd"],
-        error=row["error"],
-        started_at=from_iso(row["started_at"]),
-        finished_at=from_iso(row["finished_at"]) if row["finished_at"] else None,
-    )
-
-
-def _delivery(row: dict[str, Any]) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        turn_id=row["turn_id"],
-        chat=ChatRef(
-            platform=row["platform"],
-            chat_id=row["chat_id"],
-            thread_id=_thread_value(row["thread_id"]),
-            reply_to_id=row["reply_to_id"],
-            reply_handle=row["reply_handle"],
-        ),
-        kind=row["kind"],
-        payload=json.loads(row["payload"]),
-        status=row["status"],
-        message_ids=tuple(json.loads(row["message_ids"] or "[]")),
-    )
-
-
-def _message_row(session_id: int, turn_id: int | None, message: Message, at: str) -> dict[str, Any]:
-    return {
-        "session_id": session_id,
-        "turn_id": turn_id,
-        "role": message.role,
-        "content": message.content,
-        "tool_calls": (
-            json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls])
-            if message.tool_calls
-            else None
-        ),
-        "tool_call_id": message.tool_call_id,
-        "name": message.name,
-        "images": images_json(message.images),
-        "created_at": at,
-    }
-
-
-def images_json(images: Sequence[ImagePart]) -> str | None:
-    """Images described for storage: never their bytes."""
-    if not images:
-        return None
-    return json.dumps([
-        {"name": i.name, "media_type": i.media_type, "width": i.width, "height": i.height, "sha256": i.digest}
-        for i in images
-    ])
-
-
-def images_from_json(text: str | None) -> tuple[ImagePart, ...]:
-    return tuple(
-        ImagePart(d["name"], d["media_type"], b"", d.get("width"), d.get("height"), d.get("sha256") or "")
-        for d in json.loads(text or "[]")
-    )
-
-
-def _message(row: dict[str, Any]) -> Message:
-    calls = json.loads(row["tool_calls"]) if row["tool_calls"] else []
-    return Message(
-        role=row["role"],
-        content=row["content"] or "",
-        tool_calls=tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in calls),
-        tool_call_id=row["tool_call_id"],
-        name=row["name"],
-        images=images_from_json(row.get("images")),
-    )
-
-
-def _call_row(turn: dict[str, Any], call: CallRecord, at: str) -> dict[str, Any]:
-    return {
-        "turn_id": turn["id"],
-        "role": call.role,
-        "step": call.step,
-        "idx": call.index,
-        "provider": call.provider,
-        "model": call.model,
-        "status": call.status,
-        "latency_ms": call.latency_ms,
-        "input": call.usage.input,
-        "cache_read": call.usage.cache_read,
-        "cache_write": call.usage.cache_write,
-        "output": call.usage.output,
-        "reasoning": call.usage.reasoning,
-        "usage_source": call.usage.source,
-        "cost_usd": call.cost.usd,
-        "cost_source": call.cost.source,
-        "error": call.error,
-        "late": int(call.late),
-        "created_at": at,
-        "platform": turn["platform"],
-        "chat_id": turn["chat_id"],
-        "user_id": turn["user_id"],
-        "preset": turn["preset"],
-    }
-
 
 def _connect(path: str) -> sqlite_utils.Database:
     """Open (creating) the file, set the connection up and bring the schema up to date."""
@@ -244,13 +86,11 @@ def _find_open_session(db: sqlite_utils.Database, platform: str, chat_id: str, t
     return row[0] if row else None
 
 
-def _require(value: str, allowed: frozenset[str], what: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
-
-
 class Store:
-    """Async access to the gateway's SQLite file through one dedicated thread."""
+    """Async access to the gateway's SQLite file through one dedicated thread (the embedded
+    backend of `gateway.storage.contract.Storage`)."""
+
+    backend = "sqlite"
 
     def __init__(self, executor: ThreadPoolExecutor, db: sqlite_utils.Database, clock: Clock, path: Path):
         # Use `Store.open`; `db` must only ever be touched from `executor`'s thread.
@@ -293,11 +133,25 @@ class Store:
     def _now(self) -> str:
         return to_iso(self._clock.now())
 
+    async def query(self, sql: str, params: Sequence[Any] = (), *, dicts: bool = False) -> list[Any]:
+        """One read of portable SQL (see `gateway.storage.contract`): tuples, or dicts."""
+        statement, values = sqlite_dialect(sql), list(params)
+
+        def work(db: sqlite_utils.Database) -> list[Any]:
+            cursor = db.execute(statement, values)
+            rows = cursor.fetchall()
+            if not dicts:
+                return [tuple(row) for row in rows]
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in rows]
+
+        return await self.run(work)
+
     # Sessions and history -------------------------------------------------------------------
 
     async def active_session(self, platform: str, chat_id: str, thread_id: str | None) -> int:
         """The open session of this chat and thread, opened now if there is none."""
-        at, thread = self._now(), _thread_key(thread_id)
+        at, thread = self._now(), thread_key(thread_id)
 
         def work(db: sqlite_utils.Database) -> int:
             with db.atomic():
@@ -308,7 +162,7 @@ class Store:
 
     async def new_session(self, platform: str, chat_id: str, thread_id: str | None) -> int:
         """Close the open session of this chat and thread (if any) and open another."""
-        at, thread = self._now(), _thread_key(thread_id)
+        at, thread = self._now(), thread_key(thread_id)
 
         def work(db: sqlite_utils.Database) -> int:
             with db.atomic():
@@ -356,28 +210,13 @@ class Store:
         """Record a turn; returns its id. A running turn stores its user message in the same
         transaction. A queued one (waiting behind another turn of its chat) is stored at once,
         so a crash cannot lose it, but its message only joins the session in `begin_turn`:
-        the history keeps the order in which turns really ran. `images` are described on the
-        message (and the turn), their bytes never stored."""
+        the history keeps the order in which turns really ran."""
         at = self._now()
-        turn = {
-            "session_id": session_id,
-            "platform": platform,
-            "chat_id": chat_id,
-            "thread_id": _thread_key(thread_id),
-            "user_id": user_id,
-            "user_name": user_name,
-            "event_id": event_id,
-            "message_id": message_id,
-            "preset": preset,
-            "prompt": prompt,
-            "images": images_json(images),
-            "status": "queued" if queued else "running",
-            "answer": None,
-            "cost_usd": None,
-            "error": None,
-            "started_at": at,
-            "finished_at": None,
-        }
+        turn = turn_values(
+            session_id=session_id, platform=platform, chat_id=chat_id, thread_id=thread_id, user_id=user_id,
+            user_name=user_name, event_id=event_id, message_id=message_id, preset=preset, prompt=prompt,
+            queued=queued, at=at, images=images,
+        )
 
         def work(db: sqlite_utils.Database) -> int:
             with db.atomic():
@@ -436,25 +275,9 @@ class Store:
         """Finish a turn in ONE transaction: its status and answer, the assistant and tool
         messages it produced, and (when `delivery` is given) a pending ledger row, whose id is
         returned. Either all of it is stored or none."""
-        _require(status, TURN_STATUSES, "turn status")
+        require(status, TURN_STATUSES, "turn status")
         at = self._now()
-        ledger: dict[str, Any] | None = None
-        if delivery is not None:
-            chat, kind, payload = delivery
-            ledger = {
-                "turn_id": turn_id,
-                "platform": chat.platform,
-                "chat_id": chat.chat_id,
-                "thread_id": _thread_key(chat.thread_id),
-                "reply_to_id": chat.reply_to_id,
-                "reply_handle": chat.reply_handle,
-                "kind": kind,
-                "payload": json.dumps(payload),
-                "status": "pending",
-                "message_ids": "[]",
-                "created_at": at,
-                "updated_at": at,
-            }
+        ledger = ledger_values(turn_id, *delivery, at) if delivery is not None else None
 
         def work(db: sqlite_utils.Database) -> int | None:
             with db.atomic():
@@ -476,7 +299,7 @@ class Store:
 
     async def mark_turn(self, turn_id: int, status: str, error: str | None = None) -> None:
         """Set a turn's status (e.g. `interrupted` after a crash); stamps `finished_at` unless running."""
-        _require(status, TURN_STATUSES, "turn status")
+        require(status, TURN_STATUSES, "turn status")
         at = None if status == "running" else self._now()
 
         def work(db: sqlite_utils.Database) -> None:
@@ -509,7 +332,7 @@ class Store:
 
     async def mark_delivery(self, delivery_id: int, status: str, message_ids: Sequence[str] = ()) -> None:
         """Move a ledger row on; non-empty `message_ids` replace the ids stored so far."""
-        _require(status, DELIVERY_STATUSES, "delivery status")
+        require(status, DELIVERY_STATUSES, "delivery status")
         at = self._now()
         ids = json.dumps(list(message_ids)) if message_ids else None
 
@@ -609,6 +432,33 @@ class Store:
                 return True
 
         return await self.run(work)
+
+    # Digest claims ---------------------------------------------------------------------------
+
+    async def digest_state(self) -> DigestState:
+        """Whether any digest period is recorded, and the end of the last one not owed any more."""
+
+        def work(db: sqlite_utils.Database) -> DigestState:
+            any_row = db.execute("SELECT 1 FROM digests LIMIT 1").fetchone() is not None
+            row = db.execute(
+                "SELECT MAX(period_end) FROM digests WHERE status IN ('baseline', 'sending', 'sent')"
+            ).fetchone()
+            return DigestState(any_row, from_iso(row[0]) if row[0] else None)
+
+        return await self.run(work)
+
+    async def claim_digest(self, start: datetime, end: datetime, status: str, at: datetime) -> bool:
+        """Record the period ending `end` as `status`; False when it was already recorded (and
+        not failed): whoever gets True sends it."""
+        require(status, DIGEST_STATUSES, "digest status")
+        values = [to_iso(end), to_iso(start), status, to_iso(at), to_iso(at)]
+        return await self.run(lambda db: db.execute(CLAIM_DIGEST, values).rowcount == 1)
+
+    async def finish_digest(self, end: datetime, status: str, at: datetime, dollars: float | None,
+                            error: str | None) -> None:
+        require(status, DIGEST_STATUSES, "digest status")
+        values = [status, to_iso(at), dollars, error, to_iso(end)]
+        await self.run(lambda db: db.execute(FINISH_DIGEST, values))
 
 
 def _turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:

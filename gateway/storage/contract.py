@@ -1,0 +1,352 @@
+"""The storage contract: what the service, costs and digest may ask of a store, whichever backend.
+
+Two backends implement it — `gateway.storage.sqlite.Store` (one embedded file) and
+`gateway.storage.postgres.PostgresStore` (a shared server, for several replicas) — and one test
+suite (tests/gateway/test_storage.py) runs against both.
+
+The contract has two parts:
+
+- **Methods that return values** (`Storage` below): sessions and history, turns and their
+  model calls, the delivery ledger, seen events, channel settings, refusal notices and digest
+  claims. Every write that must be all-or-nothing is one transaction inside the backend.
+- **A small read-only query seam** for spend aggregation (`Storage.query`): costs and the
+  digest own their SQL and pass it as *portable SQL*, which both backends run unchanged:
+    * parameters are `?` placeholders (PostgreSQL's `%s` is produced by the backend; a literal
+      `%` must not appear);
+    * only functions both dialects share: `COALESCE(SUM(x), 0)` instead of SQLite's `TOTAL`,
+      `COUNT(*) - COUNT(x)` instead of summing a boolean;
+    * a planner hint only SQLite understands is written as a comment, `/*sqlite: INDEXED BY
+      idx_name*/`: SQLite's backend unwraps it, PostgreSQL reads a comment.
+  Rows come back as tuples (or dicts with `dicts=True`); integers as `int`, reals as `float`.
+
+Shared conventions (both schemas, see `migrations` and `postgres_schema`): times are stored as
+fixed-width UTC ISO-8601 text (`to_iso`), so comparing text compares times and portable SQL can
+compare a column with a `to_iso` parameter; a missing thread is stored as ''; JSON is text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from adapters.contract import ChatRef
+from moa_core.values import CallRecord, ImagePart, Message, ToolCall
+
+TURN_STATUSES = frozenset({"queued", "running", "done", "failed", "interrupted", "refused"})
+DELIVERY_STATUSES = frozenset({"pending", "sending", "sent", "failed"})
+DIGEST_STATUSES = frozenset({"baseline", "sending", "sent", "failed"})
+
+# Digest claims, in portable SQL (ON CONFLICT ... DO UPDATE ... WHERE is syntax both share):
+# a period is inserted, or a failed one taken over; a recorded one is left alone (rowcount 0).
+CLAIM_DIGEST = (
+    "INSERT INTO digests (period_end, period_start, status, created_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (period_end) DO UPDATE SET status = excluded.status, "
+    "period_start = excluded.period_start, updated_at = excluded.updated_at, error = NULL "
+    "WHERE digests.status = 'failed'"
+)
+FINISH_DIGEST = "UPDATE digests SET status = ?, updated_at = ?, dollars = ?, error = ? WHERE period_end = ?"
+
+_SQLITE_HINT = re.compile(r"/\*sqlite:(.*?)\*/", re.S)
+
+
+def sqlite_dialect(sql: str) -> str:
+    """Portable SQL as SQLite runs it: hint comments unwrapped."""
+    return _SQLITE_HINT.sub(lambda m: m.group(1).strip(), sql)
+
+
+def postgres_dialect(sql: str) -> str:
+    """Portable SQL as psycopg runs it: `?` becomes `%s` (hint comments stay comments)."""
+    if "%" in sql:
+        raise ValueError("portable SQL must not contain '%' (psycopg reads it as a placeholder)")
+    return sql.replace("?", "%s")
+
+
+def is_postgres_url(database: str) -> bool:
+    """A `[gateway] database` value names PostgreSQL when it is a libpq URL."""
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+def to_iso(moment: datetime) -> str:
+    """An aware datetime as fixed-width UTC ISO-8601 text; naive datetimes are refused."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment!r}: pass an aware datetime")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def from_iso(text: str) -> datetime:
+    """Stored text back to an aware UTC datetime."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:  # not written by us; read as UTC rather than guess
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def require(value: str, allowed: frozenset[str], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
+
+
+def thread_key(thread_id: str | None) -> str:
+    return thread_id or ""
+
+
+def thread_value(stored: str | None) -> str | None:
+    return stored or None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One row of the outbound ledger: what to post where, and how far it got.
+
+    `message_ids` are the platform ids already posted for it (a `sending` row may have some).
+    """
+
+    id: int
+    turn_id: int | None
+    chat: ChatRef
+    kind: str
+    payload: dict = field(hash=False)
+    status: str
+    message_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRow:
+    """A stored turn, as its columns; `thread_id` is None when the turn had no thread."""
+
+    id: int
+    session_id: int
+    platform: str
+    chat_id: str
+    thread_id: str | None
+    user_id: str
+    user_name: str
+    event_id: str
+    message_id: str
+    preset: str
+    prompt: str
+    status: str
+    answer: str | None
+    cost_usd: float | None
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DigestState:
+    """What the digest table says: whether any period is recorded, and the end of the last one
+    not owed any more (baseline, sending or sent)."""
+
+    any_recorded: bool
+    last_end: datetime | None
+
+
+class Storage(Protocol):
+    """What the gateway needs from a store. Times come from the store's injected clock."""
+
+    backend: str  # "sqlite" or "postgresql"
+
+    async def close(self) -> None: ...
+
+    async def query(self, sql: str, params: Sequence[Any] = (), *, dicts: bool = False) -> list[Any]:
+        """Run one read-only statement of portable SQL (see the module docstring)."""
+        ...
+
+    # Sessions and history
+    async def active_session(self, platform: str, chat_id: str, thread_id: str | None) -> int: ...
+    async def new_session(self, platform: str, chat_id: str, thread_id: str | None) -> int: ...
+    async def history(self, session_id: int, limit: int = 500) -> list[Message]: ...
+
+    # Turns and model calls
+    async def start_turn(self, *, session_id: int, platform: str, chat_id: str, thread_id: str | None,
+                         user_id: str, user_name: str, event_id: str, message_id: str, preset: str,
+                         prompt: str, queued: bool = False, images: Sequence[ImagePart] = ()) -> int: ...
+    async def begin_turn(self, turn_id: int) -> None: ...
+    async def record_calls(self, turn_id: int, calls: Sequence[CallRecord]) -> None: ...
+    async def complete_turn(self, turn_id: int, *, status: str, answer: str | None, cost_usd: float | None,
+                            messages: Sequence[Message], delivery: tuple[ChatRef, str, dict] | None,
+                            error: str | None = None) -> int | None: ...
+    async def mark_turn(self, turn_id: int, status: str, error: str | None = None) -> None: ...
+    async def unfinished_turns(self) -> list[TurnRow]: ...
+    async def turn(self, turn_id: int) -> TurnRow | None: ...
+
+    # The delivery ledger
+    async def mark_delivery(self, delivery_id: int, status: str, message_ids: Sequence[str] = ()) -> None: ...
+    async def pending_deliveries(self) -> list[Delivery]: ...
+
+    # Seen events, channel settings, refusal notices
+    async def mark_seen(self, platform: str, event_id: str) -> bool: ...
+    async def prune_seen(self, before: datetime) -> int: ...
+    async def channel_preset(self, platform: str, chat_id: str) -> str | None: ...
+    async def set_channel_preset(self, platform: str, chat_id: str, preset: str | None, by_user: str) -> None: ...
+    async def refusal_notice_due(self, platform: str, chat_id: str, interval_s: float) -> bool: ...
+
+    # Digest claims: a period is claimed before it is sent, so it is sent once
+    async def digest_state(self) -> DigestState: ...
+    async def claim_digest(self, start: datetime, end: datetime, status: str, at: datetime) -> bool: ...
+    async def finish_digest(self, end: datetime, status: str, at: datetime, dollars: float | None,
+                            error: str | None) -> None: ...
+
+
+# Row mapping shared by the backends (rows as dicts of column name to stored value) ----------
+
+
+def turn_row(row: dict[str, Any]) -> TurnRow:
+    return TurnRow(
+        id=row["id"],
+        session_id=row["session_id"],
+        platform=row["platform"],
+        chat_id=row["chat_id"],
+        thread_id=thread_value(row["thread_id"]),
+        user_id=row["user_id"],
+        user_name=row["user_name"] or "",
+        event_id=row["event_id"] or "",
+        message_id=row["message_id"] or "",
+        preset=row["preset"],
+        prompt=row["prompt"] or "",
+        status=row["status"],
+        answer=row["answer"],
+        cost_usd=row["cost_usd"],
+        error=row["error"],
+        started_at=from_iso(row["started_at"]),
+        finished_at=from_iso(row["finished_at"]) if row["finished_at"] else None,
+    )
+
+
+def delivery(row: dict[str, Any]) -> Delivery:
+    return Delivery(
+        id=row["id"],
+        turn_id=row["turn_id"],
+        chat=ChatRef(
+            platform=row["platform"],
+            chat_id=row["chat_id"],
+            thread_id=thread_value(row["thread_id"]),
+            reply_to_id=row["reply_to_id"],
+            reply_handle=row["reply_handle"],
+        ),
+        kind=row["kind"],
+        payload=json.loads(row["payload"]),
+        status=row["status"],
+        message_ids=tuple(json.loads(row["message_ids"] or "[]")),
+    )
+
+
+def turn_values(*, session_id: int, platform: str, chat_id: str, thread_id: str | None, user_id: str,
+                user_name: str, event_id: str, message_id: str, preset: str, prompt: str, queued: bool,
+                at: str, images: Sequence[ImagePart] = ()) -> dict[str, Any]:
+    return {
+        "session_id": session_id,
+        "platform": platform,
+        "chat_id": chat_id,
+        "thread_id": thread_key(thread_id),
+        "user_id": user_id,
+        "user_name": user_name,
+        "event_id": event_id,
+        "message_id": message_id,
+        "preset": preset,
+        "prompt": prompt,
+        "images": images_json(images),
+        "status": "queued" if queued else "running",
+        "answer": None,
+        "cost_usd": None,
+        "error": None,
+        "started_at": at,
+        "finished_at": None,
+    }
+
+
+def ledger_values(turn_id: int, chat: ChatRef, kind: str, payload: dict, at: str) -> dict[str, Any]:
+    return {
+        "turn_id": turn_id,
+        "platform": chat.platform,
+        "chat_id": chat.chat_id,
+        "thread_id": thread_key(chat.thread_id),
+        "reply_to_id": chat.reply_to_id,
+        "reply_handle": chat.reply_handle,
+        "kind": kind,
+        "payload": json.dumps(payload),
+        "status": "pending",
+        "message_ids": "[]",
+        "created_at": at,
+        "updated_at": at,
+    }
+
+
+def message_values(session_id: int, turn_id: int | None, message: Message, at: str) -> dict[str, Any]:
+    return {
+        "session_id": session_id,
+        "turn_id": turn_id,
+        "role": message.role,
+        "content": message.content,
+        "tool_calls": (
+            json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls])
+            if message.tool_calls
+            else None
+        ),
+        "tool_call_id": message.tool_call_id,
+        "name": message.name,
+        "images": images_json(message.images),
+        "created_at": at,
+    }
+
+
+def images_json(images: Sequence[ImagePart]) -> str | None:
+    """Images described for storage: never their bytes."""
+    if not images:
+        return None
+    return json.dumps([
+        {"name": i.name, "media_type": i.media_type, "width": i.width, "height": i.height, "sha256": i.digest}
+        for i in images
+    ])
+
+
+def images_from_json(text: str | None) -> tuple[ImagePart, ...]:
+    return tuple(
+        ImagePart(d["name"], d["media_type"], b"", d.get("width"), d.get("height"), d.get("sha256") or "")
+        for d in json.loads(text or "[]")
+    )
+
+
+def message(row: dict[str, Any]) -> Message:
+    calls = json.loads(row["tool_calls"]) if row["tool_calls"] else []
+    return Message(
+        role=row["role"],
+        content=row["content"] or "",
+        tool_calls=tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in calls),
+        tool_call_id=row["tool_call_id"],
+        name=row["name"],
+        images=images_from_json(row.get("images")),
+    )
+
+
+def call_values(turn: dict[str, Any], call: CallRecord, at: str) -> dict[str, Any]:
+    return {
+        "turn_id": turn["id"],
+        "role": call.role,
+        "step": call.step,
+        "idx": call.index,
+        "provider": call.provider,
+        "model": call.model,
+        "status": call.status,
+        "latency_ms": call.latency_ms,
+        "input": call.usage.input,
+        "cache_read": call.usage.cache_read,
+        "cache_write": call.usage.cache_write,
+        "output": call.usage.output,
+        "reasoning": call.usage.reasoning,
+        "usage_source": call.usage.source,
+        "cost_usd": call.cost.usd,
+        "cost_source": call.cost.source,
+        "error": call.error,
+        "late": int(call.late),
+        "created_at": at,
+        "platform": turn["platform"],
+        "chat_id": turn["chat_id"],
+        "user_id": turn["user_id"],
+        "preset": turn["preset"],
+    }

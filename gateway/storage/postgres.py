@@ -1,0 +1,390 @@
+"""The PostgreSQL backend of the storage contract, for several gateway replicas on one database.
+
+psycopg 3 with psycopg_pool's `AsyncConnectionPool`: native asyncio, server-side parameters,
+`COPY` for `migrate-db`, and the libpq URL and environment (`PGPASSWORD`, `PGSSLMODE`, ...)
+exactly as `psql` reads them. Connections are in autocommit mode; a write that must be
+all-or-nothing runs in `conn.transaction()`.
+
+Correctness across replicas rests on PostgreSQL's own guarantees: unique keys (seen events, one
+open session per chat, digest periods) decide races with `ON CONFLICT`; a read-then-write takes
+the row with `FOR UPDATE`. Times come from the injected clock, stored as text as in SQLite
+(see `gateway.storage.contract`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from adapters.contract import ChatRef
+from gateway.storage import postgres_schema
+from gateway.storage.contract import (
+    CLAIM_DIGEST,
+    DELIVERY_STATUSES,
+    DIGEST_STATUSES,
+    FINISH_DIGEST,
+    TURN_STATUSES,
+    Delivery,
+    DigestState,
+    TurnRow,
+    call_values,
+    delivery,
+    from_iso,
+    images_from_json,
+    ledger_values,
+    message,
+    message_values,
+    postgres_dialect,
+    require,
+    thread_key,
+    to_iso,
+    turn_row,
+    turn_values,
+)
+from moa_core.clock import Clock
+from moa_core.values import CallRecord, ImagePart, Message
+
+log = logging.getLogger(__name__)
+
+POOL_MAX = 16
+CONNECT_TIMEOUT_S = 10.0
+
+
+class StorageUnavailable(RuntimeError):
+    """The database cannot be reached or opened; the message says where and why."""
+
+
+def describe_url(url: str) -> str:
+    """`user@host:port/db` of a libpq URL, without any password (safe to print and log)."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as error:
+        raise StorageUnavailable(f"bad PostgreSQL URL: {error}") from None
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
+
+
+def _conninfo(url: str, password: str | None) -> str:
+    extra: dict[str, Any] = {"application_name": "moa-gateway"}
+    if password:
+        extra["password"] = password
+    if "connect_timeout" not in conninfo_to_dict(url):
+        extra["connect_timeout"] = int(CONNECT_TIMEOUT_S)
+    return make_conninfo(url, **extra)
+
+
+def _insert(table: str, values: dict[str, Any]) -> tuple[str, list[Any]]:
+    columns = ", ".join(values)
+    marks = ", ".join(["%s"] * len(values))
+    return f"INSERT INTO {table} ({columns}) VALUES ({marks}) RETURNING id", list(values.values())
+
+
+async def _insert_many(conn: psycopg.AsyncConnection, table: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    columns = list(rows[0])
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+    async with conn.cursor() as cursor:
+        await cursor.executemany(sql, [[row[c] for c in columns] for row in rows])
+
+
+async def _turn_columns(conn: psycopg.AsyncConnection, turn_id: int) -> dict[str, Any]:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(
+            "SELECT id, session_id, platform, chat_id, user_id, preset FROM turns WHERE id = %s", [turn_id]
+        )
+        row = await cursor.fetchone()
+    if row is None:
+        raise KeyError(f"no turn {turn_id}")
+    return row
+
+
+class PostgresStore:
+    """The storage contract on a PostgreSQL database shared by every replica."""
+
+    backend = "postgresql"
+
+    def __init__(self, pool: AsyncConnectionPool, clock: Clock, url: str):
+        # Use `PostgresStore.open`.
+        self._pool = pool
+        self._clock = clock
+        self.url = describe_url(url)
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str, clock: Clock, *, password: str | None = None,
+                   max_size: int = POOL_MAX) -> PostgresStore:
+        """Connect, and bring the schema up to date (replicas starting together migrate once)."""
+        where = describe_url(url)
+        pool = AsyncConnectionPool(
+            _conninfo(url, password), min_size=1, max_size=max_size, open=False,
+            kwargs={"autocommit": True}, name="moa-gateway", timeout=CONNECT_TIMEOUT_S,
+        )
+        try:
+            await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+            async with pool.connection() as conn:
+                ran = await postgres_schema.apply(conn, at=to_iso(clock.now()))
+        except (PoolTimeout, psycopg.OperationalError) as error:
+            await pool.close()
+            raise StorageUnavailable(f"cannot connect to {where}: {_reason(error)}") from None
+        except BaseException:
+            await pool.close()
+            raise
+        if ran:
+            log.info("database %s: applied migrations %s", where, ", ".join(ran))
+        return cls(pool, clock, url)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._pool.close()
+
+    def _connection(self):  # noqa: ANN202 - the pool's async context manager
+        if self._closed:
+            raise RuntimeError("store is closed")
+        return self._pool.connection()
+
+    def _now(self) -> str:
+        return to_iso(self._clock.now())
+
+    async def query(self, sql: str, params: Sequence[Any] = (), *, dicts: bool = False) -> list[Any]:
+        """One read of portable SQL (see `gateway.storage.contract`): tuples, or dicts."""
+        statement = postgres_dialect(sql)
+        async with self._connection() as conn:
+            async with conn.cursor(row_factory=dict_row if dicts else psycopg.rows.tuple_row) as cursor:
+                await cursor.execute(statement, list(params))
+                return list(await cursor.fetchall())
+
+    async def _one(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+        async with self._connection() as conn:
+            cursor = await conn.execute(sql, list(params))
+            return await cursor.fetchone()
+
+    async def _rowcount(self, sql: str, params: Sequence[Any]) -> int:
+        async with self._connection() as conn:
+            cursor = await conn.execute(sql, list(params))
+            return cursor.rowcount
+
+    # Sessions and history -------------------------------------------------------------------
+
+    async def active_session(self, platform: str, chat_id: str, thread_id: str | None) -> int:
+        """The open session of this chat and thread, opened now if there is none (two replicas
+        opening it at once get the same one: the partial unique index decides)."""
+        at, thread = self._now(), thread_key(thread_id)
+        key = [platform, chat_id, thread]
+        async with self._connection() as conn:
+            for _ in range(3):
+                cursor = await conn.execute(
+                    "SELECT id FROM sessions WHERE platform = %s AND chat_id = %s AND thread_id = %s "
+                    "AND closed_at IS NULL", key)
+                row = await cursor.fetchone()
+                if row:
+                    return row[0]
+                cursor = await conn.execute(
+                    "INSERT INTO sessions (platform, chat_id, thread_id, started_at) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (platform, chat_id, thread_id) WHERE closed_at IS NULL DO NOTHING RETURNING id",
+                    [*key, at])
+                row = await cursor.fetchone()
+                if row:
+                    return row[0]
+        raise RuntimeError(f"no open session for {platform}:{chat_id} after three tries")
+
+    async def new_session(self, platform: str, chat_id: str, thread_id: str | None) -> int:
+        """Close the open session of this chat and thread (if any) and open another."""
+        at, key = self._now(), [platform, chat_id, thread_key(thread_id)]
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE sessions SET closed_at = %s WHERE platform = %s AND chat_id = %s AND thread_id = %s "
+                "AND closed_at IS NULL", [at, *key])
+            cursor = await conn.execute(
+                "INSERT INTO sessions (platform, chat_id, thread_id, started_at) VALUES (%s, %s, %s, %s) "
+                "RETURNING id", [*key, at])
+            row = await cursor.fetchone()
+            assert row is not None
+            return row[0]
+
+    async def history(self, session_id: int, limit: int = 500) -> list[Message]:
+        """The last `limit` messages of a session, oldest first (a started turn's prompt included)."""
+        rows = await self.query(
+            "SELECT * FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?", [session_id, limit], dicts=True
+        )
+        return [message(row) for row in reversed(rows)]
+
+    # Turns and model calls ------------------------------------------------------------------
+
+    async def start_turn(self, *, session_id: int, platform: str, chat_id: str, thread_id: str | None,
+                         user_id: str, user_name: str, event_id: str, message_id: str, preset: str,
+                         prompt: str, queued: bool = False, images: Sequence[ImagePart] = ()) -> int:
+        """Record a turn (see `Store.start_turn`): a running one with its user message, in one
+        transaction; a queued one alone, its message added by `begin_turn`."""
+        at = self._now()
+        values = turn_values(
+            session_id=session_id, platform=platform, chat_id=chat_id, thread_id=thread_id, user_id=user_id,
+            user_name=user_name, event_id=event_id, message_id=message_id, preset=preset, prompt=prompt,
+            queued=queued, at=at, images=images,
+        )
+        async with self._connection() as conn, conn.transaction():
+            cursor = await conn.execute(*_insert("turns", values))
+            row = await cursor.fetchone()
+            assert row is not None
+            turn_id = row[0]
+            if not queued:
+                user = Message("user", prompt, images=tuple(images))
+                await conn.execute(*_insert("messages", message_values(session_id, turn_id, user, at)))
+            return turn_id
+
+    async def begin_turn(self, turn_id: int) -> None:
+        """A queued turn starts: marked running, its user message stored, in one transaction."""
+        at = self._now()
+        async with self._connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                "SELECT session_id, prompt, status, images FROM turns WHERE id = %s FOR UPDATE", [turn_id])
+            row = await cursor.fetchone()
+            if row is None:
+                raise KeyError(f"no turn {turn_id}")
+            session_id, prompt, status, images = row
+            if status != "queued":
+                raise ValueError(f"turn {turn_id} is {status}, not queued")
+            await conn.execute("UPDATE turns SET status = 'running', started_at = %s WHERE id = %s", [at, turn_id])
+            user = Message("user", prompt, images=images_from_json(images))
+            await conn.execute(*_insert("messages", message_values(session_id, turn_id, user, at)))
+
+    async def record_calls(self, turn_id: int, calls: Sequence[CallRecord]) -> None:
+        """Store model calls of a turn, with the turn's chat, user and preset copied onto each."""
+        if not calls:
+            return
+        at = self._now()
+        async with self._connection() as conn, conn.transaction():
+            turn = await _turn_columns(conn, turn_id)
+            await _insert_many(conn, "model_calls", [call_values(turn, call, at) for call in calls])
+
+    async def complete_turn(self, turn_id: int, *, status: str, answer: str | None, cost_usd: float | None,
+                            messages: Sequence[Message], delivery: tuple[ChatRef, str, dict] | None,
+                            error: str | None = None) -> int | None:
+        """Finish a turn in ONE transaction (status, answer, produced messages, ledger row)."""
+        require(status, TURN_STATUSES, "turn status")
+        at = self._now()
+        ledger = ledger_values(turn_id, *delivery, at) if delivery is not None else None
+        async with self._connection() as conn, conn.transaction():
+            turn = await _turn_columns(conn, turn_id)
+            await conn.execute(
+                "UPDATE turns SET status = %s, answer = %s, cost_usd = %s, error = %s, finished_at = %s "
+                "WHERE id = %s", [status, answer, cost_usd, error, at, turn_id])
+            await _insert_many(conn, "messages", [message_values(turn["session_id"], turn_id, m, at) for m in messages])
+            if ledger is None:
+                return None
+            cursor = await conn.execute(*_insert("deliveries", ledger))
+            row = await cursor.fetchone()
+            assert row is not None
+            return row[0]
+
+    async def mark_turn(self, turn_id: int, status: str, error: str | None = None) -> None:
+        """Set a turn's status; stamps `finished_at` unless running."""
+        require(status, TURN_STATUSES, "turn status")
+        at = None if status == "running" else self._now()
+        await self._rowcount(
+            "UPDATE turns SET status = %s, error = COALESCE(%s::text, error), finished_at = %s WHERE id = %s",
+            [status, error, at, turn_id])
+
+    async def unfinished_turns(self) -> list[TurnRow]:
+        """Turns still queued or running, oldest first."""
+        rows = await self.query("SELECT * FROM turns WHERE status IN ('queued', 'running') ORDER BY id", dicts=True)
+        return [turn_row(r) for r in rows]
+
+    async def turn(self, turn_id: int) -> TurnRow | None:
+        rows = await self.query("SELECT * FROM turns WHERE id = ?", [turn_id], dicts=True)
+        return turn_row(rows[0]) if rows else None
+
+    # The delivery ledger --------------------------------------------------------------------
+
+    async def mark_delivery(self, delivery_id: int, status: str, message_ids: Sequence[str] = ()) -> None:
+        """Move a ledger row on; non-empty `message_ids` replace the ids stored so far."""
+        require(status, DELIVERY_STATUSES, "delivery status")
+        ids = json.dumps(list(message_ids)) if message_ids else None
+        count = await self._rowcount(
+            "UPDATE deliveries SET status = %s, message_ids = COALESCE(%s::text, message_ids), updated_at = %s "
+            "WHERE id = %s", [status, ids, self._now(), delivery_id])
+        if count != 1:
+            raise KeyError(f"no delivery {delivery_id}")
+
+    async def pending_deliveries(self) -> list[Delivery]:
+        """Ledger rows not yet sent (pending, or sending when a crash came), oldest first."""
+        rows = await self.query(
+            "SELECT * FROM deliveries WHERE status IN ('pending', 'sending') ORDER BY id", dicts=True)
+        return [delivery(r) for r in rows]
+
+    # Inbound de-duplication, channel settings, refusal notices ------------------------------
+
+    async def mark_seen(self, platform: str, event_id: str) -> bool:
+        """Remember an inbound event id; True the first time (on any replica), False after."""
+        count = await self._rowcount(
+            "INSERT INTO seen_events (platform, event_id, seen_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            [platform, event_id, self._now()])
+        return count == 1
+
+    async def prune_seen(self, before: datetime) -> int:
+        return await self._rowcount("DELETE FROM seen_events WHERE seen_at < %s", [to_iso(before)])
+
+    async def channel_preset(self, platform: str, chat_id: str) -> str | None:
+        row = await self._one(
+            "SELECT preset FROM channel_settings WHERE platform = %s AND chat_id = %s", [platform, chat_id])
+        return row[0] if row else None
+
+    async def set_channel_preset(self, platform: str, chat_id: str, preset: str | None, by_user: str) -> None:
+        if preset is None:
+            await self._rowcount("DELETE FROM channel_settings WHERE platform = %s AND chat_id = %s",
+                                 [platform, chat_id])
+            return
+        await self._rowcount(
+            "INSERT INTO channel_settings (platform, chat_id, preset, updated_by, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (platform, chat_id) DO UPDATE SET preset = excluded.preset, "
+            "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+            [platform, chat_id, preset, by_user, self._now()])
+
+    async def refusal_notice_due(self, platform: str, chat_id: str, interval_s: float) -> bool:
+        """True at most once per `interval_s` per chat (across replicas: one conditional upsert)."""
+        now = self._clock.now()
+        cutoff = to_iso(now - timedelta(seconds=interval_s))
+        count = await self._rowcount(
+            "INSERT INTO refusal_notices (platform, chat_id, last_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT (platform, chat_id) DO UPDATE SET last_at = excluded.last_at "
+            "WHERE refusal_notices.last_at <= %s",
+            [platform, chat_id, to_iso(now), cutoff])
+        return count == 1
+
+    # Digest claims ---------------------------------------------------------------------------
+
+    async def digest_state(self) -> DigestState:
+        row = await self._one(
+            "SELECT EXISTS (SELECT 1 FROM digests), "
+            "(SELECT MAX(period_end) FROM digests WHERE status IN ('baseline', 'sending', 'sent'))", [])
+        assert row is not None
+        return DigestState(bool(row[0]), from_iso(row[1]) if row[1] else None)
+
+    async def claim_digest(self, start: datetime, end: datetime, status: str, at: datetime) -> bool:
+        """Record a period as `status`; False when already recorded (and not failed) — by any
+        replica: the primary key on period_end decides."""
+        require(status, DIGEST_STATUSES, "digest status")
+        count = await self._rowcount(postgres_dialect(CLAIM_DIGEST),
+                                     [to_iso(end), to_iso(start), status, to_iso(at), to_iso(at)])
+        return count == 1
+
+    async def finish_digest(self, end: datetime, status: str, at: datetime, dollars: float | None,
+                            error: str | None) -> None:
+        require(status, DIGEST_STATUSES, "digest status")
+        await self._rowcount(postgres_dialect(FINISH_DIGEST), [status, to_iso(at), dollars, error, to_iso(end)])
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -51,11 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     costs.add_argument("--since", help="start date (YYYY-MM-DD, in the configured time zone); default: 30 days ago")
     costs.add_argument("--by", choices=["chat", "user", "preset", "model"], default="model")
     sub.add_parser("presets", parents=[common], help="list the configured presets")
+    migrate = sub.add_parser("migrate-db", help="copy a SQLite database into an empty PostgreSQL database")
+    migrate.add_argument("--from", dest="source", required=True, help="the SQLite file (e.g. moa-gateway.db)")
+    migrate.add_argument("--to", dest="target", required=True, help="postgresql://user@host:port/dbname")
+    migrate.add_argument("--password-env", help="environment variable with the password (default: PGPASSWORD)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "migrate-db":  # needs no config file: both ends are on the command line
+        return _cmd_migrate_db(args, os.environ)
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -94,12 +100,69 @@ def _cmd_check_config(args: argparse.Namespace, config: Config, env: Mapping[str
                 problems.append(f"environment variable {value} is not set ({name}.{key})")
     print(f"{config.path}: {len(config.engine.providers)} provider(s), {len(config.engine.presets)} preset(s), "
           f"platforms: {', '.join(config.platforms) or 'none'}")
+    database_problem = _check_database(config, env)
+    if database_problem:
+        problems.append(database_problem)
     for problem in dict.fromkeys(problems):
         print(f"warning: {problem}", file=sys.stderr)
     if problems:
         return EXIT_FAILED
     print("config OK")
     return EXIT_OK
+
+
+def _cmd_migrate_db(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from pathlib import Path
+
+    from gateway.storage import is_postgres_url
+    from gateway.storage.copy import CopyRefused, copy_sqlite_to_postgres
+    from gateway.storage.postgres import StorageUnavailable, describe_url
+    from moa_core.clock import SystemClock
+
+    if not is_postgres_url(args.target):
+        print(f"error: --to must be a postgresql:// URL, got {args.target!r}", file=sys.stderr)
+        return EXIT_USAGE
+    if not Path(args.source).is_file():
+        print(f"error: --from {args.source}: no such SQLite database", file=sys.stderr)
+        return EXIT_USAGE
+    password = env.get(args.password_env) if args.password_env else None
+    try:
+        where = describe_url(args.target)
+        copied = asyncio.run(copy_sqlite_to_postgres(
+            Path(args.source), args.target, SystemClock(), password=password, progress=print))
+    except (CopyRefused, StorageUnavailable) as error:
+        print(f"error: {error}; nothing was copied", file=sys.stderr)
+        return EXIT_FAILED
+    total = sum(t.rows for t in copied)
+    print(f"copied {total} rows in {len(copied)} tables from {args.source} to {where}; row counts match")
+    return EXIT_OK
+
+
+def _check_database(config: Config, env: Mapping[str, str]) -> str | None:
+    """Print which backend the config selects and whether it answers; a problem, or None."""
+    from pathlib import Path
+
+    from gateway.storage import is_postgres_url
+
+    database = config.gateway.database
+    if not is_postgres_url(database):
+        path = Path(database)
+        state = "exists" if path.is_file() else "will be created"
+        print(f"database: SQLite {database} ({state})")
+        return None
+    from gateway.storage.postgres import StorageUnavailable, check_connection, describe_url
+
+    password_env = config.gateway.database_password_env
+    if password_env and not env.get(password_env):
+        return f"environment variable {password_env} is not set (gateway.database_password_env)"
+    try:
+        where = describe_url(database)
+        version = asyncio.run(check_connection(database, password=env.get(password_env) if password_env else None))
+    except StorageUnavailable as error:
+        print(f"database: PostgreSQL, {error}")
+        return str(error)
+    print(f"database: PostgreSQL {where} (connects, server {version})")
+    return None
 
 
 def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
@@ -120,7 +183,13 @@ def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -
     for problem in dict.fromkeys(problems):
         print(f"warning: {problem}", file=sys.stderr)
     settle_heap()
-    asyncio.run(serve(config, adapters, env=env))
+    from gateway.storage.postgres import StorageUnavailable
+
+    try:
+        asyncio.run(serve(config, adapters, env=env))
+    except StorageUnavailable as error:  # the configured PostgreSQL does not answer
+        print(f"error: {error} ([gateway] database in {config.path})", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

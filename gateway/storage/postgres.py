@@ -108,6 +108,18 @@ async def _turn_columns(conn: psycopg.AsyncConnection, turn_id: int) -> dict[str
     return row
 
 
+async def check_connection(url: str, *, password: str | None = None) -> str:
+    """Connect once (schema untouched) and return the server version, e.g. "15.19"."""
+    where = describe_url(url)
+    try:
+        async with await psycopg.AsyncConnection.connect(_conninfo(url, password), autocommit=True) as conn:
+            cursor = await conn.execute("SHOW server_version")
+            row = await cursor.fetchone()
+    except psycopg.OperationalError as error:
+        raise StorageUnavailable(f"cannot connect to {where}: {_reason(error)}") from None
+    return str(row[0]).split()[0] if row else "?"
+
+
 class PostgresStore:
     """The storage contract on a PostgreSQL database shared by every replica."""
 
@@ -124,21 +136,23 @@ class PostgresStore:
     async def open(cls, url: str, clock: Clock, *, password: str | None = None,
                    max_size: int = POOL_MAX) -> PostgresStore:
         """Connect, and bring the schema up to date (replicas starting together migrate once)."""
-        where = describe_url(url)
+        where, conninfo = describe_url(url), _conninfo(url, password)
+        # One direct connection first: a wrong URL or a server that is down fails at once with
+        # libpq's own reason (a pool would retry until its timeout and say less).
+        try:
+            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                ran = await postgres_schema.apply(conn, at=to_iso(clock.now()))
+        except psycopg.OperationalError as error:
+            raise StorageUnavailable(f"cannot connect to {where}: {_reason(error)}") from None
         pool = AsyncConnectionPool(
-            _conninfo(url, password), min_size=1, max_size=max_size, open=False,
-            kwargs={"autocommit": True}, name="moa-gateway", timeout=CONNECT_TIMEOUT_S,
+            conninfo, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True},
+            name="moa-gateway", timeout=CONNECT_TIMEOUT_S,
         )
         try:
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
-            async with pool.connection() as conn:
-                ran = await postgres_schema.apply(conn, at=to_iso(clock.now()))
-        except (PoolTimeout, psycopg.OperationalError) as error:
+        except PoolTimeout as error:
             await pool.close()
             raise StorageUnavailable(f"cannot connect to {where}: {_reason(error)}") from None
-        except BaseException:
-            await pool.close()
-            raise
         if ran:
             log.info("database %s: applied migrations %s", where, ", ".join(ran))
         return cls(pool, clock, url)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -18,8 +17,9 @@ from gateway.costs.reports import (
     cost_table,
     period_bounds,
 )
-from gateway.storage import Store
+from gateway.storage import Storage as Store
 from moa_core.values import CallRecord, Cost, Usage
+from tests.backends import Backend
 from tests.fakes.clock import FakeClock
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -31,8 +31,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock):
-    s = await Store.open(tmp_path / "costs.db", clock)
+async def store(backend: Backend, clock: FakeClock):
+    s = await backend.open(clock)
     yield s
     await s.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -24,8 +23,9 @@ from gateway.costs.schedule import (
     next_fire,
     previous_fire,
 )
-from gateway.storage import Store
+from gateway.storage import Storage as Store
 from moa_core.values import CallRecord, Cost, Usage
+from tests.backends import Backend
 from tests.fakes.clock import FakeClock
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -165,8 +165,8 @@ async def turn(store: Store, clock: FakeClock, at: datetime, calls: list[CallRec
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = await Store.open(tmp_path / "digest.db", FakeClock(utc(2026, 1, 1)))
+async def store(backend: Backend):
+    s = await backend.open(FakeClock(utc(2026, 1, 1)))
     yield s
     await s.close()
 
@@ -270,10 +270,9 @@ async def test_chart_is_a_readable_png(store: Store) -> None:
 # Once per period, restarts and catch-up -----------------------------------------------------
 
 
-async def test_once_per_period_across_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "gw.db"
+async def test_once_per_period_across_a_restart(backend: Backend) -> None:
     clock = FakeClock(utc(2026, 3, 25, 12))  # a Wednesday: first start ever
-    store = await Store.open(path, clock)
+    store = await backend.open(clock)
     outbox = Outbox()
     scheduler = DigestScheduler(store, clock, "0 9 * * 1", "Europe/Berlin", outbox)
     assert await scheduler.run_due() is None  # a fresh install owes nothing
@@ -288,22 +287,21 @@ async def test_once_per_period_across_a_restart(tmp_path: Path) -> None:
 
     # A restart an hour later: the same period is not sent again.
     clock.current = utc(2026, 3, 30, 8)
-    store = await Store.open(path, clock)
+    store = await backend.open(clock)
     scheduler = DigestScheduler(store, clock, "0 9 * * 1", "Europe/Berlin", outbox)
     assert await scheduler.run_due() is None
     clock.current = utc(2026, 4, 6, 7)
     assert await scheduler.run_due() is not None
     assert outbox.periods[1] == (utc(2026, 3, 30, 7), utc(2026, 4, 6, 7))
-    rows = await store.run(lambda db: list(db.query("SELECT status, dollars FROM digests ORDER BY period_end")))
+    rows = await store.query("SELECT status, dollars FROM digests ORDER BY period_end", dicts=True)
     assert rows == [{"status": "baseline", "dollars": None}, {"status": "sent", "dollars": 1.5},
                     {"status": "sent", "dollars": 0.0}]
     await store.close()
 
 
-async def test_catch_up_after_downtime_then_schedule(tmp_path: Path) -> None:
-    path = tmp_path / "gw.db"
+async def test_catch_up_after_downtime_then_schedule(backend: Backend) -> None:
     clock = FakeClock(utc(2026, 3, 25))
-    store = await Store.open(path, clock)
+    store = await backend.open(clock)
     outbox = Outbox()
     await DigestScheduler(store, clock, "0 9 * * 1", "Europe/Berlin", outbox).run_due()  # baseline
     await turn(store, clock, utc(2026, 3, 27), [rec(2.0)])
@@ -312,7 +310,7 @@ async def test_catch_up_after_downtime_then_schedule(tmp_path: Path) -> None:
 
     # Down over the fires of 30 March and 6 April; back on Wednesday 8 April.
     clock.current = utc(2026, 4, 8, 10)
-    store = await Store.open(path, clock)
+    store = await backend.open(clock)
     scheduler = DigestScheduler(store, clock, "0 9 * * 1", "Europe/Berlin", outbox)
     await scheduler.start()
     try:
@@ -330,9 +328,9 @@ async def test_catch_up_after_downtime_then_schedule(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_a_failed_send_is_owed_again_but_a_crash_mid_send_is_not(tmp_path: Path) -> None:
+async def test_a_failed_send_is_owed_again_but_a_crash_mid_send_is_not(backend: Backend) -> None:
     clock = FakeClock(utc(2026, 3, 25))
-    store = await Store.open(tmp_path / "gw.db", clock)
+    store = await backend.open(clock)
     outbox = Outbox()
     scheduler = DigestScheduler(store, clock, "0 9 * * 1", "Europe/Berlin", outbox)
     await scheduler.run_due()
@@ -340,17 +338,14 @@ async def test_a_failed_send_is_owed_again_but_a_crash_mid_send_is_not(tmp_path:
     outbox.fail = True
     with pytest.raises(ConnectionError):
         await scheduler.run_due()
-    status = await store.run(lambda db: db.execute(
-        "SELECT status, error FROM digests ORDER BY period_end DESC").fetchone())
+    status = (await store.query("SELECT status, error FROM digests ORDER BY period_end DESC"))[0]
     assert status[0] == "failed" and "platform down" in status[1]
     outbox.fail = False
     assert await scheduler.run_due() is not None
     assert len(outbox.sent) == 1
 
     # A period claimed ('sending') when the process died may have gone out: never resent.
-    await store.run(lambda db: db.execute(
-        "INSERT INTO digests (period_end, period_start, status, created_at, updated_at) "
-        "VALUES ('2026-04-06T07:00:00.000000+00:00', '2026-03-30T07:00:00.000000+00:00', 'sending', 'x', 'x')"))
+    assert await store.claim_digest(utc(2026, 3, 30, 7), utc(2026, 4, 6, 7), "sending", clock.now())
     clock.current = utc(2026, 4, 7)
     assert await scheduler.run_due() is None
     assert len(outbox.sent) == 1
@@ -367,4 +362,4 @@ async def test_digest_now_covers_the_time_since_the_last_fire(store: Store) -> N
     assert digest.start == berlin(2026, 3, 30, 9) and digest.end == clock.current
     assert digest.dollars == 0.25 and digest.previous_dollars == 1.0
     assert png.startswith(PNG_SIGNATURE)
-    assert await store.run(lambda db: db["digests"].count) == 0  # nothing recorded
+    assert await store.query("SELECT COUNT(*) FROM digests") == [(0,)]  # nothing recorded

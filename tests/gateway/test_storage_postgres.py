@@ -1,0 +1,175 @@
+"""What is particular to the PostgreSQL backend: its schema and migration steps (the same names
+as SQLite's), all-or-nothing writes, several stores on one database (replicas), and errors a
+user can cause (a server that does not answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from adapters.contract import ChatRef
+from gateway.storage import open_store, postgres_schema
+from gateway.storage.migrations import migrations
+from gateway.storage.postgres import PostgresStore, StorageUnavailable, describe_url
+from moa_core.values import Message
+from tests.backends import as_url, with_database
+from tests.fakes.clock import FakeClock
+
+T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
+
+EXPECTED_TABLES = {
+    "sessions", "messages", "turns", "model_calls", "channel_settings", "seen_events", "deliveries",
+    "refusal_notices", "digests", "_moa_migrations",
+}
+
+
+def schema_url(database: str, schema: str) -> str:
+    return as_url(with_database(database, psycopg.conninfo.conninfo_to_dict(database)["dbname"],
+                                options=f"-csearch_path={schema}"))
+
+
+@pytest.fixture
+def schemas(pg_database: str):
+    """Make empty schemas in the test database on demand; dropped afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"s_{secrets.token_hex(4)}"
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        made.append(name)
+        return schema_url(pg_database, name)
+
+    yield make
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        for name in made:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+def dump(url: str) -> dict[str, object]:
+    """Tables, columns (name, type, null, default) and index definitions of the URL's schema."""
+    with psycopg.connect(url) as conn:
+        columns = conn.execute(
+            "SELECT table_name, column_name, data_type, is_nullable, column_default, is_identity "
+            "FROM information_schema.columns WHERE table_schema = current_schema() "
+            "ORDER BY table_name, ordinal_position").fetchall()
+        indexes = conn.execute(
+            "SELECT indexname, replace(indexdef, current_schema() || '.', '') FROM pg_indexes "
+            "WHERE schemaname = current_schema() ORDER BY indexname").fetchall()
+        constraints = conn.execute(
+            "SELECT conrelid::regclass::text, contype, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE connamespace = current_schema()::regnamespace ORDER BY 1, 2, 3").fetchall()
+    return {"columns": columns, "indexes": indexes, "constraints": constraints}
+
+
+def test_the_postgres_steps_are_the_sqlite_steps() -> None:
+    """A migration added to one backend must be added to the other under the same name."""
+    assert postgres_schema.step_names() == [m.name for m in migrations._migrations]
+
+
+async def test_empty_database_gets_the_current_schema(schemas) -> None:
+    url = schemas()
+    store = await PostgresStore.open(url, FakeClock(T0))
+    await store.close()
+    with psycopg.connect(url) as conn:
+        tables = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+        names = [r[0] for r in conn.execute("SELECT name FROM _moa_migrations ORDER BY id")]
+    assert tables == EXPECTED_TABLES
+    assert names == postgres_schema.step_names()
+    indexes = {name for name, _ in dump(url)["indexes"]}  # type: ignore[union-attr]
+    assert {"sessions_open", "turns_unfinished", "deliveries_open", "idx_model_calls_chat_spend",
+            "idx_model_calls_user_spend", "idx_model_calls_model_spend"} <= indexes
+    assert "turns_running" not in indexes
+
+
+@pytest.mark.parametrize("step", postgres_schema.step_names()[1:])
+async def test_database_of_an_earlier_step_migrates_to_current(schemas, step: str) -> None:
+    fresh, old = schemas(), schemas()
+    await (await PostgresStore.open(fresh, FakeClock(T0))).close()
+    async with await psycopg.AsyncConnection.connect(old, autocommit=True) as conn:
+        await postgres_schema.apply(conn, stop_before=step, at="2026-01-01T00:00:00.000000+00:00")
+        assert step not in await postgres_schema.applied(conn)
+        # Data written under the old schema must survive the upgrade.
+        await conn.execute("INSERT INTO sessions (platform, chat_id, thread_id, started_at) "
+                           "VALUES ('slack', 'C1', '', '2026-01-01T00:00:00.000000+00:00')")
+    store = await PostgresStore.open(old, FakeClock(T0))
+    assert await store.active_session("slack", "C1", None) == 1
+    await store.close()
+    assert dump(old) == dump(fresh)
+
+
+async def test_replicas_starting_together_migrate_once(schemas) -> None:
+    url = schemas()
+    stores = await asyncio.gather(*(PostgresStore.open(url, FakeClock(T0)) for _ in range(4)))
+    for store in stores:
+        await store.close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM _moa_migrations").fetchone() == (len(postgres_schema.STEPS),)
+
+
+async def test_complete_turn_is_all_or_nothing(schemas) -> None:
+    url = schemas()
+    store = await PostgresStore.open(url, FakeClock(T0))
+    session = await store.active_session("telegram", "1", None)
+    turn_id = await store.start_turn(session_id=session, platform="telegram", chat_id="1", thread_id=None,
+                                     user_id="u", user_name="U", event_id="e", message_id="m", preset="p",
+                                     prompt="hi")
+    with psycopg.connect(url, autocommit=True) as conn:  # make the ledger insert fail, last
+        conn.execute("CREATE FUNCTION no_ledger() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'no ledger'; END $$")
+        conn.execute("CREATE TRIGGER no_ledger BEFORE INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION no_ledger()")
+    with pytest.raises(psycopg.errors.RaiseException):
+        await store.complete_turn(turn_id, status="done", answer="x", cost_usd=0.1,
+                                  messages=[Message("assistant", "x")],
+                                  delivery=(ChatRef("telegram", "1"), "answer", {}))
+    row = await store.turn(turn_id)
+    assert row is not None and row.status == "running" and row.answer is None
+    assert await store.history(session) == [Message("user", "hi")]
+    await store.close()
+
+
+async def test_two_replicas_on_one_database(pg_database: str) -> None:
+    """The guarantees replicas rely on come from unique keys, whichever store asks."""
+    from tests.backends import truncate_all
+
+    truncate_all(pg_database)
+    clock = FakeClock(T0)
+    a, b = PostgresStore.open(pg_database, clock), PostgresStore.open(pg_database, clock)
+    one, two = await asyncio.gather(a, b)
+    try:
+        # One inbound event delivered to both replicas: exactly one of them runs it.
+        for n in range(20):
+            results = await asyncio.gather(one.mark_seen("telegram", f"u{n}"), two.mark_seen("telegram", f"u{n}"))
+            assert sorted(results) == [False, True]
+        # One open session per chat, whoever opens it.
+        sessions = await asyncio.gather(*(s.active_session("slack", "C", None) for s in (one, two) * 5))
+        assert len(set(sessions)) == 1
+        # A digest period is claimed once across replicas.
+        week = timedelta(days=7)
+        claims = await asyncio.gather(*(s.claim_digest(T0, T0 + week, "sending", T0) for s in (one, two) * 3))
+        assert claims.count(True) == 1
+        # A refusal notice is due once per interval across replicas.
+        due = await asyncio.gather(*(s.refusal_notice_due("telegram", "9", 60) for s in (one, two) * 3))
+        assert due.count(True) == 1
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_server_that_does_not_answer_is_a_clear_error() -> None:
+    with pytest.raises(StorageUnavailable) as caught:
+        await open_store("postgresql://nobody:s3cret@127.0.0.1:1/nothing?connect_timeout=2", FakeClock(T0))
+    message = str(caught.value)
+    assert "cannot connect to postgresql://nobody@127.0.0.1:1/nothing" in message
+    assert "s3cret" not in message
+
+
+def test_describe_url_hides_the_password() -> None:
+    assert describe_url("postgresql://moa:pw@db.internal:6432/moa") == "postgresql://moa@db.internal:6432/moa"
+    assert describe_url("postgresql://db/moa") == "postgresql://db/moa"

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PLATFORM_SDKS = {"telegram", "discord", "slack_bolt", "slack_sdk"}
-STORAGE = {"sqlite3", "sqlite_utils"}
+STORAGE = {"sqlite3", "sqlite_utils", "psycopg", "psycopg_pool"}
 
 
 def imported_modules(package: str, root: Path = ROOT) -> dict[str, set[str]]:
@@ -44,6 +44,15 @@ def test_moa_core_imports_no_gateway_adapters_or_platform_sdk():
 def test_adapters_import_no_moa_core_gateway_or_storage():
     for path, names in imported_modules("adapters").items():
         bad = {n for n in names if top(n) in {"moa_core", "gateway", *STORAGE}}
+        assert not bad, f"{path} imports {sorted(bad)}"
+
+
+def test_only_the_storage_package_imports_database_drivers():
+    """The service, costs and digest speak to the storage contract, never to a backend's driver."""
+    for path, names in imported_modules("gateway").items():
+        if Path(path).parts[:2] == ("gateway", "storage"):
+            continue
+        bad = {n for n in names if top(n) in STORAGE}
         assert not bad, f"{path} imports {sorted(bad)}"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 from adapters.contract import InboundMessage
-from adapters.figures import format_usd
+from adapters.figures import format_total
 from gateway.commands import Command, SendDigest, ShowBudget, ShowCost
 from gateway.config import Config
 from gateway.costs.reports import CostReport, budget_status, check_budget, cost_report, describe_budget
@@ -17,16 +17,19 @@ from gateway.costs.reports import CostReport, budget_status, check_budget, cost_
 
 def render_report(title: str, report: CostReport) -> str:
     lines = [
-        f"{title} — {report.period} from {report.start:%Y-%m-%d %H:%M %Z}: {format_usd(report.dollars)}, "
+        f"{title} — {report.period} from {report.start:%Y-%m-%d %H:%M %Z}: "
+        f"{format_total(report.priced_usd, report.unknown_calls)}, "
         f"{report.turns} turn{'s' if report.turns != 1 else ''}, {report.tokens.total:,} tokens"
     ]
     if report.unknown_calls:
-        lines.append(f"  {report.unknown_calls} of {report.calls} calls have no known price (not in the total)")
+        lines.append(f"  {report.unknown_calls} of {report.calls} calls have no known price (their dollars are unknown)")
     if report.by_preset:
-        lines.append("  by preset: " + ", ".join(f"{s.key} {format_usd(s.dollars)}" for s in report.by_preset))
+        lines.append("  by preset: " + ", ".join(f"{s.key} {format_total(s.priced_usd, s.unknown_calls)}"
+                                               for s in report.by_preset))
     for role, spends in (("references", report.references), ("aggregator", report.aggregators)):
         if spends:
-            lines.append(f"  {role}: " + ", ".join(f"{s.key} {format_usd(s.dollars)}" for s in spends))
+            lines.append(f"  {role}: " + ", ".join(f"{s.key} {format_total(s.priced_usd, s.unknown_calls)}"
+                                                   for s in spends))
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from adapters.contract import ChatRef, FileOut, InboundMessage, Notice
-from adapters.figures import format_usd
+from adapters.figures import format_total
 from gateway.config import Config
 from gateway.costs.digest import Digest, digest_chart_png, render_digest_text
 from gateway.costs.reports import cost_table
@@ -91,14 +91,19 @@ async def print_costs(config: Config, *, since: str | None, by: str, out=sys.std
         await store.close()
     names = [f"{row.label or row.key}{f' ({row.role})' if row.role else ''}" for row in rows]
     width = max([len(by), len("total"), *map(len, names)])
+    # A row's dollars are its priced calls' sum plus how many were unpriced, never a bare $0.00.
+    dollars = [format_total(row.priced_usd, row.unknown_calls) for row in rows]
+    priced = [row.dollars for row in rows if row.priced_usd is not None]
+    total = format_total(sum(priced) if priced else None, sum(row.unknown_calls for row in rows))
+    money = max([len("dollars"), len(total), *map(len, dollars)])
     print(f"spend since {start:%Y-%m-%d %H:%M %Z}, by {by}", file=out)
-    header = f"{by:<{width}} {'dollars':>12} {'turns':>7} {'calls':>7} {'unpriced':>9} {'tokens':>12}"
+    header = f"{by:<{width}} {'dollars':>{money}} {'turns':>7} {'calls':>7} {'unpriced':>9} {'tokens':>12}"
     print(header, file=out)
     print("-" * len(header), file=out)
-    for name, row in zip(names, rows, strict=True):
-        print(f"{name:<{width}} {format_usd(row.dollars):>12} {row.turns:>7} {row.calls:>7} "
+    for name, text, row in zip(names, dollars, rows, strict=True):
+        print(f"{name:<{width}} {text:>{money}} {row.turns:>7} {row.calls:>7} "
               f"{row.unknown_calls:>9} {row.tokens.total:>12,}", file=out)
-    print(f"{'total':<{width}} {format_usd(sum(row.dollars for row in rows)):>12}", file=out)
+    print(f"{'total':<{width}} {total:>{money}}", file=out)
     return 0
 
 

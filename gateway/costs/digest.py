@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from adapters.figures import format_usd
+from adapters.figures import format_total, format_usd
 from gateway.costs.chart import spend_chart_png
 from gateway.costs.reports import (
     KNOWN_DOLLARS,
@@ -96,6 +96,11 @@ class Digest:
     timed_out_references: int
     budget_alerts: tuple[BudgetAlert, ...]
     daily: tuple[DaySpend, ...]
+
+    @property
+    def priced_usd(self) -> float | None:
+        """The known dollars, or None when every call is unpriced (then nothing is known)."""
+        return None if self.calls and self.unknown_calls >= self.calls else self.dollars
 
     @property
     def change_usd(self) -> float:
@@ -320,9 +325,8 @@ def _pct(digest: Digest) -> str:
 
 
 def _spend_line(s: Spend, name: str | None = None) -> str:
-    unknown = f", {s.unknown_calls} unpriced" if s.unknown_calls else ""
     turns = f", {s.turns} turns" if s.turns else ""
-    return f"- {name or s.key}: {format_usd(s.dollars)} ({s.calls} calls{turns}{unknown})"
+    return f"- {name or s.key}: {format_total(s.priced_usd, s.unknown_calls)} ({s.calls} calls{turns})"
 
 
 def render_digest_text(digest: Digest, *, top: int = 10) -> str:
@@ -332,7 +336,7 @@ def render_digest_text(digest: Digest, *, top: int = 10) -> str:
     lines = [
         f"**MoA cost digest** {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} ({digest.timezone})",
         "",
-        f"**Total:** {format_usd(digest.dollars)}, {_pct(digest)} vs the previous period "
+        f"**Total:** {format_total(digest.priced_usd, digest.unknown_calls)}, {_pct(digest)} vs the previous period "
         f"({format_usd(digest.previous_dollars)})",
         f"**Turns:** {digest.turns} ({digest.failed_turns} failed or interrupted), {digest.calls} model calls",
         f"**Tokens:** {digest.tokens.input:,} in, {digest.tokens.cache_read:,} cache read, "
@@ -341,7 +345,7 @@ def render_digest_text(digest: Digest, *, top: int = 10) -> str:
         f"**References:** {digest.failed_references} failed, {digest.timed_out_references} timed out",
     ]
     if digest.unknown_calls:
-        lines.append(f"**Unpriced calls:** {digest.unknown_calls} (not in the totals)")
+        lines.append(f"**Unpriced calls:** {digest.unknown_calls} (their dollars are unknown; the totals count the rest)")
 
     def section(title: str, spends: tuple[Spend, ...], names: bool = False) -> None:
         if not spends:
@@ -351,7 +355,9 @@ def render_digest_text(digest: Digest, *, top: int = 10) -> str:
             lines.append(_spend_line(s, f"{s.label} ({s.key})" if names and s.label else None))
         if len(spends) > top:
             rest = spends[top:]
-            lines.append(f"- {len(rest)} more: {format_usd(sum(s.dollars for s in rest))}")
+            priced = [s.dollars for s in rest if s.priced_usd is not None]
+            unpriced = sum(s.unknown_calls for s in rest)
+            lines.append(f"- {len(rest)} more: {format_total(sum(priced) if priced else None, unpriced)}")
 
     section("By chat", digest.by_chat)
     section("By preset", digest.by_preset)

@@ -86,6 +86,11 @@ class Spend:
     role: str | None = None
     label: str | None = None
 
+    @property
+    def priced_usd(self) -> float | None:
+        """The known dollars, or None when every call is unpriced (then nothing is known)."""
+        return None if self.calls and self.unknown_calls >= self.calls else self.dollars
+
 
 @dataclass(frozen=True, slots=True)
 class CostReport:
@@ -108,6 +113,11 @@ class CostReport:
     tokens: Tokens
     by_preset: tuple[Spend, ...]
     by_model: tuple[Spend, ...]
+
+    @property
+    def priced_usd(self) -> float | None:
+        """The known dollars, or None when every call is unpriced (then nothing is known)."""
+        return None if self.calls and self.unknown_calls >= self.calls else self.dollars
 
     @property
     def references(self) -> tuple[Spend, ...]:

@@ -211,6 +211,8 @@ class Gateway:
         command = parse_moa(message.text)
         if not is_trigger(message, command is not None):
             return
+        if _LONE_SURROGATE.search(message.user_name or ""):  # a name cannot be sent again: repair it
+            message = replace(message, user_name=_LONE_SURROGATE.sub("\ufffd", message.user_name))
         if not await self.store.mark_seen(message.platform, message.event_id):
             log.info("duplicate %s event %s ignored", message.platform, message.event_id)
             return
@@ -236,6 +238,8 @@ class Gateway:
         if command is None:
             text = message.text.strip()
             if not text and not message.attachments:
+                if message.is_dm:  # a DM always expects an answer; a group's empty mention does not
+                    await self.notify(chat_ref(message), _EMPTY_TEXT)
                 return
             command = Ask(prompt=text)
         await self._dispatch(message, command, rules)
@@ -250,6 +254,9 @@ class Gateway:
                 return
             if len(command.prompt) > 100_000:
                 await self.notify(chat, "That prompt is too long (over 100,000 characters).", "error")
+                return
+            if _LONE_SURROGATE.search(command.prompt):
+                await self.notify(chat, _SURROGATE_TEXT, "error")
                 return
             await self._enqueue(message, command)
         elif isinstance(command, Help):
@@ -442,6 +449,9 @@ class Gateway:
             return
         await self._close_quietly(progress)
         await stream.close()
+        if result.error and stream.sent is not None and state["text"].strip():
+            # The streamed part stays in the chat: say in that same message that it stops short.
+            await stream.close(Answer(f"{state['text'].rstrip()}\n\n{_INCOMPLETE_MARK}", final=True))
         await self.store.record_calls(turn_id, result.calls)
         await self._finish(turn_id, chat, result, stream.sent)
 
@@ -547,6 +557,13 @@ class Gateway:
 
 
 _BARE_MOA = re.compile(r"/moa(@\w+)?", re.IGNORECASE)
+# A str holds a surrogate code point only when it is unpaired (a cut emoji): not valid Unicode,
+# so it can be neither stored nor sent to a model.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_TEXT = ("That message contains a broken character (a lone UTF-16 surrogate, often half of a cut "
+                   "emoji), so it cannot be stored or sent to the models. Please send it again without it.")
+_EMPTY_TEXT = "Your message is empty. Send me a question, or /moa help to see what I can do."
+_INCOMPLETE_MARK = "⚠️ _Incomplete: the answer was cut off here._"
 
 
 def _interrupted_text(prompt: str, why: str = "restart") -> str:

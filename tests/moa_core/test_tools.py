@@ -407,6 +407,9 @@ PRIVATE_OK = ToolLimits(fetch_allow_private=True, timeout=5.0)
         "http://[::1]:{port}/page",
         "http://[::ffff:127.0.0.1]:{port}/page",
         "http://2130706433:{port}/page",  # 127.0.0.1 as one number
+        "http://127.1:{port}/page",  # 127.0.0.1, short form
+        "http://0x7f000001:{port}/page",  # 127.0.0.1 in hex
+        "http://[::ffff:7f00:1]:{port}/page",  # IPv4-mapped, hex words
         "http://0.0.0.0:{port}/page",
         "http://10.1.2.3:{port}/page",
         "http://169.254.169.254/latest/meta-data/",

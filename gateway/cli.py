@@ -332,7 +332,8 @@ async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool,
     if not (printer and printer.streamed):
         print(strip_controls(result.answer), file=out)
     print(f"\n\n— {answer_footer(result)}", file=out)
-    spend = {role: [c.cost for c in result.calls if c.role == role] for role in ("reference", "aggregator")}
+    spend = {role: [c.cost for c in result.calls if c.role == role and c.status != "skipped"]
+             for role in ("reference", "aggregator")}
     refs, agg = (format_total(sum_dollars(costs), count_unpriced(costs)) for costs in spend.values())
     print(f"  references {refs} · aggregator {agg}", file=out)
     return EXIT_OK

@@ -95,7 +95,7 @@ class TurnResult:
     @property
     def unpriced_calls(self) -> int:
         """Calls of the turn without a price: `total_cost_usd` is the sum of the others."""
-        return count_unpriced([c.cost for c in self.calls])
+        return count_unpriced([c.cost for c in self.calls if c.status != "skipped"])
 
 
 @dataclass(frozen=True, slots=True)

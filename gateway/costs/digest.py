@@ -17,6 +17,7 @@ from adapters.figures import format_total, format_usd
 from gateway.costs.chart import spend_chart_png
 from gateway.costs.reports import (
     KNOWN_DOLLARS,
+    UNPRICED,
     BudgetKind,
     BudgetLimits,
     ChannelBudgets,
@@ -193,7 +194,7 @@ async def build_digest(
         # One grouped scan of the period; every breakdown is folded from it in Python.
         for row in await store.query(
             "SELECT platform, chat_id, user_id, preset, role, provider, model, status, COUNT(*), "
-            f"{KNOWN_DOLLARS}, COUNT(*) - COUNT(cost_usd), SUM(input), SUM(cache_read), "
+            f"{KNOWN_DOLLARS}, {UNPRICED}, SUM(input), SUM(cache_read), "
             f"SUM(cache_write), SUM(output), SUM(reasoning) FROM model_calls {_BY_TIME} "
             "WHERE created_at >= ? AND created_at < ? "
             "GROUP BY platform, chat_id, user_id, preset, role, provider, model, status",

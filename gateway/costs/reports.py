@@ -34,10 +34,12 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "model": ("role", "provider", "model"),
 }
 # One aggregate list for every query, so every row reads the same way (see `_spend`).
-# Portable SQL: COALESCE(SUM(x), 0.0) for SQLite's TOTAL, COUNT(*) - COUNT(x) counts the NULLs.
+# Portable SQL: COALESCE(SUM(x), 0.0) for SQLite's TOTAL. A skipped reference (a `moa:` slot)
+# has a row but made no call: it is not an unpriced call.
 KNOWN_DOLLARS = "COALESCE(SUM(cost_usd), 0.0)"
+UNPRICED = "COALESCE(SUM(CASE WHEN cost_usd IS NULL AND status != 'skipped' THEN 1 ELSE 0 END), 0)"
 _AGGREGATES = (
-    f"COUNT(*), COUNT(DISTINCT turn_id), {KNOWN_DOLLARS}, COUNT(*) - COUNT(cost_usd), "
+    f"COUNT(*), COUNT(DISTINCT turn_id), {KNOWN_DOLLARS}, {UNPRICED}, "
     "COALESCE(SUM(input), 0), COALESCE(SUM(cache_read), 0), COALESCE(SUM(cache_write), 0), "
     "COALESCE(SUM(output), 0), COALESCE(SUM(reasoning), 0)"
 )

@@ -40,7 +40,7 @@ api = "openai"
 base_url = "{fake.openai_base}"
 
 [presets.default]
-references = ["priced:ref-priced", "local:ref-local-a", "local:ref-local-b"]
+references = ["priced:ref-priced", "local:ref-local-a", "local:ref-local-b", "moa:unpriced"]
 aggregator = "priced:agg-priced"
 
 [presets.unpriced]
@@ -75,9 +75,10 @@ async def test_ask_json_counts_unpriced_calls_and_rounds_dollars(fake, tmp_path)
     code, out, err = await ask(config(fake, tmp_path), "--json", "hello")
     assert code == 0, err
     data = json.loads(out)
-    assert data["unpriced_calls"] == 2
+    assert data["unpriced_calls"] == 2  # the skipped moa: slot made no call, so it is not unpriced
     assert data["total_cost_usd"] == 0.00014 and "0.00014000000000000001" not in out
-    assert [r["cost_usd"] for r in data["references"]] == [0.0001, None, None]
+    assert [(r["status"], r["cost_usd"]) for r in data["references"]] == [
+        ("ok", 0.0001), ("ok", None), ("ok", None), ("skipped", None)]
 
     code, out, err = await ask(config(fake, tmp_path), "--json", "--preset", "unpriced", "hello")
     assert code == 0, err

@@ -327,7 +327,9 @@ class Gateway:
         try:
             async with lane.intake:
                 prepared = await self._prepare(message, ask)
-                if prepared is not None:
+                if prepared.empty and prepared.calls:
+                    await self._book_unasked(message, preset_name, session_id, prepared)
+                if not prepared.empty:
                     ask = replace(ask, prompt=prepared.prompt)
                     turn_id = await self.store.start_turn(
                         session_id=session_id, platform=message.platform, chat_id=message.chat_id,
@@ -340,16 +342,16 @@ class Gateway:
                                                  prepared.images, prepared.heard))
         finally:
             lane.storing -= 1
-        if prepared is None:
+        if prepared.empty:
             if lane.idle() and self._lanes.get(key) is lane:
                 del self._lanes[key]
             return
         if lane.worker is None or lane.worker.done():
             lane.worker = asyncio.create_task(self._drain(key, lane))
 
-    async def _prepare(self, message: InboundMessage, ask: Ask) -> Prepared | None:
+    async def _prepare(self, message: InboundMessage, ask: Ask) -> Prepared:
         """The question with its attachments resolved (what was not used is told at once);
-        None when nothing is left to ask."""
+        empty when nothing is left to ask."""
         if not message.attachments:
             return Prepared(ask.prompt)
         if self._budget_check is not None and any(a.kind == "audio" for a in message.attachments):
@@ -357,13 +359,24 @@ class Gateway:
             refusal = await self._budget_check(self, message)
             if refusal:
                 await self.notify(chat_ref(message), refusal, "warning")
-                return None
+                return Prepared("")
         prepared = await self.attachments.prepare(self.adapters.get(message.platform), message.attachments,
                                                   ask.prompt)
         if prepared.notes:
             lines = "\n".join(f"• {note}" for note in prepared.notes)
             await self.notify(chat_ref(message), f"Not used:\n{lines}", "warning")
-        return None if prepared.empty else prepared
+        return prepared
+
+    async def _book_unasked(self, message: InboundMessage, preset: str, session_id: int, prepared: Prepared) -> None:
+        """Audio was transcribed (or tried) but left nothing to ask: no turn runs, yet its spend is
+        booked on a failed turn (stored as queued first, so no empty message joins the history)."""
+        turn_id = await self.store.start_turn(
+            session_id=session_id, platform=message.platform, chat_id=message.chat_id, thread_id=message.thread_id,
+            user_id=message.user_id, user_name=message.user_name, event_id=message.event_id,
+            message_id=message.message_id, preset=preset, prompt="", queued=True,
+        )
+        await self.store.record_calls(turn_id, prepared.calls)
+        await self.store.mark_turn(turn_id, "failed", "nothing to ask: " + "; ".join(prepared.notes))
 
     async def _drain(self, key: str, lane: _Lane) -> None:
         try:

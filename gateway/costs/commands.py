@@ -26,7 +26,8 @@ def render_report(title: str, report: CostReport) -> str:
     if report.by_preset:
         lines.append("  by preset: " + ", ".join(f"{s.key} {format_total(s.priced_usd, s.unknown_calls)}"
                                                for s in report.by_preset))
-    for role, spends in (("references", report.references), ("aggregator", report.aggregators)):
+    for role, spends in (("references", report.references), ("aggregator", report.aggregators),
+                         ("transcription", report.transcriptions)):
         if spends:
             lines.append(f"  {role}: " + ", ".join(f"{s.key} {format_total(s.priced_usd, s.unknown_calls)}"
                                                    for s in spends))

@@ -364,6 +364,7 @@ def render_digest_text(digest: Digest, *, top: int = 10) -> str:
     section("By preset", digest.by_preset)
     section("References", tuple(s for s in digest.by_model if s.role == "reference"))
     section("Aggregators", tuple(s for s in digest.by_model if s.role == "aggregator"))
+    section("Transcription", tuple(s for s in digest.by_model if s.role == "transcription"))
     section("Top users", digest.top_users, names=True)
     if digest.budget_alerts:
         lines.extend(["", "**Budgets**"])

@@ -129,6 +129,11 @@ class CostReport:
     def aggregators(self) -> tuple[Spend, ...]:
         return tuple(s for s in self.by_model if s.role == "aggregator")
 
+    @property
+    def transcriptions(self) -> tuple[Spend, ...]:
+        """Speech-to-text calls of voice messages and audio files."""
+        return tuple(s for s in self.by_model if s.role == "transcription")
+
 
 class BudgetLimits(Protocol):
     """Global budgets (the `[budgets]` section; `gateway.config.BudgetSettings` fits)."""

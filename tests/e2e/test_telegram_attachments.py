@@ -234,3 +234,21 @@ async def test_a_bare_moa_caption_asks_about_the_photo_alone(bot, provider, tele
     assert last_user_content(provider, "ref-a") == "[image: photo.jpg, 64×48, not visible to you]"
     assert last_user_content(provider, "ref-eye") == [
         {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(photo).decode()}}]
+
+
+async def test_a_voice_note_without_speech_is_told_and_its_transcription_still_booked(bot, provider, telegram,
+                                                                                       tmp_path):
+    provider.transcript("whisper-1", "  ", usage={"type": "tokens", "input_tokens": 40, "output_tokens": 0})
+    running = await bot(transcription={"provider": "fake", "model": "whisper-1"})
+    telegram.push_update(in_dm(voice={"file_id": telegram.add_file(b"OggS-silence"), "file_unique_id": "v",
+                                      "duration": 1, "mime_type": "audio/ogg"}))
+    await wait_until(lambda: bool(texts(telegram, USER_ID)), "the notice")
+    await running.app.gateway.idle()
+    assert "voice.ogg: no speech was recognised" in texts(telegram, USER_ID)[0]
+    await wait_until(lambda: query(tmp_path / "gateway.db", "select status from turns") == [{"status": "failed"}],
+                     "the transcription booked on a failed turn")
+    assert provider.requests == []  # no turn ran
+    [row] = query(tmp_path / "gateway.db", "select t.status, m.role, m.input, m.cost_usd from model_calls m "
+                  "join turns t on t.id = m.turn_id")
+    assert row == {"status": "failed", "role": "transcription", "input": 40, "cost_usd": pytest.approx(40 / 1e6)}
+    assert query(tmp_path / "gateway.db", "select count(*) as n from messages") == [{"n": 0}]

@@ -213,3 +213,16 @@ async def test_unknown_prices_do_not_count_against_budgets(store: Store, clock: 
     assert verdict.allowed and verdict.spent == 0.0
 
 
+
+
+async def test_transcription_calls_are_their_own_line_of_a_report(store: Store, clock: FakeClock) -> None:
+    from gateway.costs.commands import render_report
+
+    now = utc(2026, 4, 12, 9)
+    await turn(store, clock, now, [rec(0.25, role="transcription", provider="oa", model="whisper-1"),
+                                   rec(1.0, role="aggregator", model="agg")])
+    report = await cost_report(store, period="day", now=now, tz=BERLIN, platform="telegram", chat_id="c1",
+                               user_id=None)
+    assert [s.key for s in report.transcriptions] == ["oa:whisper-1"]
+    assert report.dollars == pytest.approx(1.25)
+    assert "  transcription: oa:whisper-1 $0.2500" in render_report("This chat", report).splitlines()

@@ -363,3 +363,14 @@ async def test_digest_now_covers_the_time_since_the_last_fire(store: Store) -> N
     assert digest.dollars == 0.25 and digest.previous_dollars == 1.0
     assert png.startswith(PNG_SIGNATURE)
     assert await store.query("SELECT COUNT(*) FROM digests") == [(0,)]  # nothing recorded
+
+
+async def test_transcription_spend_has_its_own_section(store: Store) -> None:
+    clock: FakeClock = store._clock  # type: ignore[assignment]
+    await turn(store, clock, utc(2026, 3, 24), [rec(0.5, role="transcription", provider="oa", model="whisper-1"),
+                                               rec(1.0, role="aggregator", model="agg")])
+    digest = await build_digest(store, start=utc(2026, 3, 23, 8), end=utc(2026, 3, 30, 7), tz=BERLIN)
+    assert digest.dollars == pytest.approx(1.5)
+    text = render_digest_text(digest)
+    section = text.split("**Transcription**", 1)[1]
+    assert "oa:whisper-1" in section.split("\n\n", 1)[0]

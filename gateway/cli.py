@@ -16,6 +16,7 @@ from typing import TextIO
 
 from adapters.figures import format_total, json_usd
 from adapters.terminal import strip_controls
+from gateway.commands import LONE_SURROGATE
 from gateway.config import Config, ConfigError, load_config
 from gateway.heap import settle_heap
 from gateway.presentation import answer_footer, reference_summary
@@ -307,6 +308,10 @@ async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool,
         return EXIT_USAGE
     if not prompt.strip():
         print("error: the prompt is empty", file=err)
+        return EXIT_USAGE
+    if LONE_SURROGATE.search(prompt):  # a byte that is not UTF-8 on the command line
+        print("error: the prompt is not valid UTF-8 text (it holds an undecodable byte or a lone "
+              "surrogate); fix the terminal's encoding or the text and try again", file=err)
         return EXIT_USAGE
     problems = missing_keys(config, config.engine.presets[name], env)
     if problems:

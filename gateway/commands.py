@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 Period = Literal["day", "week", "month"]
+# A str holds a surrogate code point only when it is unpaired (half of a cut emoji, or a byte
+# that was not UTF-8 in a command line): not valid Unicode, so it can be neither stored nor
+# sent to a model. Such a prompt is refused with a clear message, never run.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)

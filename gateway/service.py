@@ -28,6 +28,7 @@ from adapters.contract import (
 from gateway.access import is_admin, is_allowed, is_trigger
 from gateway.attachments import AttachmentIntake, Prepared
 from gateway.commands import (
+    LONE_SURROGATE,
     Ask,
     Command,
     Help,
@@ -211,8 +212,8 @@ class Gateway:
         command = parse_moa(message.text)
         if not is_trigger(message, command is not None):
             return
-        if _LONE_SURROGATE.search(message.user_name or ""):  # a name cannot be sent again: repair it
-            message = replace(message, user_name=_LONE_SURROGATE.sub("\ufffd", message.user_name))
+        if LONE_SURROGATE.search(message.user_name or ""):  # a name cannot be sent again: repair it
+            message = replace(message, user_name=LONE_SURROGATE.sub("\ufffd", message.user_name))
         if not await self.store.mark_seen(message.platform, message.event_id):
             log.info("duplicate %s event %s ignored", message.platform, message.event_id)
             return
@@ -255,8 +256,10 @@ class Gateway:
             if len(command.prompt) > 100_000:
                 await self.notify(chat, "That prompt is too long (over 100,000 characters).", "error")
                 return
-            if _LONE_SURROGATE.search(command.prompt):
-                await self.notify(chat, _SURROGATE_TEXT, "error")
+            if LONE_SURROGATE.search(command.prompt):
+                await self.notify(chat, "That message contains a broken character (a lone UTF-16 surrogate, "
+                                  "often half of a cut emoji), so it cannot be stored or sent to the models. "
+                                  "Please send it again without it.", "error")
                 return
             await self._enqueue(message, command)
         elif isinstance(command, Help):
@@ -570,11 +573,6 @@ class Gateway:
 
 
 _BARE_MOA = re.compile(r"/moa(@\w+)?", re.IGNORECASE)
-# A str holds a surrogate code point only when it is unpaired (a cut emoji): not valid Unicode,
-# so it can be neither stored nor sent to a model.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_SURROGATE_TEXT = ("That message contains a broken character (a lone UTF-16 surrogate, often half of a cut "
-                   "emoji), so it cannot be stored or sent to the models. Please send it again without it.")
 _EMPTY_TEXT = "Your message is empty. Send me a question, or /moa help to see what I can do."
 _INCOMPLETE_MARK = "⚠️ _Incomplete: the answer was cut off here._"
 

@@ -3,7 +3,11 @@ empty or whitespace-only DM, an aggregator stream cut mid-answer."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +15,8 @@ from adapters.contract import Answer
 from moa_core.providers.http import make_http_client
 from tests.fakes.provider_server import FakeProvider, Reply
 from tests.gateway.gateway_kit import make_gateway
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -84,3 +90,22 @@ async def test_a_cut_stream_is_marked_incomplete_in_the_same_message(fake, http,
     assert shown.text.startswith(partial[:60]) and "Incomplete: the answer was cut off" in shown.text
     assert "The rest never arrives." not in shown.text
     assert any("failed" in notice for notice in chat.notices())  # and the error is still told
+
+
+async def test_ask_refuses_a_prompt_that_is_not_utf8(fake, tmp_path):
+    # A byte that is not UTF-8 on the command line reaches Python as a lone surrogate.
+    config = tmp_path / "moa-gateway.toml"
+    config.write_text(f'[gateway]\ndatabase = "{tmp_path / "moa.db"}"\n\n[providers.local]\napi = "openai"\n'
+                      f'base_url = "{fake.openai_base}"\n\n[presets.default]\nreferences = ["local:ref"]\n'
+                      'aggregator = "local:agg"\n')
+    script = Path(sys.executable).with_name("moa-gateway")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+    process = await asyncio.create_subprocess_exec(
+        *command, "ask", "--config", str(config), b"caf\xff",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": "C.UTF-8"}, cwd=tmp_path,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2, err.decode()
+    assert "not valid UTF-8" in err.decode() and "Traceback" not in err.decode()
+    assert fake.requests == []

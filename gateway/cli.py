@@ -170,8 +170,10 @@ def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -
     import logging
 
     from gateway.app import NOTHING_CONFIGURED, build_adapters, serve
+    from gateway.secrets import mask_secrets_in_logs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    mask_secrets_in_logs(config, env)  # every configured key and token, whatever logs it
     try:
         adapters = build_adapters(config, env)
     except ConfigError as error:  # NothingToRun, or a value an adapter's settings refused

@@ -44,7 +44,7 @@ _WIRES: dict[str, ModuleType] = {"openai": openai_wire, "anthropic": anthropic_w
 _BACKOFF_BASE = 0.5  # seconds before the first retry, doubled each time
 _BACKOFF_CAP = 30.0
 _EXCERPT_CHARS = 300
-_MIN_SECRET_CHARS = 8  # keys shorter than this are masked only as whole words
+MIN_SECRET_CHARS = 8  # keys shorter than this are masked only as whole words
 _ERROR_BODY_BYTES = 16_384
 _TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
 
@@ -283,12 +283,12 @@ def _label(request: CompletionRequest) -> str:
 
 
 def _scrub(message: str, key: str | None) -> str:
-    """`message` with the API key masked. A key of `_MIN_SECRET_CHARS` or more is masked
+    """`message` with the API key masked. A key of `MIN_SECRET_CHARS` or more is masked
     wherever it occurs; a shorter one (a local server's `k`) only where it stands alone, so
     the scrub does not eat every `k` of the message."""
     if not key:
         return message
-    if len(key) >= _MIN_SECRET_CHARS:
+    if len(key) >= MIN_SECRET_CHARS:
         return message.replace(key, "***")
     return re.sub(rf"(?<![\w-]){re.escape(key)}(?![\w-])", "***", message)
 

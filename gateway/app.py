@@ -139,7 +139,7 @@ async def build_app(config: Config, adapters: Mapping[str, Adapter], *, env: Map
                     clock: Clock | None = None) -> App:
     clock = clock or SystemClock()
     store = await open_store(config.gateway.database, clock, password_env=config.gateway.database_password_env,
-                             env=env)
+                             env=env, lease_s=config.gateway.lease_s)
     runtime = build_engine(config, env=env, clock=clock)
     hooks = cost_hooks(config)
     intake = AttachmentIntake(config.attachments, build_transcriber(config, runtime.http, env=env, clock=clock))

@@ -38,6 +38,9 @@ class GatewaySettings:
     database: str = "moa-gateway.db"
     # PostgreSQL only: the environment variable holding the password (else libpq's PGPASSWORD).
     database_password_env: str | None = None
+    # Several replicas on PostgreSQL: a replica's running turns and unsent answers are leased for
+    # this long and renewed while it lives; a survivor takes them over within about 1.25 x this.
+    lease_s: float = 20.0
     default_preset: str = "default"
     save_traces: bool = False
     trace_dir: str = "traces"
@@ -262,6 +265,7 @@ def _gateway(r: _Reader) -> GatewaySettings:
     return GatewaySettings(
         database=r.text("database", d.database, required=True),
         database_password_env=r.text("database_password_env", None) or None,
+        lease_s=r.number("lease_s", d.lease_s, minimum=1, maximum=600),
         default_preset=r.text("default_preset", d.default_preset, required=True),
         save_traces=r.flag("save_traces", d.save_traces),
         trace_dir=r.text("trace_dir", d.trace_dir, required=True),

@@ -151,7 +151,9 @@ class Gateway:
         await self.deliver_pending()
 
     async def _interrupt_cut_turns(self) -> None:
-        for turn in await self.store.unfinished_turns():
+        # Turns whose owner is gone: at start, those of the run before; with replicas on
+        # PostgreSQL, also those of a replica that died (its leases expired), at any time.
+        for turn in await self.store.claim_cut_turns():
             chat = ChatRef(turn.platform, turn.chat_id, turn.thread_id or None, turn.message_id or None)
             await self.store.complete_turn(
                 turn.id, status="interrupted", answer=None, cost_usd=None, messages=(),
@@ -563,10 +565,15 @@ class Gateway:
         await self.store.mark_delivery(delivery.id, "sent", sent.message_ids)
         return True
 
-    async def _retry_deliveries_forever(self, every_s: float = 60.0) -> None:
+    async def _retry_deliveries_forever(self, every_s: float | None = None) -> None:
+        """Retry what the ledger still owes; and take over what a dead replica left: its cut
+        turns are told to their chats, its recorded answers delivered (the store hands over only
+        rows whose owner is gone, so live replicas never send the same row)."""
+        every_s = self.store.takeover_every_s if every_s is None else every_s
         while True:
             await asyncio.sleep(every_s)
             try:
+                await self._interrupt_cut_turns()
                 await self.deliver_pending()
             except Exception:
                 log.warning("retrying deliveries failed", exc_info=True)

@@ -92,12 +92,12 @@ class Backend:
     name: str
     location: str  # a SQLite path or a PostgreSQL URL
 
-    async def open(self, clock: Clock) -> Storage:
+    async def open(self, clock: Clock, *, lease_s: float = 20.0, auto_renew: bool = True) -> Storage:
         if self.name == "sqlite":
-            return await Store.open(self.location, clock)
+            return await Store.open(self.location, clock, lease_s=lease_s)
         from gateway.storage.postgres import PostgresStore
 
-        return await PostgresStore.open(self.location, clock, max_size=4)
+        return await PostgresStore.open(self.location, clock, max_size=4, lease_s=lease_s, auto_renew=auto_renew)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.storage.contract import (
+    DEFAULT_LEASE_S,
     DELIVERY_STATUSES,
     TURN_STATUSES,
     Delivery,
@@ -32,15 +33,15 @@ from moa_core.clock import Clock
 
 
 async def open_store(database: str | Path, clock: Clock, *, password_env: str | None = None,
-                     env: Mapping[str, str] | None = None) -> Storage:
+                     env: Mapping[str, str] | None = None, lease_s: float = DEFAULT_LEASE_S) -> Storage:
     """Open the configured database: PostgreSQL for a `postgresql://` URL (its password from
     the variable `password_env` names, else libpq's own PGPASSWORD), else a SQLite file."""
     if isinstance(database, str) and is_postgres_url(database):
         from gateway.storage.postgres import PostgresStore
 
         password = (env or {}).get(password_env) if password_env else None
-        return await PostgresStore.open(database, clock, password=password or None)
-    return await Store.open(database, clock)
+        return await PostgresStore.open(database, clock, password=password or None, lease_s=lease_s)
+    return await Store.open(database, clock, lease_s=lease_s)
 
 
 __all__ = [

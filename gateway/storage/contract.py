@@ -27,7 +27,10 @@ compare a column with a `to_iso` parameter; a missing thread is stored as ''; JS
 from __future__ import annotations
 
 import json
+import os
 import re
+import secrets
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +38,10 @@ from typing import Any, Protocol
 
 from adapters.contract import ChatRef
 from moa_core.values import CallRecord, ImagePart, Message, ToolCall
+
+# A lease outlives two missed renewals (renewed every third of it): a live replica never loses
+# one; a dead one's rows are taken over within about lease + takeover_every_s.
+DEFAULT_LEASE_S = 20.0
 
 TURN_STATUSES = frozenset({"queued", "running", "done", "failed", "interrupted", "refused"})
 DELIVERY_STATUSES = frozenset({"pending", "sending", "sent", "failed"})
@@ -83,6 +90,11 @@ def from_iso(text: str) -> datetime:
     if moment.tzinfo is None:  # not written by us; read as UTC rather than guess
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
+
+
+def new_replica_id() -> str:
+    """A lease owner id: host and process, plus randomness so that a restarted pid differs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def require(value: str, allowed: frozenset[str], what: str) -> None:
@@ -147,9 +159,20 @@ class DigestState:
 
 
 class Storage(Protocol):
-    """What the gateway needs from a store. Times come from the store's injected clock."""
+    """What the gateway needs from a store. Times come from the store's injected clock.
+
+    Leases: every unfinished turn and unsent ledger row names the store that owns it
+    (`replica`, one per open store) and until when (`lease_s` from the last renewal). The owner
+    renews its leases while it lives; `claim_cut_turns` and `pending_deliveries` hand a store
+    the rows whose owner is gone — on PostgreSQL those whose lease expired (rows locked by
+    another claimant are skipped: FOR UPDATE SKIP LOCKED), on SQLite every row another store
+    wrote, since a SQLite file has one gateway process and any earlier one has ended.
+    """
 
     backend: str  # "sqlite" or "postgresql"
+    replica: str  # this store's lease owner id
+    lease_s: float
+    takeover_every_s: float  # how often the gateway should look for rows whose owner is gone
 
     async def close(self) -> None: ...
 
@@ -173,11 +196,20 @@ class Storage(Protocol):
                             error: str | None = None) -> int | None: ...
     async def mark_turn(self, turn_id: int, status: str, error: str | None = None) -> None: ...
     async def unfinished_turns(self) -> list[TurnRow]: ...
+    async def claim_cut_turns(self) -> list[TurnRow]:
+        """Unfinished turns whose owner is gone, now owned by this store, oldest first."""
+        ...
+    async def renew_leases(self) -> int:
+        """Extend this store's leases on its unfinished turns and unsent ledger rows."""
+        ...
     async def turn(self, turn_id: int) -> TurnRow | None: ...
 
     # The delivery ledger
     async def mark_delivery(self, delivery_id: int, status: str, message_ids: Sequence[str] = ()) -> None: ...
-    async def pending_deliveries(self) -> list[Delivery]: ...
+    async def pending_deliveries(self) -> list[Delivery]:
+        """Unsent ledger rows this store should deliver: its own and those whose owner is gone
+        (now its own), oldest first."""
+        ...
 
     # Seen events, channel settings, refusal notices
     async def mark_seen(self, platform: str, event_id: str) -> bool: ...
@@ -238,8 +270,10 @@ def delivery(row: dict[str, Any]) -> Delivery:
 
 def turn_values(*, session_id: int, platform: str, chat_id: str, thread_id: str | None, user_id: str,
                 user_name: str, event_id: str, message_id: str, preset: str, prompt: str, queued: bool,
-                at: str, images: Sequence[ImagePart] = ()) -> dict[str, Any]:
+                at: str, images: Sequence[ImagePart] = (), lease: tuple[str, str]) -> dict[str, Any]:
     return {
+        "lease_owner": lease[0],
+        "lease_until": lease[1],
         "session_id": session_id,
         "platform": platform,
         "chat_id": chat_id,
@@ -260,8 +294,11 @@ def turn_values(*, session_id: int, platform: str, chat_id: str, thread_id: str 
     }
 
 
-def ledger_values(turn_id: int, chat: ChatRef, kind: str, payload: dict, at: str) -> dict[str, Any]:
+def ledger_values(turn_id: int, chat: ChatRef, kind: str, payload: dict, at: str, *,
+                  lease: tuple[str, str]) -> dict[str, Any]:
     return {
+        "lease_owner": lease[0],
+        "lease_until": lease[1],
         "turn_id": turn_id,
         "platform": chat.platform,
         "chat_id": chat.chat_id,

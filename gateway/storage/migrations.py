@@ -242,3 +242,13 @@ def m007_attachment_metadata(db: Database) -> None:
     the turn (`turns.images`) so that a queued turn's message gets them when it begins."""
     db["messages"].add_column("images", str)
     db["turns"].add_column("images", str)
+
+
+@migrations()
+def m008_leases(db: Database) -> None:
+    """Leases: which store (gateway replica) owns an unfinished turn or an unsent ledger row, and
+    until when it must renew (see gateway.storage.contract). On SQLite there is one process, so
+    another owner is always a process that has ended; the columns keep both schemas alike."""
+    for table in ("turns", "deliveries"):
+        db[table].add_column("lease_owner", str)
+        db[table].add_column("lease_until", str)

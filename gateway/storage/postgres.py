@@ -13,6 +13,7 @@ the row with `FOR UPDATE`. Times come from the injected clock, stored as text as
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from adapters.contract import ChatRef
 from gateway.storage import postgres_schema
 from gateway.storage.contract import (
     CLAIM_DIGEST,
+    DEFAULT_LEASE_S,
     DELIVERY_STATUSES,
     DIGEST_STATUSES,
     FINISH_DIGEST,
@@ -42,6 +44,7 @@ from gateway.storage.contract import (
     ledger_values,
     message,
     message_values,
+    new_replica_id,
     postgres_dialect,
     require,
     thread_key,
@@ -125,17 +128,24 @@ class PostgresStore:
 
     backend = "postgresql"
 
-    def __init__(self, pool: AsyncConnectionPool, clock: Clock, url: str):
+    def __init__(self, pool: AsyncConnectionPool, clock: Clock, url: str, lease_s: float = DEFAULT_LEASE_S):
         # Use `PostgresStore.open`.
         self._pool = pool
         self._clock = clock
         self.url = describe_url(url)
         self._closed = False
+        self.replica = new_replica_id()
+        self.lease_s = lease_s
+        # Rows of a dead replica are taken within lease_s + takeover_every_s.
+        self.takeover_every_s = max(0.2, lease_s / 4)
+        self._renewer: asyncio.Task | None = None
 
     @classmethod
-    async def open(cls, url: str, clock: Clock, *, password: str | None = None,
-                   max_size: int = POOL_MAX) -> PostgresStore:
-        """Connect, and bring the schema up to date (replicas starting together migrate once)."""
+    async def open(cls, url: str, clock: Clock, *, password: str | None = None, max_size: int = POOL_MAX,
+                   lease_s: float = DEFAULT_LEASE_S, auto_renew: bool = True) -> PostgresStore:
+        """Connect, and bring the schema up to date (replicas starting together migrate once).
+        With `auto_renew` (always, but in tests of expiry) the store renews its own leases
+        every third of `lease_s` for as long as it is open: a replica whose process dies stops."""
         where, conninfo = describe_url(url), _conninfo(url, password)
         # One direct connection first: a wrong URL or a server that is down fails at once with
         # libpq's own reason (a pool would retry until its timeout and say less).
@@ -155,13 +165,31 @@ class PostgresStore:
             raise StorageUnavailable(f"cannot connect to {where}: {_reason(error)}") from None
         if ran:
             log.info("database %s: applied migrations %s", where, ", ".join(ran))
-        return cls(pool, clock, url)
+        store = cls(pool, clock, url, lease_s)
+        if auto_renew:
+            store._renewer = asyncio.create_task(store._renew_forever(), name="moa-lease-renewal")
+        return store
 
     async def close(self) -> None:
         if self._closed:
             return
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
         self._closed = True
         await self._pool.close()
+
+    async def _renew_forever(self) -> None:
+        # Real time, not the injected clock: the lease protects against a process that stopped.
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.renew_leases()
+            except Exception:
+                log.warning("renewing leases failed; retrying", exc_info=True)
+
+    def _lease(self) -> tuple[str, str]:
+        return self.replica, to_iso(self._clock.now() + timedelta(seconds=self.lease_s))
 
     def _connection(self):  # noqa: ANN202 - the pool's async context manager
         if self._closed:
@@ -245,7 +273,7 @@ class PostgresStore:
         values = turn_values(
             session_id=session_id, platform=platform, chat_id=chat_id, thread_id=thread_id, user_id=user_id,
             user_name=user_name, event_id=event_id, message_id=message_id, preset=preset, prompt=prompt,
-            queued=queued, at=at, images=images,
+            queued=queued, at=at, images=images, lease=self._lease(),
         )
         async with self._connection() as conn, conn.transaction():
             cursor = await conn.execute(*_insert("turns", values))
@@ -269,7 +297,9 @@ class PostgresStore:
             session_id, prompt, status, images = row
             if status != "queued":
                 raise ValueError(f"turn {turn_id} is {status}, not queued")
-            await conn.execute("UPDATE turns SET status = 'running', started_at = %s WHERE id = %s", [at, turn_id])
+            await conn.execute(
+                "UPDATE turns SET status = 'running', started_at = %s, lease_owner = %s, lease_until = %s "
+                "WHERE id = %s", [at, *self._lease(), turn_id])
             user = Message("user", prompt, images=images_from_json(images))
             await conn.execute(*_insert("messages", message_values(session_id, turn_id, user, at)))
 
@@ -282,13 +312,28 @@ class PostgresStore:
             turn = await _turn_columns(conn, turn_id)
             await _insert_many(conn, "model_calls", [call_values(turn, call, at) for call in calls])
 
+    async def book_calls(self, calls: Sequence[tuple[int, CallRecord]]) -> None:
+        """Store model calls of one or more turns, given as (turn id, call), in ONE transaction,
+        each with its turn's chat, user and preset copied onto it (as `record_calls`)."""
+        if not calls:
+            return
+        at = self._now()
+        async with self._connection() as conn, conn.transaction():
+            turns: dict[int, dict[str, Any]] = {}
+            rows = []
+            for turn_id, call in calls:
+                if turn_id not in turns:
+                    turns[turn_id] = await _turn_columns(conn, turn_id)
+                rows.append(call_values(turns[turn_id], call, at))
+            await _insert_many(conn, "model_calls", rows)
+
     async def complete_turn(self, turn_id: int, *, status: str, answer: str | None, cost_usd: float | None,
                             messages: Sequence[Message], delivery: tuple[ChatRef, str, dict] | None,
                             error: str | None = None) -> int | None:
         """Finish a turn in ONE transaction (status, answer, produced messages, ledger row)."""
         require(status, TURN_STATUSES, "turn status")
         at = self._now()
-        ledger = ledger_values(turn_id, *delivery, at) if delivery is not None else None
+        ledger = ledger_values(turn_id, *delivery, at, lease=self._lease()) if delivery is not None else None
         async with self._connection() as conn, conn.transaction():
             turn = await _turn_columns(conn, turn_id)
             await conn.execute(
@@ -315,6 +360,14 @@ class PostgresStore:
         rows = await self.query("SELECT * FROM turns WHERE status IN ('queued', 'running') ORDER BY id", dicts=True)
         return [turn_row(r) for r in rows]
 
+    async def recent_turn_costs(self, platform: str, user_id: str, preset: str, limit: int = 5) -> list[float]:
+        """Known dollars of this user's last `limit` finished turns with `preset`, newest first."""
+        rows = await self.query(
+            "SELECT cost_usd FROM turns WHERE platform = ? AND user_id = ? AND preset = ? "
+            "AND status = 'done' AND cost_usd IS NOT NULL ORDER BY id DESC LIMIT ?",
+            [platform, user_id, preset, limit])
+        return [float(row[0]) for row in rows]
+
     async def turn(self, turn_id: int) -> TurnRow | None:
         rows = await self.query("SELECT * FROM turns WHERE id = ?", [turn_id], dicts=True)
         return turn_row(rows[0]) if rows else None
@@ -332,10 +385,40 @@ class PostgresStore:
             raise KeyError(f"no delivery {delivery_id}")
 
     async def pending_deliveries(self) -> list[Delivery]:
-        """Ledger rows not yet sent (pending, or sending when a crash came), oldest first."""
-        rows = await self.query(
-            "SELECT * FROM deliveries WHERE status IN ('pending', 'sending') ORDER BY id", dicts=True)
+        """Unsent ledger rows (pending, or sending when a crash came) that are ours or whose
+        owner's lease expired — those become ours — oldest first. Rows another replica is
+        claiming right now are skipped, never waited for."""
+        rows = await self._claim(
+            "deliveries", "status IN ('pending', 'sending') AND (lease_owner = %s OR lease_until IS NULL "
+            "OR lease_until < %s)")
         return [delivery(r) for r in rows]
+
+    async def _claim(self, table: str, where: str) -> list[dict[str, Any]]:
+        owner, until = self._lease()
+        async with self._connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(
+                f"WITH claimed AS (SELECT id FROM {table} WHERE {where} ORDER BY id FOR UPDATE SKIP LOCKED) "
+                f"UPDATE {table} t SET lease_owner = %s, lease_until = %s FROM claimed WHERE t.id = claimed.id "
+                "RETURNING t.*", [owner, self._now(), owner, until])
+            rows = await cursor.fetchall()
+        return sorted(rows, key=lambda r: r["id"])
+
+    async def claim_cut_turns(self) -> list[TurnRow]:
+        """Unfinished turns of a replica whose lease expired (a replica that died, or this
+        database's gateway before a restart), now ours, oldest first."""
+        rows = await self._claim(
+            "turns", "status IN ('queued', 'running') AND lease_owner IS DISTINCT FROM %s "
+            "AND (lease_until IS NULL OR lease_until < %s)")
+        return [turn_row(r) for r in rows]
+
+    async def renew_leases(self) -> int:
+        owner, until = self._lease()
+        async with self._connection() as conn, conn.transaction():
+            turns = await conn.execute("UPDATE turns SET lease_until = %s WHERE lease_owner = %s "
+                                       "AND status IN ('queued', 'running')", [until, owner])
+            sent = await conn.execute("UPDATE deliveries SET lease_until = %s WHERE lease_owner = %s "
+                                      "AND status IN ('pending', 'sending')", [until, owner])
+            return turns.rowcount + sent.rowcount
 
     # Inbound de-duplication, channel settings, refusal notices ------------------------------
 

@@ -102,6 +102,13 @@ STEPS: list[tuple[str, Sequence[str]]] = [
         "ALTER TABLE messages ADD COLUMN images TEXT",
         "ALTER TABLE turns ADD COLUMN images TEXT",
     )),
+    ("m008_leases", (
+        # Which store (replica) owns an unfinished turn or unsent ledger row, and until when.
+        "ALTER TABLE turns ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE turns ADD COLUMN lease_until TEXT",
+        "ALTER TABLE deliveries ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE deliveries ADD COLUMN lease_until TEXT",
+    )),
 ]
 
 

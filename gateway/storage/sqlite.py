@@ -16,7 +16,7 @@ import asyncio
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ import sqlite_utils
 from adapters.contract import ChatRef
 from gateway.storage.contract import (
     CLAIM_DIGEST,
+    DEFAULT_LEASE_S,
     DELIVERY_STATUSES,
     DIGEST_STATUSES,
     FINISH_DIGEST,
@@ -35,6 +36,7 @@ from gateway.storage.contract import (
     from_iso,
     images_from_json,
     ledger_values,
+    new_replica_id,
     require,
     sqlite_dialect,
     thread_key,
@@ -92,16 +94,23 @@ class Store:
 
     backend = "sqlite"
 
-    def __init__(self, executor: ThreadPoolExecutor, db: sqlite_utils.Database, clock: Clock, path: Path):
+    # One process per file: the ledger retry loop's pace of old, and leases other stores wrote
+    # are always of a process that has ended (see the contract).
+    takeover_every_s = 60.0
+
+    def __init__(self, executor: ThreadPoolExecutor, db: sqlite_utils.Database, clock: Clock, path: Path,
+                 lease_s: float = DEFAULT_LEASE_S):
         # Use `Store.open`; `db` must only ever be touched from `executor`'s thread.
         self._executor = executor
         self._db = db
         self._clock = clock
         self.path = path
         self._closed = False
+        self.replica = new_replica_id()
+        self.lease_s = lease_s
 
     @classmethod
-    async def open(cls, path: str | Path, clock: Clock) -> Store:
+    async def open(cls, path: str | Path, clock: Clock, *, lease_s: float = DEFAULT_LEASE_S) -> Store:
         """Open or create the database file and apply pending migrations."""
         path = Path(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-db")
@@ -111,7 +120,7 @@ class Store:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(executor, db, clock, path)
+        return cls(executor, db, clock, path, lease_s)
 
     async def close(self) -> None:
         if self._closed:
@@ -132,6 +141,9 @@ class Store:
 
     def _now(self) -> str:
         return to_iso(self._clock.now())
+
+    def _lease(self) -> tuple[str, str]:
+        return self.replica, to_iso(self._clock.now() + timedelta(seconds=self.lease_s))
 
     async def query(self, sql: str, params: Sequence[Any] = (), *, dicts: bool = False) -> list[Any]:
         """One read of portable SQL (see `gateway.storage.contract`): tuples, or dicts."""
@@ -215,7 +227,7 @@ class Store:
         turn = turn_values(
             session_id=session_id, platform=platform, chat_id=chat_id, thread_id=thread_id, user_id=user_id,
             user_name=user_name, event_id=event_id, message_id=message_id, preset=preset, prompt=prompt,
-            queued=queued, at=at, images=images,
+            queued=queued, at=at, images=images, lease=self._lease(),
         )
 
         def work(db: sqlite_utils.Database) -> int:
@@ -242,7 +254,9 @@ class Store:
                 session_id, prompt, status, images = row
                 if status != "queued":
                     raise ValueError(f"turn {turn_id} is {status}, not queued")
-                db.execute("UPDATE turns SET status = 'running', started_at = ? WHERE id = ?", [at, turn_id])
+                db.execute(
+                    "UPDATE turns SET status = 'running', started_at = ?, lease_owner = ?, lease_until = ? "
+                    "WHERE id = ?", [at, *self._lease(), turn_id])
                 user = Message("user", prompt, images=images_from_json(images))
                 db.table("messages").insert(_message_row(session_id, turn_id, user, at))
 
@@ -277,7 +291,7 @@ class Store:
         returned. Either all of it is stored or none."""
         require(status, TURN_STATUSES, "turn status")
         at = self._now()
-        ledger = ledger_values(turn_id, *delivery, at) if delivery is not None else None
+        ledger = ledger_values(turn_id, *delivery, at, lease=self._lease()) if delivery is not None else None
 
         def work(db: sqlite_utils.Database) -> int | None:
             with db.atomic():
@@ -316,6 +330,35 @@ class Store:
         def work(db: sqlite_utils.Database) -> list[TurnRow]:
             query = "SELECT * FROM turns WHERE status IN ('queued', 'running') ORDER BY id"
             return [_turn_row(r) for r in db.query(query)]
+
+        return await self.run(work)
+
+    async def claim_cut_turns(self) -> list[TurnRow]:
+        """Unfinished turns another store wrote (on SQLite: a process that has ended), now ours."""
+        owner, until = self._lease()
+
+        def work(db: sqlite_utils.Database) -> list[TurnRow]:
+            with db.atomic():
+                rows = list(db.query(
+                    "SELECT * FROM turns WHERE status IN ('queued', 'running') "
+                    "AND (lease_owner IS NULL OR lease_owner != ?) ORDER BY id", [owner]))
+                db.conn.executemany("UPDATE turns SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                                    [(owner, until, r["id"]) for r in rows])
+            return [_turn_row(r) for r in rows]
+
+        return await self.run(work)
+
+    async def renew_leases(self) -> int:
+        """Extend this store's leases (kept alike on both backends; no other process reads them)."""
+        owner, until = self._lease()
+
+        def work(db: sqlite_utils.Database) -> int:
+            with db.atomic():
+                turns = db.execute("UPDATE turns SET lease_until = ? WHERE lease_owner = ? "
+                                   "AND status IN ('queued', 'running')", [until, owner]).rowcount
+                sent = db.execute("UPDATE deliveries SET lease_until = ? WHERE lease_owner = ? "
+                                  "AND status IN ('pending', 'sending')", [until, owner]).rowcount
+            return turns + sent
 
         return await self.run(work)
 

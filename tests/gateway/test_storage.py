@@ -503,6 +503,40 @@ async def test_two_sessions_opened_at_once_are_one(store: Storage) -> None:
     assert len(set(ids)) == 1
 
 
+async def test_leases_hand_over_the_rows_whose_owner_is_gone(backend: Backend, clock: FakeClock) -> None:
+    """A store owns what it writes; another store gets it when the owner is gone: on SQLite at
+    once (one process per file: another store is a later run), on PostgreSQL when the lease
+    expired (a replica that stopped renewing)."""
+    a = await backend.open(clock, lease_s=20, auto_renew=False)
+    b = await backend.open(clock, lease_s=20, auto_renew=False)
+    try:
+        session = await a.active_session("telegram", "1", None)
+        running = await start(a, session, prompt="running")
+        queued = await start(a, session, prompt="queued", queued=True)
+        done = await start(a, session, prompt="done")
+        ledger = await a.complete_turn(done, status="done", answer="x", cost_usd=None, messages=[],
+                                       delivery=(ChatRef("telegram", "1"), "answer", {"text": "x"}))
+        assert [d.id for d in await a.pending_deliveries()] == [ledger]
+        assert await a.claim_cut_turns() == []  # its own turns are not cut
+        if backend.name == "postgresql":
+            # A live owner keeps them: renewing before expiry moves the lease on.
+            assert await b.claim_cut_turns() == [] and await b.pending_deliveries() == []
+            clock.advance(seconds=15)
+            assert await a.renew_leases() == 3  # two turns, one ledger row
+            clock.advance(seconds=15)
+            assert await b.claim_cut_turns() == [] and await b.pending_deliveries() == []
+            clock.advance(seconds=6)  # 21 s since the renewal: expired
+        assert [t.id for t in await b.claim_cut_turns()] == [running, queued]
+        assert [d.id for d in await b.pending_deliveries()] == [ledger]
+        # Now b's: claimed once, not handed to anyone else.
+        assert await b.claim_cut_turns() == []
+        if backend.name == "postgresql":
+            assert await a.pending_deliveries() == [] and await a.claim_cut_turns() == []
+    finally:
+        await a.close()
+        await b.close()
+
+
 # Concurrency and crashes --------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from gateway.commands import LONE_SURROGATE
 from gateway.config import Config, ConfigError, load_config
 from gateway.heap import settle_heap
 from gateway.presentation import answer_footer, reference_summary
-from gateway.runtime import build_engine, missing_keys
+from gateway.runtime import build_engine, missing_keys, missing_transcription_key
 from moa_core.engine import ConfigurationError
 from moa_core.events import (
     Event,
@@ -95,6 +95,7 @@ def _cmd_check_config(args: argparse.Namespace, config: Config, env: Mapping[str
     problems = []
     for preset in config.engine.presets.values():
         problems.extend(missing_keys(config, preset, env))
+    problems.extend(missing_transcription_key(config, env))
     for name, section in config.platforms.items():
         for key, value in section.options.items():
             if key.endswith("_env") and not env.get(value, "").strip():
@@ -183,6 +184,7 @@ def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -
         print("error: " + NOTHING_CONFIGURED.format(path=config.path), file=sys.stderr)
         return EXIT_USAGE
     problems = [p for preset in config.engine.presets.values() for p in missing_keys(config, preset, env)]
+    problems.extend(missing_transcription_key(config, env))
     for problem in dict.fromkeys(problems):
         print(f"warning: {problem}", file=sys.stderr)
     settle_heap()

@@ -63,6 +63,17 @@ def build_transcriber(config: Config, http: httpx.AsyncClient, *, env: Mapping[s
                        price_per_minute=settings.price_per_minute)
 
 
+def missing_transcription_key(config: Config, env: Mapping[str, str]) -> list[str]:
+    """A line naming the unset API key variable of the [transcription] provider, if any."""
+    if config.transcription is None:
+        return []
+    provider = config.engine.providers[config.transcription.provider]
+    if provider.api_key_env and not env.get(provider.api_key_env, "").strip():
+        return [f"environment variable {provider.api_key_env} is not set "
+                f"(API key of provider '{provider.name}', used by [transcription])"]
+    return []
+
+
 def missing_keys(config: Config, preset: Preset, env: Mapping[str, str]) -> list[str]:
     """Lines naming each unset API key variable the preset's providers need."""
     problems = []

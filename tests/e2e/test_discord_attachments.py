@@ -78,11 +78,13 @@ def image_of(request_body: dict) -> bytes:
     return base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
 
 
-async def test_a_photo_with_a_mention_is_seen_by_the_vision_reference_only(world: World) -> None:
+async def test_a_photo_sent_with_moa_what_is_this_is_seen_by_the_vision_reference_only(world: World) -> None:
     picture = png()
     attachment = world.discord.add_file(picture, "screen.png", "image/png", channel_id=CHANNEL, width=40, height=30)
     world.models.reply("agg", Reply(text="A green square."))
-    await world.mention(CHANNEL, "what is this?", attachments=(attachment,))
+    payload = world.discord.message_payload(channel_id=CHANNEL, guild_id=GUILD, author=world.member(),
+                                            content="/moa what is this?", attachments=(attachment,))
+    await world.discord.dispatch("MESSAGE_CREATE", payload)
     await world.answered()
 
     assert image_of(world.models.for_model("ref-eye")[0].body) == picture

@@ -128,6 +128,12 @@ async def test_check_config_and_presets(fake, tmp_path):
     assert code == 0 and "config OK" in out
     code, out, err = await run_cli(tmp_path, "check-config", config=config.replace('api = "anthropic"', 'api = "x"'))
     assert code == 2 and "providers.claude.api" in err
+    speech = config + '\n[providers.stt]\napi = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n' \
+        'api_key_env = "TEST_STT_KEY"\n\n[transcription]\nprovider = "stt"\n'
+    code, out, err = await run_cli(tmp_path, "check-config", config=speech)
+    assert code != 0 and "TEST_STT_KEY is not set (API key of provider 'stt', used by [transcription])" in err
+    code, out, err = await run_cli(tmp_path, "check-config", config=speech, env_extra={"TEST_STT_KEY": "k"})
+    assert code == 0 and "config OK" in out
 
 
 async def run_cli_with_input(tmp_path: Path, *args: str, config: str, stdin: bytes) -> tuple[int, str, str]:

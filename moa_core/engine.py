@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from moa_core.advisory import advisory_view, guidance_block, view_key, with_guidance
@@ -100,10 +100,13 @@ class MoaEngine:
         tools: Mapping[str, Tool],
         clock: Clock,
         tracer: TraceWriter | None = None,
+        tool_source: Callable[[Sequence[str]], Mapping[str, Tool]] | None = None,
     ):
         self._settings = settings
         self._client = client
         self._tools = dict(tools)
+        # Tools that change while running (MCP servers): resolved from a preset's entries per turn.
+        self._tool_source = tool_source
         self._clock = clock
         self._tracer = tracer
         self._advice: OrderedDict[str, _Advice] = OrderedDict()
@@ -136,6 +139,8 @@ class MoaEngine:
             raise ConfigurationError(f"preset '{preset.name}': unknown aggregator provider '{aggregator.provider}'")
         provider = self._settings.providers[aggregator.provider]
         tools = {name: self._tools[name] for name in preset.tools if name in self._tools}
+        if self._tool_source is not None:
+            tools.update(self._tool_source(preset.tools))
 
         async def emit(event: Event) -> None:
             if on_event is None:

@@ -30,10 +30,14 @@ class ToolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Tool:
-    """A tool as the engine holds it. `run` may raise; `run_tool` turns that into an outcome."""
+    """A tool as the engine holds it. `run` may raise; `run_tool` turns that into an outcome.
+
+    `timeout` overrides the shared limit for this tool (an MCP server's own timeout).
+    """
 
     spec: ToolSpec
     run: Callable[[dict], Awaitable[str]]
+    timeout: float | None = None
 
 
 def parse_arguments(arguments_json: str) -> dict:
@@ -60,7 +64,8 @@ def cut_text(text: str, max_chars: int) -> str:
 async def run_tool(tool: Tool, arguments_json: str, limits: ToolLimits) -> ToolOutcome:
     """Run one tool call within `limits`. Never raises, except when the caller is cancelled."""
     name = tool.spec.name
-    deadline = asyncio.timeout(limits.timeout)
+    timeout = limits.timeout if tool.timeout is None else tool.timeout
+    deadline = asyncio.timeout(timeout)
     try:
         arguments = parse_arguments(arguments_json)
         async with deadline:
@@ -69,7 +74,7 @@ async def run_tool(tool: Tool, arguments_json: str, limits: ToolLimits) -> ToolO
         return ToolOutcome(False, cut_text(f"error: {name}: {e}", limits.max_output_chars))
     except TimeoutError as e:
         if deadline.expired():
-            return ToolOutcome(False, f"error: {name} did not finish within {limits.timeout:g} s")
+            return ToolOutcome(False, f"error: {name} did not finish within {timeout:g} s")
         return ToolOutcome(False, cut_text(f"error: {name} timed out: {e}", limits.max_output_chars))
     except Exception as e:  # a tool bug must not break the turn; the model reads what happened
         detail = str(e) or type(e).__name__

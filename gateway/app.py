@@ -141,6 +141,7 @@ async def build_app(config: Config, adapters: Mapping[str, Adapter], *, env: Map
     store = await open_store(config.gateway.database, clock, password_env=config.gateway.database_password_env,
                              env=env, lease_s=config.gateway.lease_s)
     runtime = build_engine(config, env=env, clock=clock)
+    await runtime.start()  # MCP tool servers: up (or retrying) before the first turn
     hooks = cost_hooks(config)
     intake = AttachmentIntake(config.attachments, build_transcriber(config, runtime.http, env=env, clock=clock))
     gateway = Gateway(config, store, runtime.engine, adapters, clock, attachments=intake, **hooks)

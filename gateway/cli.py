@@ -1,4 +1,4 @@
-"""The `moa-gateway` command line: run, chat, ask, check-config, costs, presets.
+"""The `moa-gateway` command line: run, chat, ask, check-config, costs, presets, tools.
 
 Every command takes `--config FILE` (default moa-gateway.toml). Errors are one line naming what
 to fix, with a non-zero exit code; secrets are never printed.
@@ -21,6 +21,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.heap import settle_heap
 from gateway.presentation import answer_footer, reference_summary
 from gateway.runtime import build_engine, missing_keys, missing_transcription_key
+from gateway.tool_listing import listings_json, mcp_problems, preset_tools, print_tools
 from moa_core.engine import ConfigurationError
 from moa_core.events import (
     Event,
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--from", dest="source", required=True, help="the SQLite file (e.g. moa-gateway.db)")
     migrate.add_argument("--to", dest="target", required=True, help="postgresql://user@host:port/dbname")
     migrate.add_argument("--password-env", help="environment variable with the password (default: PGPASSWORD)")
+    tools = sub.add_parser("tools", parents=[common],
+                           help="list each preset's tools (starts its MCP servers to ask them)")
+    tools.add_argument("--preset", help="only this preset")
+    tools.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser
 
 
@@ -91,6 +96,22 @@ def _cmd_presets(args: argparse.Namespace, config: Config, env: Mapping[str, str
     return EXIT_OK
 
 
+def _cmd_tools(args: argparse.Namespace, config: Config, env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
+    if args.preset is not None and args.preset not in config.engine.presets:
+        print(f"error: unknown preset '{args.preset}' (configured: {', '.join(sorted(config.engine.presets))})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    listings = asyncio.run(preset_tools(config, env, args.preset))
+    if args.json:
+        print(json.dumps(listings_json(listings), ensure_ascii=False), file=out)
+    else:
+        print_tools(listings, out)
+    down = sorted({r.source for rows in listings.values() for r in rows if not r.up})
+    if down and not args.json:
+        print(f"warning: not running: {', '.join(down)}", file=sys.stderr)
+    return EXIT_FAILED if down else EXIT_OK
+
+
 def _cmd_check_config(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
     problems = []
     for preset in config.engine.presets.values():
@@ -100,6 +121,7 @@ def _cmd_check_config(args: argparse.Namespace, config: Config, env: Mapping[str
         for key, value in section.options.items():
             if key.endswith("_env") and not env.get(value, "").strip():
                 problems.append(f"environment variable {value} is not set ({name}.{key})")
+    problems.extend(mcp_problems(config, env))
     print(f"{config.path}: {len(config.engine.providers)} provider(s), {len(config.engine.presets)} preset(s), "
           f"platforms: {', '.join(config.platforms) or 'none'}")
     database_problem = _check_database(config, env)
@@ -323,6 +345,7 @@ async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool,
         return EXIT_USAGE
     runtime = build_engine(config, env=env)
     try:
+        await runtime.start()
         preset_value = config.engine.presets[name]
         printer = None if as_json else _AskPrinter(name, preset_value.summary, out, err)
         try:

@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.attachments import AttachmentSettings, TranscriptionSettings
+from gateway.mcp_config import mcp_servers, tool_entry_problem
 from moa_core.settings import (
     MOA_PROVIDER,
     Cadence,
@@ -23,6 +24,7 @@ from moa_core.settings import (
     Slot,
     ToolLimits,
 )
+from moa_core.tools.mcp import McpServerSettings
 
 BUILTIN_TOOLS = ("fetch_url", "calculator", "current_time")
 PLATFORMS = ("telegram", "discord", "slack")
@@ -108,6 +110,7 @@ class Config:
     digest: DigestSettings | None
     attachments: AttachmentSettings = AttachmentSettings()
     transcription: TranscriptionSettings | None = None
+    mcp: Mapping[str, McpServerSettings] = field(default_factory=dict)  # [mcp.NAME] tool servers
 
 
 class _Reader:
@@ -208,11 +211,12 @@ def parse_config(raw: dict, path: Path) -> Config:
     root = _Reader(path, "", raw)
     for name in raw:
         if name not in ("gateway", "providers", "presets", "engine", "tools", "channels", "budgets",
-                        "digest", "attachments", "transcription", *PLATFORMS):
+                        "digest", "attachments", "transcription", "mcp", *PLATFORMS):
             raise ConfigError(f"{path}: {name}: unknown section")
     gateway = _gateway(_Reader(path, "gateway", raw.get("gateway", {})))
     providers = _providers(path, raw.get("providers"))
-    presets = _presets(path, raw.get("presets"), providers)
+    mcp = mcp_servers(_Reader(path, "mcp", raw.get("mcp", {})), lambda key, table: _Reader(path, key, table))
+    presets = _presets(path, raw.get("presets"), providers, mcp)
     if gateway.default_preset not in presets:
         raise ConfigError(
             f"{path}: gateway.default_preset: names preset '{gateway.default_preset}', which is not "
@@ -247,7 +251,7 @@ def parse_config(raw: dict, path: Path) -> Config:
         _transcription(_Reader(path, "transcription", raw["transcription"]), providers)
         if "transcription" in raw else None
     )
-    return Config(path, gateway, engine, platforms, channels, budgets, digest, attachments, transcription)
+    return Config(path, gateway, engine, platforms, channels, budgets, digest, attachments, transcription, mcp)
 
 
 def _timezone(reader: _Reader, name: str, default: str) -> str:
@@ -350,7 +354,8 @@ def _slot(r: _Reader, key: str, text: str, providers: Mapping[str, ProviderSetti
     return Slot(slot.provider, slot.model, max_tokens)
 
 
-def _presets(path: Path, table: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, Preset]:
+def _presets(path: Path, table: Any, providers: Mapping[str, ProviderSettings],
+             mcp: Mapping[str, McpServerSettings]) -> dict[str, Preset]:
     if not table:
         raise ConfigError(f"{path}: presets: at least one [presets.NAME] section is required")
     top = _Reader(path, "presets", table)
@@ -381,8 +386,8 @@ def _presets(path: Path, table: Any, providers: Mapping[str, ProviderSettings]) 
             raise r.error("fanout", f"preset '{name}': {error}") from None
         tools = r.strings("tools", ())
         for tool in tools:
-            if tool not in BUILTIN_TOOLS:
-                raise r.error("tools", f"preset '{name}': unknown tool {tool!r} (available: {', '.join(BUILTIN_TOOLS)})")
+            if (problem := tool_entry_problem(tool, BUILTIN_TOOLS, mcp)) is not None:
+                raise r.error("tools", f"preset '{name}': {problem}")
         summary = r.text("summary", "full")
         if summary not in ("full", "compact", "off"):
             raise r.error("summary", f"preset '{name}': must be full, compact or off, got {summary!r}")

@@ -1,4 +1,8 @@
-"""Builds the engine from a Config: one pooled HTTP client, the provider client, tools, traces."""
+"""Builds the engine from a Config: one pooled HTTP client, the provider client, tools, traces.
+
+It also owns the MCP tool servers' lifecycle: `EngineRuntime.start` starts them (before the
+first turn), `aclose` stops them (in-flight calls end with a tool error).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from moa_core.providers.client import ProviderClient
 from moa_core.providers.http import make_http_client
 from moa_core.settings import Preset
 from moa_core.tools import builtin_tools, make_fetch_client
+from moa_core.tools.mcp_toolbox import McpToolbox
 from moa_core.trace import TraceWriter
 from moa_core.transcription import Transcriber
 
@@ -28,11 +33,21 @@ class EngineRuntime:
     engine: MoaEngine
     http: httpx.AsyncClient
     fetch_http: httpx.AsyncClient | None = None  # fetch_url's own client (vetted addresses only)
+    mcp: McpToolbox | None = None
+
+    async def start(self) -> None:
+        """Start the MCP servers; each gets its start timeout, a failed one keeps retrying."""
+        if self.mcp is not None:
+            await self.mcp.start()
 
     async def aclose(self) -> None:
-        await self.http.aclose()
-        if self.fetch_http is not None:
-            await self.fetch_http.aclose()
+        try:
+            if self.mcp is not None:
+                await self.mcp.stop()
+        finally:
+            await self.http.aclose()
+            if self.fetch_http is not None:
+                await self.fetch_http.aclose()
 
 
 def build_engine(config: Config, *, env: Mapping[str, str] | None = None, clock: Clock | None = None,
@@ -43,14 +58,22 @@ def build_engine(config: Config, *, env: Mapping[str, str] | None = None, clock:
     settings = config.engine
     tracer = TraceWriter(settings.trace_dir, clock) if settings.save_traces else None
     fetch_http = make_fetch_client(settings.tool_limits)
+    # Only servers some preset uses are started.
+    used = {name for name in config.mcp if any(_uses(preset, name) for preset in settings.presets.values())}
+    mcp = McpToolbox({name: config.mcp[name] for name in used}, env, settings.tool_limits) if used else None
     engine = MoaEngine(
         settings,
         ProviderClient(http, env=env, clock=clock),
         tools=builtin_tools(settings.tool_limits, fetch_http, clock),
         clock=clock,
         tracer=tracer,
+        tool_source=mcp.tools_for if mcp is not None else None,
     )
-    return EngineRuntime(engine, http, fetch_http)
+    return EngineRuntime(engine, http, fetch_http, mcp)
+
+
+def _uses(preset: Preset, server: str) -> bool:
+    return any(entry == f"mcp:{server}" or entry.startswith(f"mcp:{server}/") for entry in preset.tools)
 
 
 def build_transcriber(config: Config, http: httpx.AsyncClient, *, env: Mapping[str, str],

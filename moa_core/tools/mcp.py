@@ -113,6 +113,7 @@ class McpConnection:
         self._tools: tuple[mcp_types.Tool, ...] = ()
         self._listed = False
         self._came_up = False
+        self._generation = 0
         self._session: ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -138,6 +139,11 @@ class McpConnection:
     def tools(self) -> tuple[mcp_types.Tool, ...]:
         """The last tool list read (kept while the server is down, so its tools still answer)."""
         return self._tools
+
+    @property
+    def generation(self) -> int:
+        """How many times the server came up (1 after the first start, 2 after a restart, ...)."""
+        return self._generation
 
     @property
     def listed(self) -> bool:
@@ -269,6 +275,7 @@ class McpConnection:
                 raise TimeoutError(f"no answer to initialize within {timeout:g} s") from None
             self._listed, self._came_up, self._error, self._lost = True, True, None, None
             self._session, self._state = session, "up"
+            self._generation += 1
             self._attempted.set()
             log.info("MCP server %s is up: %d tool(s)", self.name, len(self._tools))
             await self._watch(session)

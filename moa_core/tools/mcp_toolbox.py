@@ -123,12 +123,12 @@ class McpToolbox:
             connection = self.connections[parsed[0]]
             up = connection.state == "up"
             source = f"{PREFIX}{connection.name} ({connection.settings.transport})"
-            note = "" if up else f"server down: {connection.down_text()}"
+            note = "" if up else connection.down_text()
             tools = self._resolve(connection, parsed[1])
             for tool in tools:
                 out.append(ToolListing(tool.spec.name, source, tool.spec.description, up, note))
             if not tools:
-                name = exposed_name(connection.name, parsed[1] or "*")
+                name = exposed_name(connection.name, parsed[1]) if parsed[1] else f"{connection.name}__*"
                 missing = (f"the server has no tool '{parsed[1]}'" if up and parsed[1]
                            else "the server lists no tools" if up else note)
                 out.append(ToolListing(name, source, "", up, missing))

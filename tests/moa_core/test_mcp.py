@@ -135,7 +135,7 @@ async def test_crash_mid_call_is_a_tool_error_then_the_server_is_restarted(toolb
     down = await call(box, ["mcp:fake"], "fake__echo", {"text": "x"})
     if not down.ok:  # the restart may already be done; if not, the answer says why
         assert "MCP server 'fake' is" in down.output
-    await eventually(lambda: connection.state == "up")
+    await eventually(lambda: connection.state == "up" and connection.generation == 2)
     again = await call(box, ["mcp:fake"], "fake__echo", {"text": "back"})
     assert again.ok and again.output == "fake echoes: back"
 

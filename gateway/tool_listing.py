@@ -44,7 +44,7 @@ async def preset_tools(config: Config, env: Mapping[str, str], only: str | None 
     runtime = build_engine(config, env=env)
     try:
         await runtime.start()
-        builtins = builtin_tools(config.engine.tool_limits, runtime.http, SystemClock())
+        builtins = builtin_tools(config.engine.tool_limits, runtime.fetch_http, SystemClock())
         out: dict[str, list[ToolListing]] = {}
         for name, preset in config.engine.presets.items():
             if only is not None and name != only:

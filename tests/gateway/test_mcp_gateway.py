@@ -16,7 +16,7 @@ import pytest
 
 from gateway.app import build_app
 from gateway.config import AccessRules, PlatformSection, parse_config
-from gateway.storage import Store
+from gateway.storage import open_store
 from moa_core.clock import SystemClock
 from tests.fakes.mcp_server import serve_http
 from tests.fakes.provider_server import FakeProvider, Reply
@@ -91,11 +91,11 @@ async def test_the_aggregator_calls_an_mcp_tool_and_reads_its_result(fake, tmp_p
     traces = list((tmp_path / "traces").glob("*.jsonl"))
     assert traces and "kb echoes: moa" in traces[0].read_text()
     # Stored (the database reopened): the call rows of both steps, and the answer in the history.
-    store = await Store.open(tmp_path / "gw.db", SystemClock())
+    store = await open_store(str(tmp_path / "gw.db"), SystemClock())
     try:
-        rows = await store.run(lambda db: list(db.query("select role, step, status from model_calls order by id")))
-        sessions = await store.run(lambda db: [r["id"] for r in db.query("select id from sessions")])
-        history = await store.history(sessions[0])
+        rows = await store.query("select role, step, status from model_calls order by id", dicts=True)
+        sessions = await store.query("select id from sessions", dicts=True)
+        history = await store.history(sessions[0]["id"])
     finally:
         await store.close()
     assert [(r["role"], r["step"], r["status"]) for r in rows] == [

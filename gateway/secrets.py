@@ -26,6 +26,8 @@ def secret_env_names(config: Config) -> list[str]:
         names += [v for k, v in section.options.items() if k.endswith("_env") and isinstance(v, str)]
     if config.gateway.database_password_env:
         names.append(config.gateway.database_password_env)
+    for server in config.mcp.values():  # MCP servers' keys and header values
+        names += [*server.env_from, *(variable for _, variable in server.headers_env)]
     return list(dict.fromkeys(names))
 
 

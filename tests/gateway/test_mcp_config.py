@@ -128,3 +128,12 @@ async def test_tools_lists_each_presets_tools_with_source_state_and_description(
     rows = json.loads(out)["presets"]["default"]
     assert [r["name"] for r in rows] == ["calculator", "search__echo", "search__absent", "wiki__*"]
     assert rows[1]["up"] is True and rows[1]["source"] == "mcp:search (stdio)" and rows[3]["up"] is False
+
+
+def test_mcp_secrets_are_masked_in_logs_like_every_configured_secret(tmp_path):
+    from gateway.secrets import configured_secrets, secret_env_names
+
+    config = load(tmp_path, BASE)
+    assert {"SEARCH_API_KEY", "WIKI_TOKEN"} <= set(secret_env_names(config))
+    env = {"SEARCH_API_KEY": "search-key-0123456789", "WIKI_TOKEN": "Bearer wiki-token-abcdef"}
+    assert set(configured_secrets(config, env)) == set(env.values())

@@ -3,7 +3,12 @@ wherever the 300-character excerpt cut falls; a very short key does not mangle m
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +102,29 @@ async def test_a_non_json_body_is_scrubbed_before_its_cut(fake, http, offset):
         await client.complete(CompletionRequest(provider, "raw", (Message("user", "hi"),)))
     assert "not valid JSON" in str(info.value)
     assert key_pieces(str(info.value)) == []
+
+
+async def test_ask_never_prints_a_key_cut_by_the_excerpt(fake, tmp_path):
+    """From outside: `moa-gateway ask`, four calls whose errors echo the key across the cut."""
+    offsets = (CUT - len(KEY) + 1, CUT - len(KEY) // 2, CUT - 2, CUT - 1)
+    models = [f"ref-{n}" for n in range(3)] + ["agg"]
+    for model, offset in zip(models, offsets, strict=True):
+        fake.reply(model, Reply(status=400, error_message=echo(offset)))
+    config = tmp_path / "moa-gateway.toml"
+    config.write_text(f'[gateway]\ndatabase = "{tmp_path / "moa.db"}"\n\n[providers.fake]\napi = "openai"\n'
+                      f'base_url = "{fake.openai_base}"\napi_key_env = "FAKE_KEY"\nmax_retries = 0\n\n'
+                      f'[presets.default]\nreferences = {json.dumps(["fake:" + m for m in models[:3]])}\n'
+                      'aggregator = "fake:agg"\n')
+    script = Path(sys.executable).with_name("moa-gateway")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+    root = Path(__file__).resolve().parents[2]
+    for mode in (["--json"], []):
+        process = await asyncio.create_subprocess_exec(
+            *command, "ask", *mode, "--config", str(config), "hello",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **ENV, "PYTHONPATH": str(root)}, cwd=tmp_path,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 1, err.decode()
+        assert "HTTP 400" in out.decode() + err.decode()
+        assert key_pieces(out.decode()) == [] and key_pieces(err.decode()) == []

@@ -17,6 +17,7 @@ from gateway.attachments import AttachmentIntake
 from gateway.config import Config, ConfigError, PlatformSection
 from gateway.costs.commands import CostCommands
 from gateway.costs.delivery import start_digest
+from gateway.replicas import claim_telegram_polling
 from gateway.runtime import EngineRuntime, build_engine, build_transcriber
 from gateway.service import Gateway
 from gateway.storage import Storage, open_store
@@ -166,6 +167,7 @@ async def serve(config: Config, adapters: Mapping[str, Adapter], *, env: Mapping
             pass
     app = await build_app(config, adapters, env=env)
     try:
+        await claim_telegram_polling(app)  # several replicas: only one may poll Telegram
         await app.gateway.start()
         if config.digest is not None:
             app.extras.append(await start_digest(config, app.gateway))

@@ -437,7 +437,7 @@ _PLATFORM_KEYS: dict[str, dict[str, type]] = {
                  "stream": bool, "edit_interval_s": float},
     "discord": {"token_env": str, "api_base": str, "gateway_url": str, "edit_interval_s": float,
                 "sync_commands": bool, "followup_window_s": float, "guild_ready_timeout_s": float,
-                "ready_timeout_s": float, "cdn_url": str},
+                "ready_timeout_s": float, "cdn_url": str, "shard_ids": list, "shard_count": int},
     "slack": {"bot_token_env": str, "app_token_env": str, "signing_secret_env": str, "base_url": str,
               "http_host": str, "http_port": int, "http_path": str, "edit_interval_s": float,
               "reply_in_thread": bool, "files_url": str},

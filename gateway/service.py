@@ -330,6 +330,8 @@ class Gateway:
         queued = not lane.idle() or self._turn_slots.locked()
         lane.storing += 1
         try:
+            # Several replicas: a turn of this session running on another one queues this one.
+            queued = queued or await self.store.busy_elsewhere(session_id)
             async with lane.intake:
                 prepared = await self._prepare(message, ask)
                 if prepared.empty and prepared.calls:
@@ -418,6 +420,11 @@ class Gateway:
                 await self.store.mark_turn(turn_id, "refused", "over budget")
                 await self.notify(chat, refusal, "warning")
                 return
+        try:  # several replicas: a turn of this session on another one runs first
+            await self.store.wait_turns_ahead(session_id, turn_id)
+        except asyncio.CancelledError:
+            await self._interrupt_at_shutdown(turn_id, chat, ask.prompt)
+            raise
         if waiting.queued:
             await self.store.begin_turn(turn_id)
         preset = self.config.engine.presets[preset_name]

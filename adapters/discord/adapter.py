@@ -90,6 +90,17 @@ class _Client(discord.Client):
         await self._adapter._on_raw_frame(msg)
 
 
+class _ShardedClient(discord.AutoShardedClient):
+    """The same, running the shards `shard_ids` of `shard_count` (one replica's share)."""
+
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(**options)
+        self._adapter = adapter
+
+    async def on_socket_raw_receive(self, msg: str) -> None:
+        await self._adapter._on_raw_frame(msg)
+
+
 class DiscordAdapter:
     """Discord through discord.py: `/moa` commands, mentions, DMs and replies in; parts out."""
 
@@ -135,8 +146,13 @@ class DiscordAdapter:
         intents.guild_messages = True
         intents.dm_messages = True
         intents.message_content = True
-        client = _Client(
+        sharding: dict[str, Any] = {}
+        if self.settings.shard_count is not None:
+            sharding = {"shard_count": self.settings.shard_count,
+                        "shard_ids": list(self.settings.shard_ids) if self.settings.shard_ids else None}
+        client = (_ShardedClient if sharding else _Client)(
             self,
+            **sharding,
             intents=intents,
             enable_debug_events=True,  # for on_socket_raw_receive
             guild_ready_timeout=self.settings.guild_ready_timeout_s,

@@ -28,6 +28,10 @@ class DiscordSettings:
     ready_timeout_s: float = 60.0
     # Where attachments are downloaded from; a file URL elsewhere is refused.
     cdn_url: str = "https://cdn.discordapp.com"
+    # Several replicas: each runs some of the bot's gateway shards (discord.py's sharding).
+    # `shard_count` is the bot's total; `shard_ids` those this replica runs (all when unset).
+    shard_ids: tuple[int, ...] | None = None
+    shard_count: int | None = None
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -44,3 +48,15 @@ class DiscordSettings:
             raise ValueError("discord.followup_window_s must be within (0, 900] seconds")
         if self.guild_ready_timeout_s < 0 or self.ready_timeout_s <= 0:
             raise ValueError("discord.guild_ready_timeout_s / ready_timeout_s must be positive")
+        if self.shard_count is not None and (isinstance(self.shard_count, bool) or not isinstance(self.shard_count, int)
+                                             or self.shard_count < 1):
+            raise ValueError(f"discord.shard_count must be a whole number of at least 1, not {self.shard_count!r}")
+        if self.shard_ids is not None:
+            ids = tuple(self.shard_ids)
+            if self.shard_count is None:
+                raise ValueError("discord.shard_ids needs discord.shard_count (the bot's total number of shards)")
+            if not ids or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.shard_count
+                              for i in ids) or len(set(ids)) != len(ids):
+                raise ValueError(f"discord.shard_ids must be distinct whole numbers from 0 to "
+                                 f"{self.shard_count - 1}, not {list(ids)!r}")
+            object.__setattr__(self, "shard_ids", ids)

@@ -87,6 +87,7 @@ class TelegramAdapter:
 
     def __init__(self, settings: TelegramSettings, *, presets: Sequence[str] = ()) -> None:
         self._settings = settings
+        self._intake = True  # False: start without polling or a webhook (see `without_intake`)
         self._presets = tuple(presets)
         self.limits = PlatformLimits(max_message_chars=MAX_CHARS, edit_interval_s=settings.edit_interval_s)
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
@@ -138,7 +139,9 @@ class TelegramAdapter:
             await self._register_commands(app)
             await app.start()
             assert app.updater is not None
-            if settings.mode == "webhook":
+            if not self._intake:
+                pass  # send only: another replica receives the updates
+            elif settings.mode == "webhook":
                 await app.updater.start_webhook(
                     listen=settings.webhook_listen,
                     port=settings.webhook_port,
@@ -161,7 +164,17 @@ class TelegramAdapter:
             await self._close(app)
             raise
         self._app = app
-        log.info("telegram: running as @%s (%s)", self._bot_username, settings.mode)
+        log.info("telegram: running as @%s (%s)", self._bot_username, settings.mode if self._intake else "send only")
+
+    @property
+    def intake_mode(self) -> str:
+        """"polling" or "webhook", as configured."""
+        return self._settings.mode
+
+    def without_intake(self) -> None:
+        """Before `start`: send only, receive nothing (another gateway replica polls; Telegram
+        hands each update to one getUpdates caller)."""
+        self._intake = False
 
     async def stop(self) -> None:
         app, self._app = self._app, None

@@ -158,6 +158,14 @@ class DigestState:
     last_end: datetime | None
 
 
+class HeldLock(Protocol):
+    """A lock taken with `Storage.try_lock`; `stop()` releases it (App.close stops extras)."""
+
+    name: str
+
+    async def stop(self) -> None: ...
+
+
 class Storage(Protocol):
     """What the gateway needs from a store. Times come from the store's injected clock.
 
@@ -202,6 +210,16 @@ class Storage(Protocol):
     async def renew_leases(self) -> int:
         """Extend this store's leases on its unfinished turns and unsent ledger rows."""
         ...
+
+    # One turn at a time per session across replicas, in arrival (id) order
+    async def busy_elsewhere(self, session_id: int) -> bool:
+        """Whether another store (replica) has an unfinished turn in this session: a new turn
+        then queues. SQLite: always False (one process; its lanes know its own turns)."""
+        ...
+    async def wait_turns_ahead(self, session_id: int, turn_id: int) -> None:
+        """Return once no earlier turn of this session is unfinished, on any replica (a dead
+        replica's are interrupted by the takeover). SQLite: at once (the lanes order turns)."""
+        ...
     async def turn(self, turn_id: int) -> TurnRow | None: ...
 
     # The delivery ledger
@@ -217,6 +235,12 @@ class Storage(Protocol):
     async def channel_preset(self, platform: str, chat_id: str) -> str | None: ...
     async def set_channel_preset(self, platform: str, chat_id: str, preset: str | None, by_user: str) -> None: ...
     async def refusal_notice_due(self, platform: str, chat_id: str, interval_s: float) -> bool: ...
+
+    # Exclusive roles across replicas (e.g. the one Telegram poller)
+    async def try_lock(self, name: str) -> HeldLock | None:
+        """Take the named lock for as long as this store is open (or until `stop`), or None
+        when another live store holds it. On SQLite (one process) it is always granted."""
+        ...
 
     # Digest claims: a period is claimed before it is sent, so it is sent once
     async def digest_state(self) -> DigestState: ...

@@ -36,6 +36,7 @@ from gateway.storage.contract import (
     TURN_STATUSES,
     Delivery,
     DigestState,
+    HeldLock,
     TurnRow,
     call_values,
     delivery,
@@ -139,6 +140,7 @@ class PostgresStore:
         # Rows of a dead replica are taken within lease_s + takeover_every_s.
         self.takeover_every_s = max(0.2, lease_s / 4)
         self._renewer: asyncio.Task | None = None
+        self._conninfo = url
 
     @classmethod
     async def open(cls, url: str, clock: Clock, *, password: str | None = None, max_size: int = POOL_MAX,
@@ -166,6 +168,7 @@ class PostgresStore:
         if ran:
             log.info("database %s: applied migrations %s", where, ", ".join(ran))
         store = cls(pool, clock, url, lease_s)
+        store._conninfo = conninfo
         if auto_renew:
             store._renewer = asyncio.create_task(store._renew_forever(), name="moa-lease-renewal")
         return store
@@ -459,6 +462,37 @@ class PostgresStore:
             [platform, chat_id, to_iso(now), cutoff])
         return count == 1
 
+    async def busy_elsewhere(self, session_id: int) -> bool:
+        row = await self._one(
+            "SELECT EXISTS (SELECT 1 FROM turns WHERE session_id = %s AND status IN ('queued', 'running') "
+            "AND lease_owner IS DISTINCT FROM %s)", [session_id, self.replica])
+        return bool(row and row[0])
+
+    async def wait_turns_ahead(self, session_id: int, turn_id: int, poll_s: float = 0.1) -> None:
+        """Ids come from one sequence, so id order is the order turns reached the database."""
+        while True:
+            row = await self._one(
+                "SELECT EXISTS (SELECT 1 FROM turns WHERE session_id = %s AND id < %s "
+                "AND status IN ('queued', 'running'))", [session_id, turn_id])
+            if not (row and row[0]):
+                return
+            await asyncio.sleep(poll_s)
+
+    async def try_lock(self, name: str) -> HeldLock | None:
+        """A session-level advisory lock on a connection of its own (not the pool's): held
+        while that connection lives, so a replica that dies releases it with its socket."""
+        conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        try:
+            cursor = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [name])
+            row = await cursor.fetchone()
+        except BaseException:
+            await conn.close()
+            raise
+        if not row or not row[0]:
+            await conn.close()
+            return None
+        return _AdvisoryLock(name, conn)
+
     # Digest claims ---------------------------------------------------------------------------
 
     async def digest_state(self) -> DigestState:
@@ -480,6 +514,15 @@ class PostgresStore:
                             error: str | None) -> None:
         require(status, DIGEST_STATUSES, "digest status")
         await self._rowcount(postgres_dialect(FINISH_DIGEST), [status, to_iso(at), dollars, error, to_iso(end)])
+
+
+class _AdvisoryLock:
+    def __init__(self, name: str, conn: psycopg.AsyncConnection) -> None:
+        self.name, self._conn = name, conn
+
+    async def stop(self) -> None:
+        if not self._conn.closed:
+            await self._conn.close()  # the server drops the session's advisory locks
 
 
 def _reason(error: BaseException) -> str:

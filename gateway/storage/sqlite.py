@@ -16,6 +16,7 @@ import asyncio
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from gateway.storage.contract import (
     TURN_STATUSES,
     Delivery,
     DigestState,
+    HeldLock,
     TurnRow,
     from_iso,
     images_from_json,
@@ -476,6 +478,16 @@ class Store:
 
         return await self.run(work)
 
+    async def busy_elsewhere(self, session_id: int) -> bool:
+        return False  # one process per file: the gateway's lanes already see every turn
+
+    async def wait_turns_ahead(self, session_id: int, turn_id: int) -> None:
+        return None
+
+    async def try_lock(self, name: str) -> HeldLock | None:
+        """Always granted: one gateway process uses a SQLite file."""
+        return _ProcessLock(name)
+
     # Digest claims ---------------------------------------------------------------------------
 
     async def digest_state(self) -> DigestState:
@@ -502,6 +514,14 @@ class Store:
         require(status, DIGEST_STATUSES, "digest status")
         values = [status, to_iso(at), dollars, error, to_iso(end)]
         await self.run(lambda db: db.execute(FINISH_DIGEST, values))
+
+
+@dataclass(slots=True)
+class _ProcessLock:
+    name: str
+
+    async def stop(self) -> None:
+        return None
 
 
 def _turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:

@@ -67,7 +67,7 @@ async def replicas(tmp_path: Path, provider, telegram, pg_database, monkeypatch)
     truncate_all(pg_database)
     started: list[Replica] = []
 
-    async def start(n: int = 2, **tables) -> list[Replica]:
+    async def start(n: int = 2, telegram_options: dict | None = None, **tables) -> list[Replica]:
         for index in range(n):
             folder = tmp_path / f"replica{index}"
             folder.mkdir(exist_ok=True)
@@ -77,7 +77,8 @@ async def replicas(tmp_path: Path, provider, telegram, pg_database, monkeypatch)
                 gateway={"database": pg_database, "lease_s": LEASE_S},
                 telegram_options={"mode": "webhook", "webhook_listen": "127.0.0.1", "webhook_port": port,
                                   "webhook_path": "telegram", "webhook_url": f"http://127.0.0.1:{port}/telegram",
-                                  "webhook_secret_env": SECRET_ENV, "admins": [str(ADMIN_ID)]},
+                                  "webhook_secret_env": SECRET_ENV, "admins": [str(ADMIN_ID)],
+                                  **(telegram_options or {})},
                 tables=tables,
             )
             started.append(Replica(GatewayProcess(config, f"replica{index}"), port))
@@ -154,3 +155,14 @@ async def test_the_digest_owed_at_start_is_sent_once(replicas, telegram, pg_data
     assert len(digests()) == 1
     statuses = pg_rows(pg_database, "SELECT status FROM digests ORDER BY period_end")
     assert statuses == [("sent",), ("sent",)]
+
+
+async def test_only_one_replica_polls_telegram(replicas, provider, telegram, pg_database):
+    provider.reply("agg", Reply(text="Polled once POLL-MARK."))
+    both = await replicas(telegram_options={"mode": "polling"})
+    line = "another replica polls this bot"
+    assert sorted(line in r.process.log() for r in both) == [False, True], [r.process.tail() for r in both]
+    telegram.push_update(group_update("/moa who polls", message_id=30))
+    await wait_until(lambda: any(FOOTER in t for t in with_marker(telegram, GROUP_ID, "POLL-MARK")),
+                     "the answer", explain=lambda: "\n".join(r.process.tail() for r in both))
+    assert len(with_marker(telegram, GROUP_ID, "POLL-MARK")) == 1

@@ -437,6 +437,8 @@ class FakeDiscord:
                     "resume_gateway_url": self.gateway_url,
                     "application": {"id": self.application_id, "flags": 0},
                 }
+                if "shard" in frame["d"]:  # as Discord does: READY names the shard it identified as
+                    ready["shard"] = frame["d"]["shard"]
                 await ws.send_str(json.dumps({"op": 0, "t": "READY", "s": next(self._sequence), "d": ready}))
                 self._ready.set()
             elif op == 6:

@@ -9,7 +9,7 @@ from pathlib import Path
 from gateway.app import cost_hooks
 from gateway.config import AccessRules, ChannelSettings, PlatformSection, parse_config
 from gateway.service import Gateway
-from gateway.storage import Store
+from gateway.storage import open_store
 from moa_core.clock import SystemClock
 from moa_core.engine import MoaEngine
 from moa_core.providers.client import ProviderClient
@@ -47,7 +47,7 @@ async def make_gateway(fake: FakeProvider, http, tmp_path: Path, *, admins=("adm
     config = dataclasses.replace(config, platforms={"fakechat": PlatformSection("fakechat", access)},
                                  channels={"fakechat:configured": ChannelSettings(preset="solo")})
     clock = SystemClock()
-    store = await Store.open(config.gateway.database, clock)
+    store = await open_store(config.gateway.database, clock, lease_s=config.gateway.lease_s)
     engine = MoaEngine(config.engine, ProviderClient(http, env=ENV, clock=clock),
                        tools=builtin_tools(config.engine.tool_limits, make_fetch_client(config.engine.tool_limits), clock),
                        clock=clock)

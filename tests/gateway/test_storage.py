@@ -537,6 +537,27 @@ async def test_leases_hand_over_the_rows_whose_owner_is_gone(backend: Backend, c
         await b.close()
 
 
+async def test_a_named_lock_is_held_by_one_store(backend: Backend, clock: FakeClock) -> None:
+    a, b = await backend.open(clock), await backend.open(clock)
+    try:
+        held = await a.try_lock("moa-gateway:test")
+        assert held is not None and held.name == "moa-gateway:test"
+        other = await b.try_lock("moa-gateway:test")
+        if backend.name == "postgresql":  # a second replica is refused until the holder lets go
+            assert other is None
+            another = await b.try_lock("moa-gateway:another")
+            assert another is not None
+            await another.stop()
+            await held.stop()
+            other = await b.try_lock("moa-gateway:test")
+        assert other is not None  # on SQLite always granted: one process per file
+        await other.stop()
+        await held.stop()  # twice is fine
+    finally:
+        await a.close()
+        await b.close()
+
+
 # Concurrency and crashes --------------------------------------------------------------------
 
 

@@ -50,7 +50,15 @@ from gateway.presentation import answer_footer, reference_summary
 from gateway.storage import Delivery, Storage
 from moa_core.clock import Clock
 from moa_core.engine import MoaEngine
-from moa_core.events import Event, ReferenceFinished, ReferencesDone, TextDelta, ToolCallStarted, TurnResult
+from moa_core.events import (
+    Event,
+    ReferenceFinished,
+    ReferencesDone,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    TurnResult,
+)
 from moa_core.values import ImagePart
 
 log = logging.getLogger(__name__)
@@ -446,8 +454,13 @@ class Gateway:
                     state["summary_sent"] = True
                     await adapter.send(chat, reference_summary(preset_name, summary_mode, event.results,
                                                                      heard=waiting.heard))
-            elif isinstance(event, ToolCallStarted) and self.config.gateway.stream:
-                stream.update(Answer(f"{state['text']}\n\n_using {event.call.name}…_".strip(), final=False))
+            elif isinstance(event, ToolCallStarted):
+                if progress is not None:  # the progress line names the tool while it runs
+                    await progress.close(Progress("tool", 0, 0, event.call.name))
+                if self.config.gateway.stream:
+                    stream.update(Answer(f"{state['text']}\n\n_using {event.call.name}…_".strip(), final=False))
+            elif isinstance(event, ToolCallFinished) and progress is not None:
+                await progress.close(Progress("aggregating", 0, 0, preset.aggregator.label))
             elif isinstance(event, TextDelta):
                 if state["step"] != event.step:
                     state["step"], state["text"] = event.step, ""

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from adapters.contract import Progress
+from adapters.telegram.render import render_progress
 from gateway.app import build_app
 from gateway.config import AccessRules, PlatformSection, parse_config
 from gateway.storage import open_store
@@ -84,6 +86,12 @@ async def test_the_aggregator_calls_an_mcp_tool_and_reads_its_result(fake, tmp_p
     assert tool_messages(fake)[1] == [{"role": "tool", "tool_call_id": "call_1", "content": "kb echoes: moa"}]
     [answer] = chat.final_answers()
     assert answer.text == "MoA means moa."
+    # The progress line shows the tool while it runs (Telegram: "🔧 kb__echo…"), then the answer stage.
+    progress = [item for _, _, item, _ in chat.log if isinstance(item, Progress)]
+    tool_lines = [p for p in progress if p.stage == "tool"]
+    assert [p.detail for p in tool_lines] == ["kb__echo"]
+    assert render_progress(tool_lines[0])[0].plain == "🔧 kb__echo…"
+    assert progress[-1].stage == "aggregating"
     # The advisory view of the second fan-out holds the tool call and its result as text.
     advice_input = json.dumps([r.body for r in fake.requests if r.model == "ref"][1])
     assert "[tool call: kb__echo" in advice_input and "kb echoes: moa" in advice_input

@@ -195,3 +195,17 @@ async def test_stop_ends_an_in_flight_call_with_a_tool_error(toolboxes) -> None:
     await box.stop()
     outcome = await asyncio.wait_for(pending, 5)
     assert not outcome.ok and "stopped" in outcome.output
+
+
+async def test_a_cancelled_call_leaves_the_connection_usable(toolboxes) -> None:
+    """A turn that ends (cancelled) mid-call cancels the call; the server keeps serving others."""
+    box = await start(toolboxes, stdio())
+    pending = asyncio.create_task(call(box, ["mcp:fake"], "fake__hang"))
+    await asyncio.sleep(0.3)
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert box.connections["fake"].state == "up"
+    outcome = await call(box, ["mcp:fake"], "fake__echo", {"text": "next turn"})
+    assert outcome.ok and outcome.output == "fake echoes: next turn"
+    assert box.connections["fake"].generation == 1

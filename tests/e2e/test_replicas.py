@@ -40,6 +40,7 @@ LEASE_S = 3.0
 # the rest is the turn's notice being sent and slow CI.
 TAKEOVER_BOUND_S = LEASE_S * 1.25 + 5
 FOOTER = " tokens · "
+START_S = 90.0
 
 
 def free_port() -> int:
@@ -83,7 +84,9 @@ async def replicas(tmp_path: Path, provider, telegram, pg_database, monkeypatch)
             )
             started.append(Replica(GatewayProcess(config, f"replica{index}"), port))
         await asyncio.gather(*(r.process.start() for r in started))
-        await asyncio.gather(*(r.process.wait_logged("moa-gateway running") for r in started))
+        # Start-up only (two interpreters importing the platform SDKs and matplotlib at once can
+        # take long on a loaded machine); what is timed below is bounded separately.
+        await asyncio.gather(*(r.process.wait_logged("moa-gateway running", timeout=START_S) for r in started))
         return started
 
     yield start

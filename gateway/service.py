@@ -1,8 +1,8 @@
 """The gateway service: from an inbound message to a delivered answer.
 
 It de-duplicates events, applies triggers and access rules, parses commands, keeps one turn at a
-time per session (later messages queue in order), runs MoA turns through the engine, records
-every call, and delivers answers through the ledger so a completed answer reaches its chat
+time per session (later messages queue in order), runs MoA turns through the engine, books
+every call as it ends (gateway.booking), and delivers answers through the ledger so a completed answer reaches its chat
 exactly once, even across a crash.
 """
 
@@ -27,6 +27,7 @@ from adapters.contract import (
 )
 from gateway.access import is_admin, is_allowed, is_trigger
 from gateway.attachments import AttachmentIntake, Prepared
+from gateway.booking import CallBook, run_booked_turn
 from gateway.commands import (
     LONE_SURROGATE,
     Ask,
@@ -141,6 +142,8 @@ class Gateway:
         self._retry_task: asyncio.Task | None = None
         # Ledger rows being delivered right now: the retry loop must not send them a second time.
         self._delivering: set[int] = set()
+        # Every model call's row is written as the call ends, not when its turn ends.
+        self.book = CallBook(store)
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -185,6 +188,7 @@ class Gateway:
                 task.cancel()  # _run_turn marks the turn interrupted and tells the chat
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        await self.book.settle()
         for adapter in self.adapters.values():
             try:
                 await adapter.stop()
@@ -452,6 +456,7 @@ class Gateway:
                                                   preset.aggregator.label))
                 if not state["summary_sent"] and summary_mode != "off" and event.results:
                     state["summary_sent"] = True
+                    await self.book.settle(turn_id)  # dollars the chat is shown are already booked
                     await adapter.send(chat, reference_summary(preset_name, summary_mode, event.results,
                                                                      heard=waiting.heard))
             elif isinstance(event, ToolCallStarted):
@@ -473,11 +478,10 @@ class Gateway:
             if waiting.images or self.attachments.settings.keep_images_in_history:
                 history = self.attachments.with_images(history, waiting.images)
             conversation = trim_history(history, self.config.gateway.context_chars)
-            result = await self.engine.run_turn(preset_name, conversation, session=session_key(message),
-                                                on_event=on_event)
+            result = await run_booked_turn(self.engine, self.book, turn_id, preset_name, conversation,
+                                           session=session_key(message), on_event=on_event)
         except asyncio.CancelledError:
             await self._close_quietly(progress, stream)
-            await self.store.record_calls(turn_id, ())
             await self._interrupt_at_shutdown(turn_id, chat, ask.prompt)
             raise
         except Exception as error:
@@ -490,7 +494,6 @@ class Gateway:
         if result.error and stream.sent is not None and state["text"].strip():
             # The streamed part stays in the chat: say in that same message that it stops short.
             await stream.close(Answer(f"{state['text'].rstrip()}\n\n{_INCOMPLETE_MARK}", final=True))
-        await self.store.record_calls(turn_id, result.calls)
         await self._finish(turn_id, chat, result, stream.sent)
 
     async def _finish(self, turn_id: int, chat: ChatRef, result: TurnResult, streamed: Sent | None) -> None:

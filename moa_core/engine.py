@@ -4,6 +4,11 @@ The aggregator is the acting model: it gets the full conversation with the refer
 added to the last user turn, may call the preset's tools, and writes the answer. References run
 according to the preset's cadence; an advisory view identical to the previous one (per session)
 reuses the earlier advice: no new calls, no new events, no new spend.
+
+Every call's record is emitted (`CallFinished`) the moment the call ends, so a caller can book
+spend as it happens; a turn cancelled mid-way emits the calls it cut (status `cut`, estimated
+usage) before the cancellation propagates, and a call that raised something other than a
+provider error is emitted as failed before the error propagates.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from moa_core.advisory import advisory_view, guidance_block, view_key, with_guid
 from moa_core.clock import Clock
 from moa_core.events import (
     Aggregating,
+    CallFinished,
     Event,
     OnEvent,
     ReferenceFinished,
@@ -29,7 +35,16 @@ from moa_core.events import (
     TurnDone,
     TurnResult,
 )
-from moa_core.fanout import ReferenceCall, fan_out, mark_late, partial_spend, reference_record
+from moa_core.fanout import (
+    ReferenceCall,
+    Straggler,
+    cut_reference,
+    cut_spend,
+    fan_out,
+    mark_late,
+    partial_spend,
+    reference_record,
+)
 from moa_core.images import can_see, for_model, has_visible_images
 from moa_core.pricing import price_call
 from moa_core.providers.base import CompletionRequest, ModelClient, ProviderError, ProviderTimeout
@@ -155,7 +170,7 @@ class MoaEngine:
         new_messages: list[Message] = []
         calls: list[CallRecord] = []
         references: list[ReferenceResult] = []
-        late_tasks: list[asyncio.Task[ReferenceCall]] = []
+        late_tasks: list[Straggler] = []
         aggregator_usages: list[Usage] = []
         aggregator_costs: list[Cost] = []
         advice: tuple[ReferenceResult, ...] = ()
@@ -180,6 +195,9 @@ class MoaEngine:
                         async def on_result(result: ReferenceResult) -> None:
                             await emit(ReferenceFinished(result))
 
+                        async def on_call(call: ReferenceCall) -> None:
+                            await emit(CallFinished(reference_record(call)))
+
                         outcome = await fan_out(
                             client=self._client,
                             providers=self._settings.providers,
@@ -189,6 +207,7 @@ class MoaEngine:
                             clock=self._clock,
                             max_concurrent=self._settings.max_concurrent_references,
                             on_result=on_result,
+                            on_call=on_call,
                         )
                         advice = tuple(outcome.results)
                         fanout_calls = outcome.calls
@@ -242,18 +261,37 @@ class MoaEngine:
                     "(the preset's step limit). Ask again, narrower, or raise max_steps."
                 )
                 new_messages.append(Message("assistant", answer))
-        finally:
-            # Late references still count: wait for them within their own deadlines.
-            for task in late_tasks:
-                if not task.done():
-                    try:
-                        await asyncio.wait_for(asyncio.shield(task), preset.reference_timeout + 1.0)
-                    except BaseException:
-                        task.cancel()
-                if task.done() and not task.cancelled() and task.exception() is None:
-                    late_call = mark_late(task.result())
-                    references.append(late_call.result)
-                    calls.append(reference_record(late_call, late=True))
+        except BaseException:
+            # Cut (cancelled) or broken: stragglers are not waited for; they are cut and booked.
+            for straggler in late_tasks:
+                if not straggler.task.done():
+                    straggler.task.cancel()
+                    cut = cut_reference(preset, self._settings.providers, straggler.index, straggler.step,
+                                        straggler.messages, self._clock.monotonic() - straggler.started)
+                    await emit(CallFinished(reference_record(cut, late=True)))
+                elif not straggler.task.cancelled() and straggler.task.exception() is None:
+                    await emit(CallFinished(reference_record(mark_late(straggler.task.result()), late=True)))
+            raise
+        # Late references still count: wait for them within their own deadlines.
+        for straggler in late_tasks:
+            task = straggler.task
+            if not task.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), preset.reference_timeout + 1.0)
+                except asyncio.CancelledError:
+                    task.cancel()
+                    cut = cut_reference(preset, self._settings.providers, straggler.index, straggler.step,
+                                        straggler.messages, self._clock.monotonic() - straggler.started)
+                    await emit(CallFinished(reference_record(cut, late=True)))
+                    raise
+                except BaseException:
+                    task.cancel()
+            if task.done() and not task.cancelled() and task.exception() is None:
+                late_call = mark_late(task.result())
+                references.append(late_call.result)
+                record = reference_record(late_call, late=True)
+                calls.append(record)
+                await emit(CallFinished(record))
 
         total = sum_dollars([c.cost for c in calls])
         result = TurnResult(
@@ -284,8 +322,10 @@ class MoaEngine:
         emit,
     ) -> tuple[Completion | None, CallRecord]:
         slot = preset.aggregator
+        streamed: list[str] = []
 
         async def on_text(text: str) -> None:
+            streamed.append(text)
             await emit(TextDelta(step, text))
 
         request = CompletionRequest(
@@ -299,22 +339,34 @@ class MoaEngine:
             deadline=self._clock.monotonic() + preset.aggregator_timeout,
         )
         started = self._clock.monotonic()
+        def elapsed_ms() -> int:
+            return int((self._clock.monotonic() - started) * 1000)
+
         try:
             completion = await self._client.complete(request, on_text if preset.stream else None)
         except ProviderError as failure:
             status = "timeout" if isinstance(failure, ProviderTimeout) else "failed"
             usage, cost = partial_spend(provider, slot.model, failure)
-            return None, CallRecord(
-                "aggregator", step, 0, provider.name, slot.model, status,
-                int((self._clock.monotonic() - started) * 1000), usage, cost, str(failure),
-            )
+            record = CallRecord("aggregator", step, 0, provider.name, slot.model, status, elapsed_ms(), usage, cost,
+                                str(failure))
+            await emit(CallFinished(record))
+            return None, record
+        except BaseException as failure:
+            # Cancelled (shutdown) or a bug below us: the call may have cost money all the same.
+            cancelled = isinstance(failure, asyncio.CancelledError)
+            usage, cost = cut_spend(provider, request, "".join(streamed))
+            why = "cut: the turn was cancelled while this call ran" if cancelled else (
+                f"{type(failure).__name__}: {failure}")
+            await emit(CallFinished(CallRecord("aggregator", step, 0, provider.name, slot.model,
+                                               "cut" if cancelled else "failed", elapsed_ms(), usage, cost, why)))
+            raise
+        cost = price_call(provider, slot.model, completion.usage, completion.provider_cost_usd)
+        record = CallRecord("aggregator", step, 0, provider.name, slot.model, "ok", elapsed_ms(), completion.usage,
+                            cost)
+        await emit(CallFinished(record))
         if not preset.stream and completion.text:
             await emit(TextDelta(step, completion.text))
-        cost = price_call(provider, slot.model, completion.usage, completion.provider_cost_usd)
-        return completion, CallRecord(
-            "aggregator", step, 0, provider.name, slot.model, "ok",
-            int((self._clock.monotonic() - started) * 1000), completion.usage, cost,
-        )
+        return completion, record
 
     def _remember(self, session: str, advice: _Advice) -> None:
         self._advice[session] = advice

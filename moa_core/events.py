@@ -38,6 +38,17 @@ class ReferenceFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class CallFinished:
+    """One model call ended (answered, failed, timed out, skipped, or cut by cancellation), as
+    its stored record. Emitted once per call, as soon as it ends, so that a caller can book its
+    spend at once; a turn cut later still leaves these behind. Advice reused from the session's
+    cache makes no call and emits nothing. Handlers should not block: during cancellation the
+    engine still emits the records of the calls it cut."""
+
+    record: CallRecord
+
+
+@dataclass(frozen=True, slots=True)
 class ReferencesDone:
     step: int
     results: tuple[ReferenceResult, ...]
@@ -104,6 +115,13 @@ class TurnDone:
 
 
 Event = (
-    ReferenceFinished | ReferencesDone | Aggregating | ToolCallStarted | ToolCallFinished | TextDelta | TurnDone
+    ReferenceFinished
+    | CallFinished
+    | ReferencesDone
+    | Aggregating
+    | ToolCallStarted
+    | ToolCallFinished
+    | TextDelta
+    | TurnDone
 )
 OnEvent = Callable[[Event], Awaitable[None]]

@@ -2,7 +2,9 @@
 
 Results keep preset order; a failing, slow or recursive reference becomes a labelled result and
 never aborts the turn. With a quorum, references still running after the grace period are left
-to finish in the background so their usage and cost are still recorded (`late`).
+to finish in the background so their usage and cost are still recorded (`late`). Each call is
+handed to `on_call` the moment it ends, so its spend can be booked before the turn is over; a
+fan-out cancelled mid-way hands over its running calls as `cut`, with estimated usage.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from moa_core.events import ReferenceResult
 from moa_core.images import can_see, for_model, has_visible_images
 from moa_core.pricing import price_call
 from moa_core.providers.base import CompletionRequest, ModelClient, ProviderError, ProviderTimeout
+from moa_core.providers.client import estimated_usage
 from moa_core.settings import Preset, ProviderSettings, Slot
 from moa_core.values import UNKNOWN_COST, UNKNOWN_USAGE, CallRecord, Cost, Message, Usage
 
 log = logging.getLogger(__name__)
 
 OnResult = Callable[[ReferenceResult], Awaitable[None]]
+OnCall = Callable[["ReferenceCall"], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +41,25 @@ class ReferenceCall:
     input_messages: tuple[Message, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Straggler:
+    """A reference still running after the quorum grace: its task, and what it was sent (so a
+    cut straggler can still be booked with an estimate)."""
+
+    task: asyncio.Task[ReferenceCall]
+    index: int
+    step: int
+    messages: tuple[Message, ...]
+    started: float
+
+
 @dataclass(slots=True)
 class FanOut:
     """What a fan-out produced: results in preset order, call records, and late stragglers."""
 
     results: list[ReferenceResult]
     calls: list[ReferenceCall]
-    late: list[asyncio.Task[ReferenceCall]] = field(default_factory=list)
+    late: list[Straggler] = field(default_factory=list)
 
 
 def partial_spend(provider: ProviderSettings, model: str, error: BaseException) -> tuple[Usage, Cost]:
@@ -52,6 +68,28 @@ def partial_spend(provider: ProviderSettings, model: str, error: BaseException) 
     if not isinstance(usage, Usage):
         return UNKNOWN_USAGE, UNKNOWN_COST
     return usage, price_call(provider, model, usage, None)
+
+
+def cut_spend(provider: ProviderSettings, request: CompletionRequest, output_text: str = "") -> tuple[Usage, Cost]:
+    """Estimated usage and cost of a call cut by cancellation: the server may already bill the
+    input it read (and what it wrote), but it reported nothing."""
+    usage = estimated_usage(request, output_text)
+    return usage, price_call(provider, request.model, usage, None)
+
+
+def cut_reference(preset: Preset, providers: dict[str, ProviderSettings], index: int, step: int,
+                  messages: tuple[Message, ...], elapsed_s: float) -> ReferenceCall:
+    """The record of a reference still running when its fan-out was cancelled."""
+    slot = preset.references[index]
+    provider = providers[slot.provider]
+    request = CompletionRequest(provider=provider, model=slot.model, messages=messages,
+                                temperature=preset.reference_temperature, max_tokens=slot.max_tokens)
+    usage, cost = cut_spend(provider, request)
+    result = ReferenceResult(
+        index, len(preset.references), slot.label, "cut", "", usage, cost, int(elapsed_s * 1000), step,
+        "cut: the turn was cancelled while this call ran",
+    )
+    return ReferenceCall(result, provider.name, slot.model, preset.reference_temperature, messages)
 
 
 def _skipped(index: int, count: int, slot: Slot, step: int, why: str) -> ReferenceResult:
@@ -71,6 +109,7 @@ async def _ask_reference(
     step: int,
     clock: Clock,
     limit: asyncio.Semaphore,
+    sent: set[int],
 ) -> ReferenceCall:
     if has_visible_images(messages):
         messages = for_model(messages, can_see(provider, slot.model))
@@ -78,6 +117,7 @@ async def _ask_reference(
     else:
         seen = None
     async with limit:
+        sent.add(index)  # from here on the call may cost money, even if it is cut
         started = clock.monotonic()
         deadline = started + preset.reference_timeout
         request = CompletionRequest(
@@ -133,14 +173,19 @@ async def fan_out(
     clock: Clock,
     max_concurrent: int,
     on_result: OnResult,
+    on_call: OnCall | None = None,
 ) -> FanOut:
-    """Ask every reference of `preset` for advice on `view`, concurrently."""
+    """Ask every reference of `preset` for advice on `view`, concurrently.
+
+    `on_call` gets each call as it ends (skipped ones at once); when the fan-out is cancelled,
+    the references still running are cancelled and handed over as `cut` before it re-raises."""
     count = len(preset.references)
     messages = (Message("system", REFERENCE_SYSTEM_PROMPT), *view)
     limit = asyncio.Semaphore(max(1, max_concurrent))
     results: list[ReferenceResult | None] = [None] * count
     calls: list[ReferenceCall] = []
     pending: dict[asyncio.Task[ReferenceCall], int] = {}
+    sent: set[int] = set()
 
     for index, slot in enumerate(preset.references):
         why = (
@@ -157,17 +202,21 @@ async def fan_out(
         else:
             task = asyncio.create_task(
                 _ask_reference(
-                    client, providers[slot.provider], slot, preset, messages, index, count, step, clock, limit
+                    client, providers[slot.provider], slot, preset, messages, index, count, step, clock, limit,
+                    sent,
                 )
             )
             pending[task] = index
-    for result in results:
-        if result is not None:
-            await on_result(result)
-
+    started = clock.monotonic()
     answered = 0
     grace_ends: float | None = None
     try:
+        for call in calls:
+            if on_call is not None:
+                await on_call(call)
+        for result in results:
+            if result is not None:
+                await on_result(result)
         while pending:
             timeout = None if grace_ends is None else max(0.0, grace_ends - clock.monotonic())
             done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -177,6 +226,8 @@ async def fan_out(
                 index = pending.pop(task)
                 call = task.result()
                 calls.append(call)
+                if on_call is not None:
+                    await on_call(call)
                 results[index] = call.result
                 answered += call.result.status == "ok"
                 await on_result(call.result)
@@ -185,9 +236,16 @@ async def fan_out(
     except BaseException:
         for task in pending:
             task.cancel()
+        if on_call is not None:
+            for task, index in sorted(pending.items(), key=lambda item: item[1]):
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    await on_call(task.result())  # it ended just before the cancellation
+                elif index in sent:  # a call still waiting for a slot was never sent
+                    await on_call(cut_reference(preset, providers, index, step, messages,
+                                                clock.monotonic() - started))
         raise
 
-    late: list[asyncio.Task[ReferenceCall]] = []
+    late: list[Straggler] = []
     for task, index in pending.items():
         slot = preset.references[index]
         result = ReferenceResult(
@@ -196,7 +254,7 @@ async def fan_out(
             f"still running after the quorum of {preset.quorum} and a {preset.quorum_grace:g} s grace",
         )
         results[index] = result
-        late.append(task)
+        late.append(Straggler(task, index, step, messages, started))
         await on_result(result)
     calls.sort(key=lambda call: call.result.index)
     return FanOut([r for r in results if r is not None], calls, late)

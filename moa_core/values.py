@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
-CallStatus = Literal["ok", "failed", "timeout", "skipped"]
+# "cut": the call was still running when its turn was cancelled (shutdown past the grace);
+# its usage is an estimate from what was sent and received so far.
+CallStatus = Literal["ok", "failed", "timeout", "skipped", "cut"]
 CostSource = Literal["provider", "price_table", "config", "unknown"]
 # How trustworthy a token count is: "reported" by the server, "estimated" by us
 # from text length (the server sent none), or "unknown".

@@ -277,6 +277,26 @@ class Store:
 
         await self.run(work)
 
+    async def book_calls(self, calls: Sequence[tuple[int, CallRecord]]) -> None:
+        """Store model calls of one or more turns, given as (turn id, call), in ONE transaction:
+        the gateway books each call as it ends and writes those that ended together at once.
+        Each row gets its turn's chat, user and preset copied onto it, as in `record_calls`."""
+        if not calls:
+            return
+        at = self._now()
+
+        def work(db: sqlite_utils.Database) -> None:
+            with db.atomic():
+                turns: dict[int, dict[str, Any]] = {}
+                rows = []
+                for turn_id, call in calls:
+                    if turn_id not in turns:
+                        turns[turn_id] = _turn_columns(db, turn_id)
+                    rows.append(_call_row(turns[turn_id], call, at))
+                db.table("model_calls").insert_all(rows)
+
+        await self.run(work)
+
     async def complete_turn(
         self,
         turn_id: int,

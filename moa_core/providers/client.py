@@ -360,3 +360,9 @@ def _image_tokens(request: CompletionRequest) -> int:
 def _tokens(chars: int) -> int:
     """About four characters a token; at least one when there was any text at all."""
     return math.ceil(chars / 4)
+
+
+def estimated_usage(request: CompletionRequest, output_text: str = "") -> Usage:
+    """Usage of a call cut before the server reported any (the caller was cancelled): the
+    request's length as input and the text received so far as output, marked estimated."""
+    return Usage(input=_tokens(_request_chars(request)), output=_tokens(len(output_text)), source="estimated")

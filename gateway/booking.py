@@ -1,0 +1,104 @@
+"""Booking model-call spend as it happens: each call's row is written when the call ends.
+
+The engine hands over every call the moment it ends (`CallFinished`: a reference as it answers,
+the aggregator after each step, a call cut by cancellation with estimated usage). `CallBook`
+queues those records and one writer task stores them: the records that end while a write is
+under way go together into the next transaction (group commit), so a busy gateway does not
+queue one write per call, and nothing waits for a write on the turn's own path.
+
+A turn cut by SIGTERM (grace ran out), by a bug, or by SIGKILL therefore leaves the rows of the
+calls that had already ended (for SIGKILL: the ones whose write had landed), and the digest,
+`/moa cost` and budgets count them after a restart. `run_booked_turn` is the one way the gateway
+runs a turn with booking; any caller that stores turns (the chat adapters, `ask`) goes through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from gateway.storage import Store
+from moa_core.engine import MoaEngine
+from moa_core.events import CallFinished, Event, OnEvent, TurnResult
+from moa_core.values import CallRecord, Message
+
+log = logging.getLogger(__name__)
+
+# Told of every booked call (after its row is written): the budget reservations use it.
+OnBooked = Callable[[int, CallRecord], None]
+
+
+class CallBook:
+    """Writes model-call rows in the background, a batch per transaction."""
+
+    def __init__(self, store: Store, on_booked: OnBooked | None = None):
+        self._store = store
+        self._on_booked = on_booked
+        self._queue: list[tuple[int, CallRecord]] = []
+        self._unbooked: Counter[int] = Counter()  # per turn: records queued or being written
+        self._writer: asyncio.Task[None] | None = None
+
+    def book(self, turn_id: int, record: CallRecord) -> None:
+        """Queue one call's row; returns at once (never blocks the turn)."""
+        self._queue.append((turn_id, record))
+        self._unbooked[turn_id] += 1
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="moa-call-book")
+
+    async def _write(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await self._store.book_calls(batch)
+            except Exception:
+                log.exception("could not book %d model call(s)", len(batch))
+            else:
+                if self._on_booked is not None:
+                    for turn_id, record in batch:
+                        self._on_booked(turn_id, record)
+            finally:
+                for turn_id, _ in batch:
+                    self._unbooked[turn_id] -= 1
+                    if self._unbooked[turn_id] <= 0:
+                        del self._unbooked[turn_id]
+
+    async def settle(self, turn_id: int | None = None) -> None:
+        """Wait until the rows queued so far (of `turn_id`, or of every turn) are written.
+
+        Safe in a task being cancelled: the write itself is shielded and always completes."""
+        while (self._unbooked.get(turn_id, 0) if turn_id is not None else self._unbooked) and self._writer:
+            await asyncio.shield(self._writer)
+
+    def unbooked(self, turn_id: int) -> int:
+        """Records of this turn not yet written (tests, diagnostics)."""
+        return self._unbooked.get(turn_id, 0)
+
+
+async def run_booked_turn(
+    engine: MoaEngine,
+    book: CallBook,
+    turn_id: int,
+    preset: str,
+    conversation: Sequence[Message],
+    *,
+    session: str,
+    on_event: OnEvent | None = None,
+) -> TurnResult:
+    """`engine.run_turn` with every call booked under `turn_id` as it ends.
+
+    However the turn ends (answer, provider error, a bug, cancellation), the calls made so far
+    are written before this returns or raises."""
+
+    async def booked(event: Event) -> None:
+        if isinstance(event, CallFinished):
+            book.book(turn_id, event.record)
+        if on_event is not None:
+            await on_event(event)
+
+    try:
+        return await engine.run_turn(preset, conversation, session=session, on_event=booked)
+    finally:
+        await book.settle(turn_id)
+

@@ -10,6 +10,9 @@ A turn cut by SIGTERM (grace ran out), by a bug, or by SIGKILL therefore leaves 
 calls that had already ended (for SIGKILL: the ones whose write had landed), and the digest,
 `/moa cost` and budgets count them after a restart. `run_booked_turn` is the one way the gateway
 runs a turn with booking; any caller that stores turns (the chat adapters, `ask`) goes through it.
+
+`Reservations` holds, for each admitted turn still running, what it is expected to cost beyond
+what it has booked, so the budget check of a concurrent turn counts it.
 """
 
 from __future__ import annotations
@@ -102,3 +105,41 @@ async def run_booked_turn(
     finally:
         await book.settle(turn_id)
 
+
+
+class Reservations:
+    """Spend held for admitted turns that are still running, so that the budget check of the
+    next turn sees them (one user firing many turns at once in several chats).
+
+    Each admitted turn holds its estimate under the budget scopes it counts against; as its
+    calls are booked the hold shrinks by their known dollars (the booked rows are counted by the
+    budget query itself), and it is released when the turn ends. In one process only: several
+    replicas each hold their own turns."""
+
+    def __init__(self) -> None:
+        self._holds: dict[int, _Hold] = {}
+
+    def reserve(self, turn_id: int, scopes: Sequence[str], estimate_usd: float) -> None:
+        self._holds[turn_id] = _Hold(tuple(scopes), max(0.0, estimate_usd))
+
+    def booked(self, turn_id: int, record: CallRecord) -> None:
+        hold = self._holds.get(turn_id)
+        if hold is not None and record.cost.usd is not None:
+            hold.booked += record.cost.usd
+
+    def release(self, turn_id: int) -> None:
+        self._holds.pop(turn_id, None)
+
+    def held(self, scope: str) -> tuple[float, int]:
+        """Dollars still expected from the running turns of `scope`, and how many they are."""
+        holds = [h for h in self._holds.values() if scope in h.scopes]
+        return sum(max(0.0, h.estimate - h.booked) for h in holds), len(holds)
+
+
+class _Hold:
+    __slots__ = ("booked", "estimate", "scopes")
+
+    def __init__(self, scopes: tuple[str, ...], estimate: float):
+        self.scopes = scopes
+        self.estimate = estimate
+        self.booked = 0.0

@@ -27,7 +27,7 @@ from adapters.contract import (
 )
 from gateway.access import is_admin, is_allowed, is_trigger
 from gateway.attachments import AttachmentIntake, Prepared
-from gateway.booking import CallBook, run_booked_turn
+from gateway.booking import CallBook, Reservations, run_booked_turn
 from gateway.commands import (
     LONE_SURROGATE,
     Ask,
@@ -67,7 +67,9 @@ log = logging.getLogger(__name__)
 # Handlers for the cost commands, provided by gateway.costs wiring (see app.py); each returns
 # the text to show. They receive the gateway, the message and the parsed command.
 CommandHook = Callable[["Gateway", InboundMessage, Command], Awaitable[str]]
-BudgetHook = Callable[["Gateway", InboundMessage], Awaitable[str | None]]
+# The budget check before a turn: None admits it (and holds its estimate in
+# `gateway.reservations` until it ends), else the refusal text.
+BudgetHook = Callable[..., Awaitable[str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,8 @@ class Gateway:
         # Ledger rows being delivered right now: the retry loop must not send them a second time.
         self._delivering: set[int] = set()
         # Every model call's row is written as the call ends, not when its turn ends.
-        self.book = CallBook(store)
+        self.reservations = Reservations()
+        self.book = CallBook(store, on_booked=self.reservations.booked)
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -422,12 +425,18 @@ class Gateway:
     # ----- a turn ----------------------------------------------------------------------------
 
     async def _run_turn(self, waiting: _Waiting) -> None:
+        try:
+            await self._admit_and_run(waiting)
+        finally:
+            self.reservations.release(waiting.turn_id)  # its calls are all booked by now
+
+    async def _admit_and_run(self, waiting: _Waiting) -> None:
         message, ask, turn_id = waiting.message, waiting.ask, waiting.turn_id
         preset_name, session_id = waiting.preset, waiting.session_id
         chat = chat_ref(message)
         adapter = self.adapters[message.platform]
         if self._budget_check is not None:
-            refusal = await self._budget_check(self, message)
+            refusal = await self._budget_check(self, message, turn_id=turn_id, preset=preset_name, prompt=ask.prompt)
             if refusal:
                 await self.store.mark_turn(turn_id, "refused", "over budget")
                 await self.notify(chat, refusal, "warning")

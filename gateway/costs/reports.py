@@ -135,6 +135,19 @@ class CostReport:
         return tuple(s for s in self.by_model if s.role == "transcription")
 
 
+class HeldSpend(Protocol):
+    """Spend held for running turns (`gateway.costs.reservations.Reservations` fits)."""
+
+    def held(self, scope: str) -> tuple[float, int]:
+        """Dollars still expected from the running turns of `scope`, and how many they are."""
+        ...
+
+
+def budget_scope(kind: BudgetKind, scope: str) -> str:
+    """The key a budget's reservations are held under: `user_day:platform:user`, ..."""
+    return f"{kind}:{scope}"
+
+
 class BudgetLimits(Protocol):
     """Global budgets (the `[budgets]` section; `gateway.config.BudgetSettings` fits)."""
 
@@ -170,18 +183,23 @@ class BudgetLine:
     spent: float
     resets_at: datetime
     source: Literal["config", "channel"]
+    # Held for turns of this scope still running: what they are expected to cost beyond what
+    # they have booked so far (see gateway.costs.reservations).
+    reserved: float = 0.0
+    running: int = 0
 
     @property
     def left(self) -> float:
-        return max(0.0, self.limit - self.spent)
+        return max(0.0, self.limit - self.spent - self.reserved)
 
     @property
     def reached(self) -> bool:
-        return self.spent >= self.limit
+        """Spent, or held for running turns: another turn is refused from here."""
+        return self.spent + self.reserved >= self.limit
 
     @property
     def ratio(self) -> float:
-        return self.spent / self.limit if self.limit > 0 else float("inf")
+        return (self.spent + self.reserved) / self.limit if self.limit > 0 else float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,23 +371,28 @@ async def budget_status(
     user_id: str,
     now: datetime,
     tz: ZoneInfo,
+    held: HeldSpend | None = None,
 ) -> tuple[BudgetLine, ...]:
-    """Every budget that applies to this user in this chat, with spend and reset time."""
+    """Every budget that applies to this user in this chat, with spend and reset time, and
+    (given `held`) what running turns of each scope are still expected to cost."""
     limits = effective_limits(budgets, channel_override)
     if not limits:
         return ()
     day_start, day_end = period_bounds("day", now, tz)
     month_start, month_end = period_bounds("month", now, tz)
 
+    def line(kind: BudgetKind, scope: str, spent: float, resets_at: datetime) -> BudgetLine:
+        limit, source = limits[kind]
+        reserved, running = held.held(budget_scope(kind, scope)) if held is not None else (0.0, 0)
+        return BudgetLine(kind, scope, limit, spent, resets_at, source, reserved, running)
+
     lines = []
     if "user_day" in limits:
-        limit, source = limits["user_day"]
         spent = await spent_between(store, day_start, day_end, platform=platform, user_id=user_id)
-        lines.append(BudgetLine("user_day", f"{platform}:{user_id}", limit, spent, day_end, source))
+        lines.append(line("user_day", f"{platform}:{user_id}", spent, day_end))
     if "chat_month" in limits:
-        limit, source = limits["chat_month"]
         spent = await spent_between(store, month_start, month_end, platform=platform, chat_id=chat_id)
-        lines.append(BudgetLine("chat_month", f"{platform}:{chat_id}", limit, spent, month_end, source))
+        lines.append(line("chat_month", f"{platform}:{chat_id}", spent, month_end))
     return tuple(lines)
 
 
@@ -382,9 +405,11 @@ async def check_budget(
     user_id: str,
     now: datetime,
     tz: ZoneInfo,
+    held: HeldSpend | None = None,
 ) -> BudgetVerdict:
-    """May a turn run? Refused when a budget is already reached (spent >= limit)."""
-    lines = await budget_status(store, budgets, channel_override, platform, chat_id, user_id, now, tz)
+    """May a turn run? Refused when a budget is already reached: spent, plus what the running
+    turns of its scope are still expected to cost (`held`), is at or over the limit."""
+    lines = await budget_status(store, budgets, channel_override, platform, chat_id, user_id, now, tz, held)
     if not lines:
         return BudgetVerdict(True, "", 0.0, None, None)
     reached = [line for line in lines if line.reached]
@@ -402,11 +427,18 @@ def format_moment(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M %Z")
 
 
+def _held_text(line: BudgetLine) -> str:
+    if not line.running:
+        return ""
+    turns = "turn" if line.running == 1 else "turns"
+    return f" (+ {format_usd(line.reserved)} held for {line.running} running {turns})"
+
+
 def describe_budget(line: BudgetLine) -> str:
     who = "your daily budget" if line.kind == "user_day" else "this chat's monthly budget"
     return (
-        f"{who}: {format_usd(line.spent)} of {format_usd(line.limit)} spent, {format_usd(line.left)} left, "
-        f"resets {format_moment(line.resets_at)}"
+        f"{who}: {format_usd(line.spent)} of {format_usd(line.limit)} spent{_held_text(line)}, "
+        f"{format_usd(line.left)} left, resets {format_moment(line.resets_at)}"
     )
 
 
@@ -414,6 +446,6 @@ def refusal_text(line: BudgetLine) -> str:
     who = "You have" if line.kind == "user_day" else "This chat has"
     what = "your daily budget" if line.kind == "user_day" else "its monthly budget"
     return (
-        f"{who} spent {format_usd(line.spent)} of {what} of {format_usd(line.limit)}; "
+        f"{who} spent {format_usd(line.spent)}{_held_text(line)} of {what} of {format_usd(line.limit)}; "
         f"it resets {format_moment(line.resets_at)}. Nothing was run."
     )

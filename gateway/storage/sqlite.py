@@ -384,6 +384,20 @@ class Store:
 
         return await self.run(work)
 
+    async def recent_turn_costs(self, platform: str, user_id: str, preset: str, limit: int = 5) -> list[float]:
+        """Known dollars of this user's last `limit` finished turns with `preset` (any chat),
+        newest first: what the budget check expects the user's next turn to cost."""
+
+        def work(db: sqlite_utils.Database) -> list[float]:
+            rows = db.execute(
+                "SELECT cost_usd FROM turns WHERE platform = ? AND user_id = ? AND preset = ? "
+                "AND status = 'done' AND cost_usd IS NOT NULL ORDER BY id DESC LIMIT ?",
+                [platform, user_id, preset, limit],
+            ).fetchall()
+            return [float(row[0]) for row in rows]
+
+        return await self.run(work)
+
     async def turn(self, turn_id: int) -> TurnRow | None:
         """One stored turn, or None."""
 

@@ -71,7 +71,8 @@ async def test_a_moa_turn_in_a_group(bot, provider, telegram, tmp_path):
     assert summary.reply_to == 10 and answer.reply_to == 10
     assert summary.thread_id is None and answer.thread_id is None
     assert answer.text.startswith("The group answer GROUP-MARK is 42.") and "<b>42</b>" in answer.raw
-    rows = query(tmp_path / "gateway.db", "select role, model, status, cost_usd from model_calls order by id")
+    rows = query(tmp_path / "gateway.db", "select role, model, status, cost_usd from model_calls "
+                 "order by role = 'aggregator', idx")
     assert [(r["role"], r["model"], r["status"]) for r in rows] == [
         ("reference", "ref-a", "ok"), ("reference", "ref-b", "ok"), ("aggregator", "agg", "ok")]
     assert all(r["cost_usd"] and r["cost_usd"] > 0 for r in rows)

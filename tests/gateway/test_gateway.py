@@ -30,7 +30,10 @@ async def http():
 
 
 async def model_calls(store: Store) -> list[dict]:
-    return await store.run(lambda db: list(db.query("select * from model_calls order by id")))
+    # Calls are booked as they end (references in the order they answer): read them in turn
+    # order, references by preset position, then the aggregator's steps.
+    return await store.run(lambda db: list(db.query(
+        "select * from model_calls order by turn_id, role = 'aggregator', step, idx, id")))
 
 
 async def test_a_moa_turn_end_to_end(fake, http, tmp_path):

@@ -296,6 +296,39 @@ async def test_record_calls_copies_the_turn_columns(store: Storage, clock: FakeC
         await store.record_calls(9999, [call()])
 
 
+async def test_book_calls_stores_calls_of_several_turns_in_one_go(store: Storage) -> None:
+    first = await start(store, await store.active_session("slack", "C1", None), platform="slack", chat_id="C1",
+                        user_id="U1", preset="deep")
+    second = await start(store, await store.active_session("telegram", "-5", None), chat_id="-5", user_id="u2")
+    await store.book_calls([(first, call(0)), (second, call(1, usd=None)), (first, call(0, role="aggregator",
+                                                                                         status="cut"))])
+    rows = await store.query("SELECT turn_id, platform, chat_id, user_id, preset, role, status, cost_usd "
+                             "FROM model_calls ORDER BY id", dicts=True)
+    assert [(r["turn_id"], r["platform"], r["chat_id"], r["user_id"], r["preset"], r["role"], r["status"])
+            for r in rows] == [
+        (first, "slack", "C1", "U1", "deep", "reference", "ok"),
+        (second, "telegram", "-5", "u2", "default", "reference", "ok"),
+        (first, "slack", "C1", "U1", "deep", "aggregator", "cut"),
+    ]
+    assert rows[1]["cost_usd"] is None
+    await store.book_calls([])
+    with pytest.raises(KeyError):  # all or nothing: a missing turn stores none of the batch
+        await store.book_calls([(first, call(2)), (9999, call())])
+    assert len(await store.query("SELECT id FROM model_calls")) == 3
+
+
+async def test_recent_turn_costs_are_the_users_last_done_turns_of_a_preset(store: Storage) -> None:
+    session = await store.active_session("telegram", "-100", None)
+    for usd, status, preset, user in [(0.1, "done", "default", "u1"), (0.2, "failed", "default", "u1"),
+                                      (0.3, "done", "deep", "u1"), (0.4, "done", "default", "u2"),
+                                      (None, "done", "default", "u1"), (0.5, "done", "default", "u1")]:
+        turn_id = await start(store, session, user_id=user, preset=preset)
+        await store.complete_turn(turn_id, status=status, answer=None, cost_usd=usd, messages=(), delivery=None)
+    assert await store.recent_turn_costs("telegram", "u1", "default") == [0.5, 0.1]
+    assert await store.recent_turn_costs("telegram", "u1", "default", limit=1) == [0.5]
+    assert await store.recent_turn_costs("slack", "u1", "default") == []
+
+
 async def test_complete_turn_without_delivery_and_failed_turns(store: Storage) -> None:
     session = await store.active_session("telegram", "1", None)
     turn_id = await start(store, session)

@@ -189,6 +189,18 @@ class Adapter(Protocol):
 
     async def send(self, chat: ChatRef, item: Outbound) -> Sent: ...
 
+    # Optional: `async def send_once(self, chat, item, *, key: str, retry: bool) -> Sent`, used
+    # for the delivery ledger's sends: `key` is the same on every attempt of one ledger row, and
+    # `retry` says an earlier attempt may have reached the platform before a crash. The adapter
+    # makes the send idempotent where the platform allows (Discord: an enforced nonce; Slack: a
+    # metadata marker looked up before posting again) and otherwise follows its documented rule
+    # (Telegram: the repeat is marked "♻️ recovered").
+    #
+    # Optional: `async def accepted(self, message: InboundMessage) -> InboundMessage`, called
+    # once the gateway has let a message through (allowed, not a duplicate, not stale) and
+    # before it acts on it; the adapter may post what belongs to an accepted message only (Slack:
+    # a slash command's root message) and return the message threaded under it.
+
     async def edit(self, sent: Sent, item: Outbound) -> Sent: ...
 
     async def fetch_attachment(self, attachment: Attachment, max_bytes: int) -> bytes:

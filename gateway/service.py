@@ -48,7 +48,7 @@ from gateway.config import AccessRules, Config
 from gateway.history import trim_history
 from gateway.live import LiveMessage
 from gateway.presentation import answer_footer, reference_summary
-from gateway.storage import Delivery, Storage
+from gateway.storage import Delivery, Storage, TurnRow
 from moa_core.clock import Clock
 from moa_core.engine import MoaEngine
 from moa_core.events import (
@@ -151,29 +151,58 @@ class Gateway:
     # ----- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover from a previous run: turns a crash cut are marked before any new message can
-        start a turn, and what the ledger still owes is delivered once the adapters can send."""
-        await self._interrupt_cut_turns()
+        """Recover from a previous run: turns a crash cut are marked, and questions that were
+        still queued are lined up again, before any new message can start a turn; once the
+        adapters can send, the ledger delivers what it still owes and the lined-up questions run."""
+        requeued = await self._recover_unfinished_turns()
         for adapter in self.adapters.values():
             await adapter.start(self.handle_inbound)
         await self.deliver_pending()
+        self._start_lanes(requeued)
         self._retry_task = asyncio.create_task(self._retry_deliveries_forever())
 
     async def recover(self) -> None:
-        """Report turns cut by a crash, then deliver what the ledger still owes."""
-        await self._interrupt_cut_turns()
+        """Report turns cut by a crash, run the questions still queued, deliver what is owed."""
+        requeued = await self._recover_unfinished_turns()
         await self.deliver_pending()
+        self._start_lanes(requeued)
 
-    async def _interrupt_cut_turns(self) -> None:
-        # Turns whose owner is gone: at start, those of the run before; with replicas on
-        # PostgreSQL, also those of a replica that died (its leases expired), at any time.
+    async def _recover_unfinished_turns(self) -> list[str]:
+        """A turn that was running when the process died is reported as interrupted (the
+        calls it made are booked). A question still queued never started and has cost nothing:
+        it is queued again, in its order, unless it is older than `backlog_max_age_s` (or its
+        preset or platform is gone), when it is reported too. Returns the lanes to start.
+
+        The turns are those whose owner is gone: at start, those of the run before; with replicas
+        on PostgreSQL, also those of a replica that died (its leases expired), at any time."""
+        max_age = timedelta(seconds=self.config.gateway.backlog_max_age_s)
+        now = self.clock.now()
+        lanes: list[str] = []
         for turn in await self.store.claim_cut_turns():
+            runnable = (turn.status == "queued" and now - turn.started_at <= max_age
+                        and turn.preset in self.config.engine.presets and turn.platform in self.adapters)
+            if runnable:
+                message = _recovered_message(turn)
+                key = session_key(message)
+                lane = self._lanes.setdefault(key, _Lane())
+                lane.waiting.append(_Waiting(message, Ask(prompt=turn.prompt, preset=turn.preset), turn.id,
+                                             turn.preset, turn.session_id, queued=True))
+                if key not in lanes:
+                    lanes.append(key)
+                continue
             chat = ChatRef(turn.platform, turn.chat_id, turn.thread_id or None, turn.message_id or None)
             await self.store.complete_turn(
                 turn.id, status="interrupted", answer=None, cost_usd=None, messages=(),
                 delivery=(chat, "notice", {"text": _interrupted_text(turn.prompt), "level": "warning"}),
                 error="interrupted by a restart",
             )
+        return lanes
+
+    def _start_lanes(self, keys: list[str]) -> None:
+        for key in keys:
+            lane = self._lanes.get(key)
+            if lane is not None and lane.waiting and (lane.worker is None or lane.worker.done()):
+                lane.worker = asyncio.create_task(self._drain(key, lane))
 
     async def shutdown(self, grace_s: float | None = None) -> None:
         """Stop intake, let running turns finish within the grace period, checkpoint the rest.
@@ -253,6 +282,9 @@ class Gateway:
             return
         if message.attachments and isinstance(command, Help) and _BARE_MOA.fullmatch(message.text.strip()):
             command = Ask(prompt="")  # "/moa" as the caption of a file: the file is the question
+        accepted = getattr(self.adapters.get(message.platform), "accepted", None)
+        if accepted is not None:  # only now may the adapter post for it (Slack's root message)
+            message = await accepted(message)
         if command is None:
             text = message.text.strip()
             if not text and not message.attachments:
@@ -584,8 +616,14 @@ class Gateway:
             item = Notice(payload["text"], payload.get("level", "info"))
         try:
             await self.store.mark_delivery(delivery.id, "sending")
+            send_once = getattr(adapter, "send_once", None)
             if ids and delivery.kind == "answer":
                 sent = await adapter.edit(Sent(delivery.chat, ids), item)
+            elif send_once is not None:
+                # The same key on every attempt of this ledger row; `retry` when a crash may have
+                # come after the platform applied an earlier attempt (the row was left sending).
+                sent = await send_once(delivery.chat, item, key=f"moa-delivery-{delivery.id}",
+                                       retry=delivery.status == "sending")
             else:
                 sent = await adapter.send(delivery.chat, item)
         except asyncio.CancelledError:
@@ -605,7 +643,7 @@ class Gateway:
         while True:
             await asyncio.sleep(every_s)
             try:
-                await self._interrupt_cut_turns()
+                self._start_lanes(await self._recover_unfinished_turns())
                 await self.deliver_pending()
             except Exception:
                 log.warning("retrying deliveries failed", exc_info=True)
@@ -614,6 +652,15 @@ class Gateway:
 _BARE_MOA = re.compile(r"/moa(@\w+)?", re.IGNORECASE)
 _EMPTY_TEXT = "Your message is empty. Send me a question, or /moa help to see what I can do."
 _INCOMPLETE_MARK = "⚠️ _Incomplete: the answer was cut off here._"
+
+
+def _recovered_message(turn: TurnRow) -> InboundMessage:
+    """The inbound message of a stored question, as far as a turn needs it to run again."""
+    return InboundMessage(
+        platform=turn.platform, chat_id=turn.chat_id, thread_id=turn.thread_id, user_id=turn.user_id,
+        user_name=turn.user_name, message_id=turn.message_id, reply_to_id=None, text=turn.prompt,
+        sent_at=turn.started_at, is_dm=False, mentions_bot=False, replies_to_bot=False, event_id=turn.event_id,
+    )
 
 
 def _interrupted_text(prompt: str, why: str = "restart") -> str:

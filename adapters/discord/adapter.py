@@ -28,6 +28,7 @@ Delivery rules:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import logging
@@ -78,6 +79,11 @@ _TIMEOUT_ERRORS = (asyncio.TimeoutError, aiohttp.ServerTimeoutError, aiohttp.Cli
 # The upload limit of a server without boosts; an interaction says its own limit.
 _DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 
+
+
+def ledger_nonce(key: str, index: int) -> str:
+    """A Discord nonce (at most 25 characters) for part `index` of the ledger send `key`."""
+    return hashlib.blake2b(f"{key}:{index}".encode(), digest_size=10).hexdigest()
 
 class _Client(discord.Client):
     """discord.py's client with the raw dispatch data handed to the adapter."""
@@ -332,6 +338,15 @@ class DiscordAdapter:
             ids.append(await self._post(chat, part, as_reply=index == 0))
         return Sent(chat=chat, message_ids=tuple(ids))
 
+    async def send_once(self, chat: ChatRef, item: Outbound, *, key: str, retry: bool) -> Sent:
+        """A ledger send: each part's enforced nonce is derived from `key`, so the same row sent
+        again after a restart gets the message Discord already has instead of a second one
+        (Discord checks nonces over the past few minutes)."""
+        ids: list[str] = []
+        for index, part in enumerate(render(item)):
+            ids.append(await self._post(chat, part, as_reply=index == 0, nonce=ledger_nonce(key, index)))
+        return Sent(chat=chat, message_ids=tuple(ids))
+
     async def edit(self, sent: Sent, item: Outbound) -> Sent:
         if isinstance(item, FileOut):  # an attachment is posted anew, never swapped in place
             return await self.send(sent.chat, item)
@@ -367,7 +382,7 @@ class DiscordAdapter:
             raise RuntimeError("the Discord adapter is not started")
         return self._client
 
-    async def _post(self, chat: ChatRef, part: Part, *, as_reply: bool) -> str:
+    async def _post(self, chat: ChatRef, part: Part, *, as_reply: bool, nonce: str | None = None) -> str:
         handle = self._followup_handle(chat)
         if handle is not None:
             try:
@@ -382,7 +397,7 @@ class DiscordAdapter:
                 self._remember(self._posted, message_id, part.fingerprint())
                 return message_id
         message_id = await self._post_channel(
-            chat, part, as_reply=as_reply, handle=InteractionHandle.decode(chat.reply_handle)
+            chat, part, as_reply=as_reply, handle=InteractionHandle.decode(chat.reply_handle), nonce=nonce
         )
         self._remember(self._posted, message_id, part.fingerprint())
         return message_id
@@ -398,7 +413,8 @@ class DiscordAdapter:
         return str(message.id)
 
     async def _post_channel(
-        self, chat: ChatRef, part: Part, *, as_reply: bool, handle: InteractionHandle | None
+        self, chat: ChatRef, part: Part, *, as_reply: bool, handle: InteractionHandle | None,
+        nonce: str | None = None,
     ) -> str:
         channel = self._channel(chat)
         reference = None
@@ -407,7 +423,8 @@ class DiscordAdapter:
             reference = discord.MessageReference(
                 message_id=int(chat.reply_to_id), channel_id=channel.id, fail_if_not_exists=False
             )
-        nonce = str(secrets.randbits(63))  # Discord enforces it: a repeat returns the first message
+        if nonce is None:
+            nonce = str(secrets.randbits(63))  # Discord enforces it: a repeat returns the first message
 
         async def attempt() -> discord.Message:
             kwargs = _message_kwargs(part, upload_limit=_DEFAULT_UPLOAD_LIMIT)

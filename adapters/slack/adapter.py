@@ -7,14 +7,18 @@ Slack has no reason to retry). A retried event carries the same `event_id`; the 
 de-duplicates it.
 
 A slash command has no message to thread under: when `reply_in_thread` is set, the adapter
-first posts a short root message ("<@user> asked: …") and uses its ts as the thread, so the
-summary, the answer and later replies form one thread (one session).
+posts a short root message ("<@user> asked: …") and uses its ts as the thread, so the summary,
+the answer and later replies form one thread (one session). It posts it only in `accepted`,
+once the gateway has let the command through (allowed, not a duplicate): a refused channel or
+a replayed command sees no echo.
 
 Outbound: see `render`. Rate limits: slack-sdk's AsyncRateLimitErrorRetryHandler waits out
 `Retry-After` on a 429; past its retries, a streaming (non-final) edit is skipped (the next one
 carries newer text), while a send, a final answer, a summary or a notice keeps waiting out
 Retry-After (and server errors) until `final_retry_s`. A `chat.postMessage` that timed out is
-looked up in the conversation before being posted again.
+looked up in the conversation before being posted again. Ledger sends (`send_once`) carry their
+delivery key as message metadata, so a send repeated after a crash finds the message Slack
+already has instead of posting it twice.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ log = logging.getLogger(__name__)
 _SERVER_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
 _GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 _BAD_BLOCKS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long"})
+_MARKER_EVENT = "moa_delivery"  # message metadata naming the ledger row a message belongs to
 _REMEMBERED = 2000  # bounded caches: last payload per message, threads the bot answered in
 
 
@@ -148,6 +153,8 @@ class SlackAdapter:
         self.bot_id: str | None = None
         self.http_port: int | None = None  # the bound port in HTTP mode (http_port may be 0)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Slash commands waiting for the gateway's verdict: event id -> the root message text.
+        self._roots = _Bounded()
         self._last: _Bounded = _Bounded()  # "channel:ts" -> fingerprint of what it shows
         self._bot_threads: _Bounded = _Bounded()  # (channel, thread_ts) the bot answered in
         self._user_names: _Bounded = _Bounded()
@@ -233,6 +240,9 @@ class SlackAdapter:
 
     async def _on_http(self, request: web.Request) -> web.Response:
         assert self._app is not None
+        # Bolt parses the timestamp as an int and answers 500 when it is not one: refuse first.
+        if not request.headers.get("X-Slack-Request-Timestamp", "").strip().isdigit():
+            return web.Response(status=401, text="invalid request timestamp")
         bolt_resp = await self._app.async_dispatch(await to_bolt_request(request))
         resp = await to_aiohttp_response(bolt_resp)
         if request.headers.get("X-Slack-Retry-Num"):
@@ -256,25 +266,30 @@ class SlackAdapter:
         self._spawn(self._run_command(body, self._clock()))
 
     async def _run_command(self, body: dict[str, Any], received_at: datetime) -> None:
-        thread_id: str | None = None
-        channel = str(body.get("channel_id") or "")
-        if self.settings.reply_in_thread and channel:
+        message = inbound_from_command(body, received_at=received_at)
+        if message is None:
+            return
+        if self.settings.reply_in_thread:
             # The command's text arrives Slack-escaped: unescape, shorten, escape again.
             asked = shorten(" ".join(slack_text_to_plain(str(body.get("text") or "")).split()), 280)
-            text = f"<@{body.get('user_id')}> asked: /moa {escape(asked)}".rstrip()
-            try:
-                resp = await self._call(
-                    lambda: self.client.chat_postMessage(channel=channel, text=text), persistent=False
-                )
-                thread_id = str(resp["ts"])
-                self._last.remember(f"{channel}:{thread_id}", _fingerprint(Payload(text)))
-            except (SlackApiError, TimeoutError) as exc:
-                log.warning("slack: could not post the root message for /moa in %s: %s", channel, exc)
-        message = inbound_from_command(
-            body, received_at=received_at, thread_id=thread_id, message_id=thread_id
-        )
-        if message is not None:
-            await self._deliver(message)
+            self._roots.remember(message.event_id, f"<@{message.user_id}> asked: /moa {escape(asked)}".rstrip())
+        await self._deliver(message)
+
+    async def accepted(self, message: InboundMessage) -> InboundMessage:
+        """The gateway let this message through: a slash command gets its root message now
+        (see module docstring), and the message is threaded under it."""
+        text = self._roots.pop(message.event_id, None)
+        if text is None or message.thread_id:
+            return message
+        channel = message.chat_id
+        try:
+            resp = await self._call(lambda: self.client.chat_postMessage(channel=channel, text=text), persistent=False)
+        except (SlackApiError, TimeoutError) as exc:
+            log.warning("slack: could not post the root message for /moa in %s: %s", channel, exc)
+            return message
+        ts = str(resp["ts"])
+        self._last.remember(f"{channel}:{ts}", _fingerprint(Payload(text)))
+        return replace(message, thread_id=ts, message_id=ts)
 
     async def _deliver(self, message: InboundMessage) -> None:
         if self._on_inbound is None:
@@ -327,6 +342,45 @@ class SlackAdapter:
         ids = [await self._post(chat, payload) for payload in self.render(item)]
         return Sent(chat=chat, message_ids=tuple(ids))
 
+    async def send_once(self, chat: ChatRef, item: Outbound, *, key: str, retry: bool) -> Sent:
+        """A ledger send: each message carries `key` (and its part) as message metadata; after a
+        crash (`retry`) the conversation is searched for that marker first and only the parts
+        Slack does not have yet are posted."""
+        if isinstance(item, FileOut):
+            return await self._upload(chat, item)
+        found = await self._find_marked(chat, key) if retry else {}
+        ids = []
+        for index, payload in enumerate(self.render(item)):
+            ts = found.get(index)
+            if ts is None:
+                marker = {"event_type": _MARKER_EVENT, "event_payload": {"key": key, "part": index}}
+                ts = await self._post(chat, payload, metadata=marker)
+            ids.append(ts)
+        return Sent(chat=chat, message_ids=tuple(ids))
+
+    async def _find_marked(self, chat: ChatRef, key: str) -> dict[int, str]:
+        """Our messages in this thread (or channel) marked with ledger `key`: part -> ts. When
+        the conversation cannot be read, nothing is found (the send goes out: at worst twice)."""
+        try:
+            if chat.thread_id:
+                resp = await self.client.conversations_replies(
+                    channel=chat.chat_id, ts=chat.thread_id, limit=200, include_all_metadata=True
+                )
+            else:
+                resp = await self.client.conversations_history(
+                    channel=chat.chat_id, limit=100, include_all_metadata=True
+                )
+        except (SlackApiError, TimeoutError) as exc:
+            log.warning("slack: could not look for an earlier attempt of %s (%s); posting it", key, exc)
+            return {}
+        found: dict[int, str] = {}
+        for msg in resp.get("messages") or []:
+            meta = msg.get("metadata") or {}
+            payload = meta.get("event_payload") or {}
+            if meta.get("event_type") == _MARKER_EVENT and payload.get("key") == key:
+                found[int(payload.get("part") or 0)] = str(msg["ts"])
+        return found
+
     async def edit(self, sent: Sent, item: Outbound) -> Sent:
         chat = sent.chat
         if isinstance(item, FileOut):
@@ -365,8 +419,10 @@ class SlackAdapter:
                 await asyncio.sleep(wait)
                 backoff = min(backoff * 2, 30.0)
 
-    async def _post(self, chat: ChatRef, payload: Payload) -> str:
+    async def _post(self, chat: ChatRef, payload: Payload, *, metadata: dict[str, Any] | None = None) -> str:
         kwargs: dict[str, Any] = {"channel": chat.chat_id, "unfurl_links": False, "unfurl_media": False}
+        if metadata is not None:
+            kwargs["metadata"] = metadata
         if chat.thread_id:
             kwargs["thread_ts"] = chat.thread_id
         attempt = payload

@@ -10,6 +10,10 @@ repeated (a repeat that finds it done gets "not modified", a no-op), refused mar
 plain text. A send whose outcome is unknown is missing from the returned `Sent`; if a later edit of a
 stream needs that part, it posts it then: at worst one extra partial message, never a lost
 final answer.
+
+After a crash between Telegram applying a ledger send and the gateway recording it, the Bot API
+offers no way to check (no idempotency key, no chat history for bots): the send is made once
+more, its text starting with RECOVERED_MARK, so a repeat is at most one and reads as one.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from telegram import (
@@ -65,6 +70,7 @@ from adapters.text import shorten, utf16_len
 log = logging.getLogger(__name__)
 
 _DRAFT_PREFIX = "draft:"
+RECOVERED_MARK = "♻️ recovered after a restart (this may repeat a message sent just before it)"
 _SHOWN_CAPACITY = 2048
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 _PHOTO_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp"})
@@ -264,6 +270,14 @@ class TelegramAdapter:
             if message_id is not None:
                 ids.append(str(message_id))
         return Sent(chat, tuple(ids))
+
+    async def send_once(self, chat: ChatRef, item: Outbound, *, key: str, retry: bool) -> Sent:
+        """A ledger send. The Bot API can neither make a send idempotent nor list a chat's
+        messages, so a send that may already have been applied before a crash (`retry`) is sent
+        once more, marked as recovered: at most one repeat, and the chat can tell it is one."""
+        if retry and isinstance(item, Answer | Notice):
+            item = replace(item, text=f"{RECOVERED_MARK}\n\n{item.text}")
+        return await self.send(chat, item)
 
     async def edit(self, sent: Sent, item: Outbound) -> Sent:
         chat = sent.chat

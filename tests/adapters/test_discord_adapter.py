@@ -454,6 +454,23 @@ async def test_a_channel_send_cut_off_is_retried_with_its_nonce_and_posted_once(
     assert sent.message_ids == (fake.channel_messages(CHANNEL)[0]["id"],)
 
 
+async def test_a_ledger_send_repeated_after_a_restart_gets_the_first_message(env: Env) -> None:
+    # Two processes (before and after a crash) sending the same ledger row: the nonce comes from
+    # the row's key, so Discord returns the message it already has.
+    fake = env.fake
+    first = await env.adapter.send_once(ChatRef("discord", CHANNEL), Answer("exactly once"), key="moa-delivery-7",
+                                        retry=False)
+    again = await env.adapter.send_once(ChatRef("discord", CHANNEL), Answer("exactly once"), key="moa-delivery-7",
+                                        retry=True)
+    other = await env.adapter.send_once(ChatRef("discord", CHANNEL), Answer("another row"), key="moa-delivery-8",
+                                        retry=False)
+    assert [m["content"] for m in fake.channel_messages(CHANNEL)] == ["exactly once", "another row"]
+    assert first.message_ids == again.message_ids != other.message_ids
+    posts = fake.calls_to("POST", rf"/channels/{CHANNEL}/messages")
+    assert posts[0].json["nonce"] == posts[1].json["nonce"] != posts[2].json["nonce"]
+    assert all(len(str(c.json["nonce"])) <= 25 and c.json["enforce_nonce"] is True for c in posts)
+
+
 async def test_a_followup_cut_off_is_not_sent_blindly_again(env: Env) -> None:
     fake = env.fake
     payload = fake.interaction_payload(

@@ -89,9 +89,13 @@ async def test_slash_command_is_acked_at_once_then_summary_and_answer_in_its_thr
     fake: FakeSlack, inbox: Inbox, slack: SlackAdapter
 ) -> None:
     release = asyncio.Event()
+    threaded: list[InboundMessage] = []
 
     async def turn(message: InboundMessage) -> None:
         await release.wait()  # a slow turn must not hold the ack back
+        assert message.thread_id is None and "C1" not in fake.messages  # no echo before the verdict
+        message = await slack.accepted(message)  # the gateway let it through: now the root
+        threaded.append(message)
         chat = ChatRef("slack", message.chat_id, message.thread_id)
         await slack.send(chat, summary())
         await stream(slack, chat, "The answer is **42**, see [docs](https://x.io).")
@@ -106,7 +110,8 @@ async def test_slash_command_is_acked_at_once_then_summary_and_answer_in_its_thr
     await fake.wait_for(lambda: inbox.messages)
     release.set()
 
-    message = inbox.messages[0]
+    await fake.wait_for(lambda: threaded)
+    message = threaded[0]
     assert message.text == "/moa what is  the answer <b>" and message.is_command
     assert message.event_id == "cmd:trig-9" and message.user_id == "U1" and message.chat_id == "C1"
     root = fake.message("C1", message.thread_id or "")
@@ -288,3 +293,21 @@ async def test_notices_go_to_the_thread(fake: FakeSlack, slack: SlackAdapter) ->
     (posted,) = fake.messages["C5"]
     assert posted["thread_ts"] == "1700000000.000042"
     assert posted["text"] == ":warning: Only admins can do that"
+
+
+async def test_a_ledger_send_repeated_after_a_crash_finds_its_marker_and_posts_nothing(
+    fake: FakeSlack, slack: SlackAdapter
+) -> None:
+    chat = ChatRef("slack", "C1", "1700000000.000001")
+    first = await slack.send_once(chat, Answer("exactly once"), key="moa-delivery-3", retry=False)
+    (posted,) = fake.messages["C1"]
+    assert posted["metadata"] == {"event_type": "moa_delivery", "event_payload": {"key": "moa-delivery-3", "part": 0}}
+    again = await slack.send_once(chat, Answer("exactly once"), key="moa-delivery-3", retry=True)
+    assert again.message_ids == first.message_ids and len(fake.messages["C1"]) == 1
+    # A retry of a row Slack never got is posted; a send that is no retry does not look first.
+    lookups = len(fake.calls_to("conversations.replies"))
+    fresh = await slack.send_once(chat, Answer("never arrived"), key="moa-delivery-4", retry=True)
+    assert len(fake.calls_to("conversations.replies")) == lookups + 1
+    assert fresh.message_ids != first.message_ids and len(fake.messages["C1"]) == 2
+    await slack.send_once(chat, Answer("plain"), key="moa-delivery-5", retry=False)
+    assert len(fake.calls_to("conversations.replies")) == lookups + 1 and len(fake.messages["C1"]) == 3

@@ -96,8 +96,20 @@ async def test_a_signed_slash_command_is_acked_then_forwarded(
     await fake.wait_for(lambda: received)
     (message,) = received
     assert message.text == "/moa +deep why is the sky blue" and message.event_id == "cmd:trig-http"
+    assert "C1" not in fake.messages  # no echo until the gateway has accepted the command
+    threaded = await slack.accepted(message)
     (root,) = fake.messages["C1"]
-    assert message.thread_id == root["ts"] and root["text"] == "<@U1> asked: /moa +deep why is the sky blue"
+    assert threaded.thread_id == root["ts"] and root["text"] == "<@U1> asked: /moa +deep why is the sky blue"
+
+
+@pytest.mark.parametrize("timestamp", ["abc", "", "1.5e9", "-1"])
+async def test_a_timestamp_that_is_not_a_number_is_refused_with_401(
+    fake: FakeSlack, slack: SlackAdapter, received: list, timestamp: str
+) -> None:
+    body = form(fake, "hello")
+    headers = {**sign(SECRET, body), "X-Slack-Request-Timestamp": timestamp}
+    status, _, _ = await post(slack, body, headers, "application/x-www-form-urlencoded")
+    assert status == 401 and received == []
 
 
 async def test_a_signed_event_and_its_retry_are_acked_with_the_same_event_id(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.telegram.adapter import RECOVERED_MARK
 from tests.e2e.kit import (
     GROUP_ID,
     GatewayProcess,
@@ -88,9 +89,41 @@ async def test_killed_after_the_answer_is_recorded_but_before_it_is_sent(
     await wait_for_row(db(tmp_path), "select id from deliveries where status = 'sent'", "the ledger row sent", second)
 
     [shown] = with_marker(telegram, GROUP_ID, "RECORDED-MARK")
-    assert shown.startswith("The recorded answer RECORDED-MARK is here.") and FOOTER in shown
+    # Streamed, the final answer edits the streamed message (idempotent). Not streamed, the send
+    # was under way when the process died: Telegram cannot tell whether it applied it, so the
+    # one send after the restart is marked as recovered (see the next test for the repeat).
+    answer = shown.removeprefix(RECOVERED_MARK + "\n\n") if not stream else shown
+    assert answer.startswith("The recorded answer RECORDED-MARK is here.") and FOOTER in shown
+    assert shown.startswith(RECOVERED_MARK) is (not stream)
     assert [d["status"] for d in query(db(tmp_path), "select status from deliveries")] == ["sent"]
     assert len(provider.for_model("agg")) == 1  # delivered from the ledger, not asked again
+
+
+async def test_killed_after_telegram_applied_a_send_but_before_it_was_recorded(tmp_path, provider, telegram, spawn):
+    # The window: Telegram applied sendMessage, the process died before it heard back. The Bot
+    # API cannot say whether a send was applied, so the rule is: after a restart, send once
+    # more, marked "recovered". At most one repeat, and it reads as one.
+    provider.reply("agg", Reply(text="The applied answer APPLIED-MARK is here."))
+    config = write_config(tmp_path, provider, telegram, gateway={"stream": False})
+    telegram.stall_next("sendMessage", 60, when=lambda p: "APPLIED-MARK" in p["text"])
+
+    first = await spawn(config, "first")
+    telegram.push_update(group_update("/moa crash after applying", message_id=10))
+    await wait_until(lambda: bool(with_marker(telegram, GROUP_ID, "APPLIED-MARK")), "the applied send",
+                     explain=first.tail)
+    await first.kill()
+    [delivery] = query(db(tmp_path), "select status from deliveries where kind = 'answer'")
+    assert delivery["status"] == "sending"
+
+    second = await spawn(config, "restart")
+    await wait_for_row(db(tmp_path), "select id from deliveries where status = 'sent'", "the ledger row sent", second)
+    original, recovered = with_marker(telegram, GROUP_ID, "APPLIED-MARK")
+    assert original.startswith("The applied answer APPLIED-MARK is here.")
+    assert recovered.startswith(RECOVERED_MARK) and "The applied answer APPLIED-MARK is here." in recovered
+    await wait_until(lambda: second.exited or "moa-gateway running" in second.log(), "the gateway running",
+                     explain=second.tail)
+    assert len(with_marker(telegram, GROUP_ID, "APPLIED-MARK")) == 2  # once more, never again
+    assert len(provider.for_model("agg")) == 1
 
 
 async def test_killed_during_the_fan_out(tmp_path, provider, telegram, spawn):
@@ -131,6 +164,30 @@ async def test_killed_during_the_fan_out(tmp_path, provider, telegram, spawn):
                 row = {**row, "updated_at": after[row["id"]]["updated_at"]}
             assert after.get(row["id"]) == row, f"{table} row {row['id']} lost or changed"
     assert len(provider.requests) == 5  # nothing was run again
+
+
+async def test_a_question_queued_behind_a_cut_turn_is_answered_after_the_restart(tmp_path, provider, telegram,
+                                                                                  spawn):
+    provider.reply("ref-a", Reply(hang=True), Reply(text="advice A"))
+    provider.reply("ref-b", Reply(hang=True), Reply(text="advice B"))
+    provider.reply("agg", Reply(text="The queued answer QUEUED-MARK."))
+    config = write_config(tmp_path, provider, telegram)
+
+    first = await spawn(config, "first")
+    telegram.push_update(group_update("/moa the question that is cut", message_id=10))
+    await provider.wait_for_requests(2, timeout=20)
+    telegram.push_update(group_update("/moa the question that waits", message_id=11))
+    await wait_for_row(db(tmp_path), "select id from turns where status = 'queued'", "the queued turn", first)
+    await first.kill()
+
+    second = await spawn(config, "restart")
+    await wait_for_final(telegram, "QUEUED-MARK", second)
+    [notice] = [t for t in texts(telegram, GROUP_ID) if "interrupted" in t]
+    assert "the question that is cut" in notice  # the turn really cut is told; the waiting one is run
+    turns = query(db(tmp_path), "select message_id, status from turns order by id")
+    assert [(t["message_id"], t["status"]) for t in turns] == [("10", "interrupted"), ("11", "done")]
+    asked = provider.for_model("ref-a")[-1].body["messages"][-1]["content"]
+    assert "the question that waits" in asked
 
 
 async def test_sigterm_finishes_the_running_turn_and_takes_no_new_one(tmp_path, provider, telegram, spawn):

@@ -300,3 +300,17 @@ async def test_a_channel_not_allowed_gets_no_model_request(world: World) -> None
     await world.gateway.idle()
     assert not world.models.requests
     assert not await world.table("select id from turns")
+    # Nothing of the command is echoed in a channel that is refused: only the refusal.
+    assert [m["text"] for m in world.slack.messages[CLOSED_CHANNEL]] == [refusal["text"]]
+
+
+async def test_a_replayed_slash_command_is_echoed_and_answered_once(world: World) -> None:
+    world.models.reply("agg", Reply(text="Once only."))
+    for _ in range(3):  # the same trigger id, as a reconnect replays it
+        await world.slack.push_command("say it once", user_id=MEMBER_ID, channel_id=CHANNEL, trigger_id="trig-replay")
+    await world.answered()
+    await asyncio.sleep(0.3)  # let the replays reach the gateway and be dropped
+    await world.gateway.idle()
+    roots = [m for m in world.slack.messages[CHANNEL] if "asked: /moa say it once" in m["text"]]
+    assert len(roots) == 1
+    assert len(world.models.for_model("agg")) == 1

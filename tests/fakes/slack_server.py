@@ -341,6 +341,9 @@ class FakeSlack:
         }
         if blocks is not None:
             msg["blocks"] = blocks
+        if p.get("metadata"):
+            metadata = p["metadata"]
+            msg["metadata"] = json.loads(metadata) if isinstance(metadata, str) else metadata
         if p.get("thread_ts"):
             msg["thread_ts"] = p["thread_ts"]
             msg["parent_user_id"] = self._author(channel, p["thread_ts"])
@@ -375,16 +378,23 @@ class FakeSlack:
             return {"ok": False, "error": "message_not_found"}
         return {"ok": True, "channel": channel, "ts": ts}
 
+    @staticmethod
+    def _listed(messages: list[dict[str, Any]], p: dict[str, Any]) -> list[dict[str, Any]]:
+        """As Slack lists them: message metadata only with include_all_metadata."""
+        if str(p.get("include_all_metadata", "")).lower() in ("1", "true"):
+            return messages
+        return [{k: v for k, v in m.items() if k != "metadata"} for m in messages]
+
     def _m_conversations_replies(self, p: dict[str, Any]) -> dict[str, Any]:
         return {
             "ok": True,
-            "messages": self.thread(p.get("channel") or "", p.get("ts") or ""),
+            "messages": self._listed(self.thread(p.get("channel") or "", p.get("ts") or ""), p),
             "has_more": False,
         }
 
     def _m_conversations_history(self, p: dict[str, Any]) -> dict[str, Any]:
         top = [m for m in self.messages.get(p.get("channel") or "", []) if not m.get("thread_ts")]
-        return {"ok": True, "messages": list(reversed(top)), "has_more": False}
+        return {"ok": True, "messages": self._listed(list(reversed(top)), p), "has_more": False}
 
     def _m_users_info(self, p: dict[str, Any]) -> dict[str, Any]:
         user = p.get("user") or ""

@@ -264,7 +264,8 @@ async def test_two_questions_arriving_together_run_in_order_with_their_own_histo
     assert gw._lanes == {}  # noqa: SLF001 - finished sessions leave no queue behind
 
 
-async def test_a_question_queued_when_the_process_died_is_reported_after_restart(fake, http, tmp_path):
+async def test_a_question_queued_when_the_process_died_runs_after_restart(fake, http, tmp_path):
+    fake.reply("agg", Reply(text="the late answer"))
     gw, chat = await make_gateway(fake, http, tmp_path)
     store = gw.store
     session = await store.active_session("fakechat", "c1", None)
@@ -272,14 +273,23 @@ async def test_a_question_queued_when_the_process_died_is_reported_after_restart
                   user_name="u", message_id="m", preset="default")
     await store.start_turn(**common, event_id="e1", prompt="was running")
     await store.start_turn(**common, event_id="e2", prompt="was waiting", queued=True)
+    await store.start_turn(**common, event_id="e3", prompt="waited too long", queued=True)
+    old = (datetime.now(UTC) - timedelta(seconds=601)).isoformat(timespec="microseconds")
+    await store.run(lambda db: db.execute("update turns set started_at = ? where event_id = 'e3'", [old]))
     await store.close()
     gw2, chat2 = await make_gateway(fake, http, tmp_path)
-    notices = chat2.notices()
-    assert [n for n in notices if "was running" in n or "was waiting" in n] == [
-        n for n in notices if "interrupted by a restart" in n]
-    assert sum("was waiting" in n for n in notices) == 1 and sum("was running" in n for n in notices) == 1
-    statuses = await gw2.store.run(lambda db: [r["status"] for r in db.query("select status from turns")])
-    assert statuses == ["interrupted", "interrupted"]
+    await gw2.idle()
+    notices = [n for n in chat2.notices() if "interrupted by a restart" in n]
+    assert sum("was running" in n for n in notices) == 1 and sum("waited too long" in n for n in notices) == 1
+    assert not any("was waiting" in n for n in notices)
+    assert [a.text for a in chat2.final_answers()] == ["the late answer"]
+    rows = await gw2.store.run(lambda db: list(db.query("select prompt, status from turns order by id")))
+    assert [(r["prompt"], r["status"]) for r in rows] == [
+        ("was running", "interrupted"), ("was waiting", "done"), ("waited too long", "interrupted")]
+    # It ran in its session, after the question that was running (whose prompt is in the history).
+    sent = fake.for_model("agg")[-1].body["messages"]
+    users = [m["content"] for m in sent if m["role"] == "user"]
+    assert users[-2] == "was running" and users[-1].startswith("was waiting")
 
 
 async def test_questions_waiting_behind_a_turn_are_stored_and_told_at_shutdown(fake, http, tmp_path):

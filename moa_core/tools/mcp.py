@@ -155,6 +155,7 @@ class McpConnection:
         if self._task is not None:
             return
         self._stopping.clear()
+        self._attempted.clear()  # a start after a stop waits for its own first try
         self._state = "starting"
         self._task = asyncio.create_task(self._supervise(), name=f"mcp:{self.name}")
         try:

@@ -209,3 +209,15 @@ async def test_a_cancelled_call_leaves_the_connection_usable(toolboxes) -> None:
     outcome = await call(box, ["mcp:fake"], "fake__echo", {"text": "next turn"})
     assert outcome.ok and outcome.output == "fake echoes: next turn"
     assert box.connections["fake"].generation == 1
+
+
+async def test_a_stopped_server_can_be_started_again(toolboxes) -> None:
+    box = await start(toolboxes, stdio())
+    await box.stop()
+    assert box.connections["fake"].state == "stopped"
+    outcome = await call(box, ["mcp:fake"], "fake__echo", {"text": "x"})
+    assert not outcome.ok and "not running (stopped)" in outcome.output
+    await box.start()
+    assert box.connections["fake"].state == "up"
+    outcome = await call(box, ["mcp:fake"], "fake__echo", {"text": "again"})
+    assert outcome.ok

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,14 +59,43 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 
-def _connect(path: str) -> sqlite_utils.Database:
-    """Open (creating) the file, set the connection up and bring the schema up to date."""
+
+class DatabaseBusy(RuntimeError):
+    """Another process held the database's write lock for longer than the busy timeout."""
+
+
+def _connect(path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite_utils.Database:
+    """Open (creating) the file, set the connection up and bring the schema up to date.
+
+    Two processes may open one file at once (a second gateway, `ask` beside `run`): each waits
+    up to the busy timeout for the other's write lock, and the migrations run under one
+    IMMEDIATE transaction so that only one process applies them and the other then finds them
+    applied (else both apply m001 and one fails with "database is locked" or "no such index")."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     db = sqlite_utils.Database(path, execute_plugins=False)
-    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    db.enable_wal()
-    db.execute("PRAGMA synchronous = NORMAL")
-    db.execute("PRAGMA foreign_keys = ON")
-    migrations.apply(db)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        db.enable_wal()
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            migrations.apply(db)
+        except BaseException:
+            db.conn.rollback()
+            raise
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as error:
+        db.close()
+        if "locked" in str(error) or "busy" in str(error):
+            raise DatabaseBusy(
+                f"{path}: the database is locked by another process (is another moa-gateway running on "
+                f"this file?); waited {busy_timeout_ms / 1000:g} s"
+            ) from None
+        raise
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

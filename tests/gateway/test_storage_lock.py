@@ -1,0 +1,82 @@
+"""Two processes on one SQLite file: both open it (the second waits for the first's lock and
+finds the migrations applied), and a lock held past the busy timeout is named as such."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import threading
+
+import pytest
+
+from gateway.storage.sqlite import DatabaseBusy, _connect
+from tests.cli.kit import ROOT
+
+OPEN_ONCE = """
+import asyncio, sys
+from gateway.storage import Store
+from moa_core.clock import SystemClock
+
+async def main():
+    store = await Store.open(sys.argv[1], SystemClock())
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path):
+    # Before: two of four processes failed in m001 with "database is locked" (or "no such index").
+    for attempt in range(3):
+        path = tmp_path / f"shared-{attempt}.db"
+        processes = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", OPEN_ONCE, str(path), cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            for _ in range(4)
+        ]
+        results = [await asyncio.wait_for(p.communicate(), 60) for p in processes]
+        for process, (_, err) in zip(processes, results, strict=True):
+            assert process.returncode == 0, err.decode()
+        with sqlite3.connect(path) as db:
+            names = [row[0] for row in db.execute("SELECT name FROM _sqlite_migrations ORDER BY id")]
+        assert len(names) == len(set(names)) and names[0] == "m001_conversations"
+
+
+def _hold_write_lock(path, seconds: float, held: threading.Event) -> None:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    held.set()
+    threading.Event().wait(seconds)
+    db.execute("ROLLBACK")
+    db.close()
+
+
+def test_a_lock_released_within_the_busy_timeout_is_waited_for(tmp_path):
+    path = tmp_path / "moa.db"
+    _connect(str(path)).close()
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 0.5, held))
+    holder.start()
+    held.wait(5)
+    try:
+        _connect(str(path), busy_timeout_ms=5_000).close()
+    finally:
+        holder.join()
+
+
+def test_a_lock_held_past_the_busy_timeout_says_another_gateway_holds_it(tmp_path):
+    path = tmp_path / "moa.db"
+    _connect(str(path)).close()
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(path, 2.0, held))
+    holder.start()
+    held.wait(5)
+    try:
+        with pytest.raises(DatabaseBusy) as error:
+            _connect(str(path), busy_timeout_ms=200)
+    finally:
+        holder.join()
+    assert str(path) in str(error.value) and "another moa-gateway" in str(error.value)

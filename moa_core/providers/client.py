@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import random
 import re
 from collections.abc import Callable, Mapping
@@ -171,7 +172,7 @@ class ProviderClient:
                 await response.aclose()
         except _TRANSPORT_ERRORS as exc:
             what = "stream ended early" if acc is not None and acc.produced else "connection failed"
-            detail = f"{label}: {what}: {type(exc).__name__}: {exc}"
+            detail = f"{label}: {what}: {transport_failure(exc, outgoing.url)}"
             raise self._failed(request, acc, detail, key, acc is None or not acc.produced) from None
         raise self._failed(
             request, acc, f"{label}: stream ended early (no end marker)", key, not acc.produced
@@ -239,7 +240,10 @@ class ProviderClient:
         except ValueError:
             detail = text
         status = response.status_code
-        message = _scrub(f"{_label(request)}: HTTP {status}: {_excerpt(detail, key)}", key)
+        message = f"{_label(request)}: HTTP {status}: {_excerpt(detail, key)}"
+        if status == 404:
+            message += _not_found_hint(request, response.request.url)
+        message = _scrub(message, key)
         if status == 429 or status >= 500:
             header = response.headers.get("retry-after")
             retry_after = retry_after_seconds(header, self._clock) if header else None
@@ -298,6 +302,45 @@ def _excerpt(text: str, key: str | None) -> str:
     cut went through would otherwise leave its unmasked first half in the message."""
     text = " ".join(_scrub(text, key).split())
     return text if len(text) <= _EXCERPT_CHARS else text[:_EXCERPT_CHARS] + "..."
+
+
+def _not_found_hint(request: CompletionRequest, url: httpx.URL) -> str:
+    """A 404 most often means a base URL without its /v1 (openai wire) or with one too many
+    (anthropic wire, which adds /v1/messages itself); else the model name is wrong."""
+    called = f" (called {url.copy_with(query=None)})"
+    base = request.provider.base_url.rstrip("/")
+    if request.provider.api == "openai" and not base.endswith("/v1"):
+        return f"{called}; OpenAI-style base URLs usually end in /v1, e.g. base_url = \"{base}/v1\""
+    if request.provider.api == "anthropic" and base.endswith("/v1"):
+        return f"{called}; Anthropic-style base URLs are the host without /v1 (we add /v1/messages)"
+    return f"{called}; check the model name '{request.model}' and the provider's base_url"
+
+
+def transport_failure(exc: BaseException, url: httpx.URL) -> str:
+    """What went wrong below HTTP, in words, from the whole chain of causes: httpx-aiohttp names
+    a refused connection `ConnectTimeout`, and aiohttp names a stream the server cut
+    `TransferEncodingError: 400`, which reads like an HTTP status."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    host = f"{url.host}:{url.port}" if url.port else url.host
+    for error in chain:
+        if isinstance(error, aiohttp.ClientPayloadError):
+            return "the server closed the connection before the response was complete"
+        if isinstance(error, aiohttp.ServerDisconnectedError):
+            return "the server closed the connection without answering"
+        if isinstance(error, aiohttp.ClientConnectorError):
+            error = error.os_error
+        if isinstance(error, OSError) and not isinstance(error, TimeoutError) and error.errno:
+            # asyncio's strerror is "Connect call failed (...)"; the errno says "Connection refused".
+            cause = os.strerror(error.errno) if error.errno > 0 else (error.strerror or str(error))
+            return f"cannot connect to {host}: {cause}"
+    for error in chain:
+        if isinstance(error, (TimeoutError, httpx.TimeoutException, aiohttp.ServerTimeoutError)):
+            return f"no response from {host} in time ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def retry_after_seconds(value: str, clock: Clock) -> float | None:

@@ -168,7 +168,13 @@ async def serve(config: Config, adapters: Mapping[str, Adapter], *, env: Mapping
     app = await build_app(config, adapters, env=env)
     try:
         await claim_telegram_polling(app)  # several replicas: only one may poll Telegram
-        await app.gateway.start()
+        try:
+            await app.gateway.start()
+        except BaseException:
+            # One platform cannot start (PlatformUnavailable: unreachable, token refused): the
+            # ones already started are stopped before the error reaches the command line.
+            await app.gateway.shutdown(grace_s=0)
+            raise
         if config.digest is not None:
             app.extras.append(await start_digest(config, app.gateway))
         log.info("moa-gateway running: %s", ", ".join(adapters))

@@ -64,6 +64,7 @@ from adapters.discord.normalize import (
 from adapters.discord.render import MAX_CONTENT, Part, render
 from adapters.discord.settings import DiscordSettings
 from adapters.download import download
+from adapters.startup import PlatformUnavailable, host_of, refused, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +169,13 @@ class DiscordAdapter:
         tree = app_commands.CommandTree(client)
         tree.add_command(build_moa_group(self._presets, self._on_command))
         self._client, self._tree = client, tree
+        api, gateway = self.settings.api_base, self.settings.gateway_url
+        url = api  # what is being called, for the one-line error if it fails
         try:
             await client.login(self.settings.token)
             if self.settings.sync_commands:
                 await tree.sync()
+            url = gateway
             self._spawn(self._read_messages())
             self._runner = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
             ready = asyncio.create_task(client.wait_until_ready())
@@ -185,7 +189,23 @@ class DiscordAdapter:
                 if self._runner in done:
                     self._runner.result()  # raises what stopped the connection
                     raise ConnectionError("the Discord gateway closed before READY")
-                raise TimeoutError(f"no READY from the Discord gateway in {self.settings.ready_timeout_s} s")
+                raise PlatformUnavailable(
+                    f"discord: no READY from the gateway at {host_of(gateway)} within "
+                    f"{self.settings.ready_timeout_s:g} s; check [discord] gateway_url and the network"
+                )
+        except discord.LoginFailure:
+            await self.stop()
+            raise refused("discord", api, "bot token", "the variable [discord] token_env names "
+                          "(the bot's token from the Developer Portal)") from None
+        except discord.Forbidden:
+            await self.stop()
+            raise refused("discord", api, "request to register the /moa commands",
+                          "the bot's applications.commands scope, or set [discord] sync_commands = false") from None
+        except (discord.HTTPException, discord.GatewayNotFound, discord.ConnectionClosed, aiohttp.ClientError,
+                OSError) as error:  # TimeoutError is an OSError
+            await self.stop()
+            where = "[discord] api_base" if url == api else "[discord] gateway_url"
+            raise unreachable("discord", url, error, f"{where} and this machine's network") from None
         except BaseException:
             await self.stop()
             raise

@@ -74,6 +74,7 @@ from adapters.slack.render import (
     summary_payload,
 )
 from adapters.slack.settings import SlackSettings
+from adapters.startup import PlatformUnavailable, host_of, reason, refused, unreachable
 from adapters.text import shorten
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,16 @@ class SlackAdapter:
         client = AsyncWebClient(token=s.bot_token, base_url=s.base_url, timeout=s.http_timeout_s)  # type: ignore[arg-type]
         client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
         self._client = client
-        auth = await client.auth_test()
+        try:
+            auth = await client.auth_test()
+        except SlackApiError as error:
+            code = error.response.get("error") if error.response is not None else None
+            if code in ("invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"):
+                raise refused("slack", s.base_url, f"bot token ({code})",
+                              "the variable [slack] bot_token_env names (an xoxb- token)") from None
+            raise unreachable("slack", s.base_url, error, "[slack] base_url") from None
+        except (aiohttp.ClientError, OSError) as error:  # TimeoutError is an OSError
+            raise unreachable("slack", s.base_url, error, "[slack] base_url and this machine's network") from None
         self.bot_user_id = auth.get("user_id")
         self.bot_id = auth.get("bot_id")
 
@@ -193,10 +203,13 @@ class SlackAdapter:
             try:
                 # The SDK retries a failed connect forever: bound it, so a bad app token is an error.
                 await asyncio.wait_for(self._socket.connect_async(), timeout=s.http_timeout_s)
-            except TimeoutError:
+            except (TimeoutError, SlackApiError, aiohttp.ClientError, OSError) as error:
                 await self._socket.close_async()
                 self._socket = None
-                raise RuntimeError("slack: Socket Mode did not connect (is app_token valid?)") from None
+                raise PlatformUnavailable(
+                    f"slack: Socket Mode did not connect via {host_of(s.base_url)} ({reason(error)}); check the "
+                    "variable [slack] app_token_env names (an xapp- token with connections:write)"
+                ) from None
             log.info("slack: Socket Mode connected as %s", self.bot_user_id)
         else:
             web_app = web.Application()
@@ -204,7 +217,15 @@ class SlackAdapter:
             self._runner = web.AppRunner(web_app, access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, s.http_host, s.http_port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as error:
+                await self._runner.cleanup()
+                self._runner = None
+                raise PlatformUnavailable(
+                    f"slack: cannot listen on {s.http_host}:{s.http_port} ({reason(error)}); "
+                    "check [slack] http_host and http_port"
+                ) from None
             addresses = self._runner.addresses
             self.http_port = int(addresses[0][1]) if addresses else s.http_port
             log.info("slack: HTTP mode on %s:%s%s", s.http_host, self.http_port, s.http_path)

@@ -35,6 +35,7 @@ from telegram import (
 from telegram.error import (
     BadRequest,
     InvalidToken,
+    NetworkError,
     TelegramError,
 )
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
@@ -53,6 +54,7 @@ from adapters.contract import (
     ReferenceSummary,
     Sent,
 )
+from adapters.startup import PlatformUnavailable, reason, refused, unreachable
 from adapters.telegram.flood import ChatDelivery, Outcome
 from adapters.telegram.normalize import normalize_update
 from adapters.telegram.render import (
@@ -163,9 +165,17 @@ class TelegramAdapter:
         except InvalidToken:
             await self._close(app)
             # PTB's message quotes the token; never let it reach a log.
-            raise RuntimeError(
-                "telegram: the Bot API refused the bot token (check [telegram] token_env)"
-            ) from None
+            raise refused("telegram", settings.base_url, "bot token",
+                          "the variable [telegram] token_env names (a token from @BotFather)") from None
+        except (NetworkError, OSError) as error:  # TimedOut is a NetworkError
+            await self._close(app)
+            if isinstance(error, OSError) and settings.mode == "webhook":
+                raise PlatformUnavailable(
+                    f"telegram: cannot listen for webhooks on {settings.webhook_listen}:{settings.webhook_port} "
+                    f"({reason(error)}); check [telegram] webhook_listen and webhook_port"
+                ) from None
+            raise unreachable("telegram", settings.base_url, error,
+                              "[telegram] base_url and this machine's network") from None
         except BaseException:
             await self._close(app)
             raise

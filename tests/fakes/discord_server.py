@@ -122,6 +122,7 @@ class FakeDiscord:
         self._interactions: dict[str, dict[str, Any]] = {}  # token -> interaction payload
         self._acknowledged: set[str] = set()  # interaction ids
         self._expired_tokens: set[str] = set()
+        self.refused_token: str | None = None  # REST calls with "Bot <this>" answer 401 (a bad token)
         self._nonces: dict[tuple[str, str], str] = {}  # (channel, nonce) -> message id
         self._injections: list[_Injection] = []
         self._disconnects: list[tuple[str, re.Pattern[str], list[int]]] = []
@@ -460,7 +461,10 @@ class FakeDiscord:
         elif request.can_read_body:
             raw = await request.read()
             call.json = json.loads(raw) if raw else None
-        response = self._injected(call) or self._answer(call)
+        if self.refused_token and request.headers.get("Authorization") == f"Bot {self.refused_token}":
+            response = _error(401, "401: Unauthorized", 0)
+        else:
+            response = self._injected(call) or self._answer(call)
         call.status = response.status
         self.calls.append(call)
         self.log.append(("rest", call))

@@ -54,6 +54,7 @@ _CONTROLS = re.compile(
 def strip_controls(text: str) -> str:
     """`text` without terminal control sequences or controls other than newline and tab."""
     return _CONTROLS.sub("", text)
+FOOTER_PREFIX = "-- "  # before an answer's footer; `moa-gateway ask` prints the same
 
 
 class Clock(Protocol):
@@ -261,9 +262,9 @@ class TerminalAdapter:
             text = f"\n{_REVISED}\n{new_text}"
         if new.final:
             if old is None or not old.final or new_text != old_text:
-                text += "\n" + (f"-- {footer}\n" if footer else "")
+                text += "\n" + (f"{FOOTER_PREFIX}{footer}\n" if footer else "")
             elif footer and new.footer != old.footer:
-                text += f"-- {footer}\n"
+                text += f"{FOOTER_PREFIX}{footer}\n"
         self._write(self._out, text)
 
     def _show_progress(self, p: Progress) -> None:

@@ -12,15 +12,18 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TextIO
 
 from adapters.figures import format_total, json_usd
-from adapters.terminal import strip_controls
+from adapters.startup import PlatformUnavailable
+from adapters.terminal import FOOTER_PREFIX, strip_controls
 from gateway.commands import LONE_SURROGATE
 from gateway.config import Config, ConfigError, load_config
 from gateway.heap import settle_heap
 from gateway.presentation import answer_footer, reference_summary
 from gateway.runtime import build_engine, missing_keys, missing_transcription_key
+from gateway.storage.sqlite import DatabaseBusy
 from gateway.tool_listing import listings_json, mcp_problems, preset_tools, print_tools
 from moa_core.engine import ConfigurationError
 from moa_core.events import (
@@ -37,18 +40,32 @@ from moa_core.values import Message, count_unpriced, sum_dollars
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+CONFIG_FILE = "moa-gateway.toml"
+# Commands that fall back to the built-in default when there is no config file at all.
+_BUILTIN_OK = {"ask", "chat", "costs", "presets"}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moa-gateway", description="Mixture-of-Agents chat bot gateway")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default="moa-gateway.toml", help="config file (default: moa-gateway.toml)")
+    common.add_argument("--config", default=None,
+                        help=f"config file (default: {CONFIG_FILE}; ask, chat, costs and presets use a "
+                             "built-in default from OPENROUTER_API_KEY etc. when there is none)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common], help="run every configured platform adapter")
     sub.add_parser("chat", parents=[common], help="an interactive terminal session through the gateway")
     ask = sub.add_parser("ask", parents=[common], help="one MoA turn in the terminal")
     ask.add_argument("--preset", help="preset to use (default: gateway.default_preset)")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    ask.add_argument("prompt", nargs="+", help="the question")
-    sub.add_parser("check-config", parents=[common], help="validate the config file and environment")
+    ask.add_argument("--no-store", action="store_true",
+                     help="do not record the turn and its costs in the database")
+    ask.add_argument("prompt", nargs="*",
+                     help="the question; '-' or none (with stdin not a terminal) reads it from stdin")
+    sub.add_parser("check-config", parents=[common], help="validate the config file and environment",
+                   description="Validate the config file and the environment variables it names. "
+                   "The last line is the verdict. Exit 0: config OK (possibly 'config OK, but: ...' "
+                   "with notes that do not stop it running); 1: the file is valid but variables it "
+                   "names are not set; 2: the file is missing or invalid.")
     costs = sub.add_parser("costs", parents=[common], help="spend table from the database")
     costs.add_argument("--since", help="start date (YYYY-MM-DD, in the configured time zone); default: 30 days ago")
     costs.add_argument("--by", choices=["chat", "user", "preset", "model"], default="model")
@@ -61,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="list each preset's tools (starts its MCP servers to ask them)")
     tools.add_argument("--preset", help="only this preset")
     tools.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    init = sub.add_parser("init", help=f"write the example config to {CONFIG_FILE} (or --config FILE)")
+    init.add_argument("--config", default=CONFIG_FILE, help=f"where to write it (default: {CONFIG_FILE})")
     return parser
 
 
@@ -68,8 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "migrate-db":  # needs no config file: both ends are on the command line
         return _cmd_migrate_db(args, os.environ)
+    if args.command == "init":
+        return _cmd_init(args)
     try:
-        config = load_config(args.config)
+        config = _load(args, os.environ)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -77,16 +98,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = globals()[f"_cmd_{command}"]
     try:
         return handler(args, config, os.environ)
+    except (PlatformUnavailable, DatabaseBusy) as error:  # one line says what to check
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
 
+def _load(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    """--config FILE, else moa-gateway.toml here, else (for some commands) the built-in default."""
+    if args.config is not None:
+        return load_config(args.config)
+    if Path(CONFIG_FILE).exists() or args.command not in _BUILTIN_OK:
+        return load_config(CONFIG_FILE)
+    from gateway.builtin import builtin_config
+
+    builtin = builtin_config(env)
+    print(builtin.describe(), file=sys.stderr)
+    return builtin.config
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    target = Path(args.config)
+    if target.exists():
+        print(f"error: {target} exists; not overwriting it (edit it, or pass --config OTHER.toml)", file=sys.stderr)
+        return EXIT_USAGE
+    example = files("gateway").joinpath("example.toml").read_text(encoding="utf-8")
+    try:
+        target.write_text(example, encoding="utf-8")
+    except OSError as error:
+        print(f"error: cannot write {target}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {target}: edit its providers, presets and platform sections, export the variables it "
+          f"names, then: moa-gateway check-config{'' if target.name == CONFIG_FILE and target.parent == Path() else f' --config {target}'}")
+    return EXIT_OK
+
+
 def _cmd_presets(args: argparse.Namespace, config: Config, env: Mapping[str, str], out: TextIO = sys.stdout) -> int:
+    print(f"default preset: {config.gateway.default_preset}", file=out)
     for name, preset in config.engine.presets.items():
-        mark = " (default)" if name == config.gateway.default_preset else ""
-        state = "" if preset.enabled else " [disabled: aggregator alone]"
-        print(f"{name}{mark}{state}", file=out)
+        state = " [disabled: aggregator alone]" if not preset.enabled else ""
+        print(f"{name}{state}", file=out)
         for slot in preset.references:
             print(f"  reference  {slot.label}", file=out)
         print(f"  aggregator {preset.aggregator.label}", file=out)
@@ -112,26 +167,44 @@ def _cmd_tools(args: argparse.Namespace, config: Config, env: Mapping[str, str],
     return EXIT_FAILED if down else EXIT_OK
 
 
-def _cmd_check_config(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
-    problems = []
+def _cmd_check_config(args: argparse.Namespace, config: Config, env: Mapping[str, str],
+                      out: TextIO = sys.stdout) -> int:
+    """Exit 0 with `config OK` (or `config OK, but: ...`), 1 when variables the file names are not
+    set or a program it names is missing (run would refuse to start), 2 for a missing or invalid
+    file (printed by `main`)."""
+    missing = []
     for preset in config.engine.presets.values():
-        problems.extend(missing_keys(config, preset, env))
-    problems.extend(missing_transcription_key(config, env))
-    for name, section in config.platforms.items():
+        missing.extend(missing_keys(config, preset, env))
+    missing.extend(missing_transcription_key(config, env))
+    enabled = {name: s for name, s in config.platforms.items() if s.options.get("enabled") is not False}
+    for name, section in enabled.items():
         for key, value in section.options.items():
             if key.endswith("_env") and not env.get(value, "").strip():
-                problems.append(f"environment variable {value} is not set ({name}.{key})")
-    problems.extend(mcp_problems(config, env))
+                missing.append(f"environment variable {value} is not set ({name}.{key})")
+    missing.extend(mcp_problems(config, env))
     print(f"{config.path}: {len(config.engine.providers)} provider(s), {len(config.engine.presets)} preset(s), "
-          f"platforms: {', '.join(config.platforms) or 'none'}")
+          f"platforms: {', '.join(enabled) or 'none'}", file=out)
     database_problem = _check_database(config, env)
-    if database_problem:
-        problems.append(database_problem)
-    for problem in dict.fromkeys(problems):
-        print(f"warning: {problem}", file=sys.stderr)
-    if problems:
+    if database_problem and " is not set " in database_problem:
+        missing.append(database_problem)
+    missing = list(dict.fromkeys(missing))
+    variable = "environment variable "
+    for problem in missing:
+        print(f"{'missing' if problem.startswith(variable) else 'problem'}: {problem}", file=sys.stderr)
+    if missing:
+        names = list(dict.fromkeys(p.split()[2] for p in missing if p.startswith(variable)))
+        parts = [f"{len(names)} environment variable(s) named in the config are not set: {', '.join(names)}"] \
+            if names else []
+        parts.extend(p for p in missing if not p.startswith(variable))
+        print("error: " + "; ".join(parts), file=sys.stderr)
         return EXIT_FAILED
-    print("config OK")
+    if database_problem:
+        print(f"error: the database does not answer: {database_problem}", file=sys.stderr)
+        return EXIT_FAILED
+    notes = []
+    if not enabled:
+        notes.append("no platform is configured, so `run` will not start; ask and chat work")
+    print(f"config OK, but: {'; '.join(notes)}" if notes else "config OK", file=out)
     return EXIT_OK
 
 
@@ -257,7 +330,17 @@ def _cmd_costs(args: argparse.Namespace, config: Config, env: Mapping[str, str])
 
 
 def _cmd_ask(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
-    return asyncio.run(ask(config, " ".join(args.prompt), preset=args.preset, as_json=args.json, env=env))
+    words = list(args.prompt)
+    if words == ["-"] or (not words and not sys.stdin.isatty()):
+        prompt = sys.stdin.read().strip()
+    elif not words:
+        print('error: no question: moa-gateway ask "your question" (or pipe it: ... | moa-gateway ask -)',
+              file=sys.stderr)
+        return EXIT_USAGE
+    else:
+        prompt = " ".join(words)
+    return asyncio.run(ask(config, prompt, preset=args.preset, as_json=args.json, env=env,
+                           store=not args.no_store))
 
 
 class _AskPrinter:
@@ -326,7 +409,7 @@ def result_json(result: TurnResult) -> dict:
 
 
 async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool, env: Mapping[str, str],
-              out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+              out: TextIO = sys.stdout, err: TextIO = sys.stderr, store: bool = True) -> int:
     name = preset or config.gateway.default_preset
     if name not in config.engine.presets:
         print(f"error: unknown preset '{name}' (configured: {', '.join(sorted(config.engine.presets))}); "
@@ -355,6 +438,11 @@ async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool,
             return EXIT_USAGE
     finally:
         await runtime.aclose()
+    if store:
+        try:
+            await _record_ask(config, prompt, result)
+        except Exception as error:  # the answer matters more than its record; say so, once
+            print(f"warning: this turn was not recorded in {config.gateway.database}: {error}", file=err)
     if as_json:
         print(json.dumps(result_json(result), ensure_ascii=False), file=out)
         return EXIT_FAILED if result.error else EXIT_OK
@@ -363,12 +451,39 @@ async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool,
         return EXIT_FAILED
     if not (printer and printer.streamed):
         print(strip_controls(result.answer), file=out)
-    print(f"\n\n— {answer_footer(result)}", file=out)
+    print(f"\n{FOOTER_PREFIX}{answer_footer(result)}", file=out)
     spend = {role: [c.cost for c in result.calls if c.role == role and c.status != "skipped"]
              for role in ("reference", "aggregator")}
     refs, agg = (format_total(sum_dollars(costs), count_unpriced(costs)) for costs in spend.values())
     print(f"  references {refs} · aggregator {agg}", file=out)
     return EXIT_OK
+
+
+async def _record_ask(config: Config, prompt: str, result: TurnResult) -> None:
+    """Store the turn and its model calls as the terminal chat does (platform "terminal", chat
+    "local"), so `/moa cost`, `moa-gateway costs` and the digest count it. Each ask is a session
+    of its own (thread "ask"): it never joins the history of `moa-gateway chat`."""
+    import uuid
+
+    from gateway.storage import open_store
+    from moa_core.clock import SystemClock
+
+    db = await open_store(config.gateway.database, SystemClock(),
+                          password_env=config.gateway.database_password_env, env=os.environ)
+    try:
+        session = await db.new_session("terminal", "local", "ask")
+        event = f"ask-{uuid.uuid4().hex[:12]}"
+        turn = await db.start_turn(
+            session_id=session, platform="terminal", chat_id="local", thread_id="ask", user_id="local",
+            user_name="you", event_id=event, message_id=event, preset=result.preset, prompt=prompt,
+        )
+        await db.record_calls(turn, result.calls)
+        await db.complete_turn(
+            turn, status="failed" if result.error else "done", answer=result.answer or None,
+            cost_usd=result.total_cost_usd, messages=result.new_messages, delivery=None, error=result.error,
+        )
+    finally:
+        await db.close()
 
 
 if __name__ == "__main__":

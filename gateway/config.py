@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -199,7 +199,7 @@ def load_config(path: str | Path) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: file not found (copy deploy/moa-gateway.example.toml to {path} and edit it, "
+            f"{path}: file not found (write one with `moa-gateway init --config {path}` and edit it, "
             "or pass --config FILE)"
         ) from None
     except tomllib.TOMLDecodeError as error:
@@ -213,7 +213,7 @@ def parse_config(raw: dict, path: Path) -> Config:
         if name not in ("gateway", "providers", "presets", "engine", "tools", "channels", "budgets",
                         "digest", "attachments", "transcription", "mcp", *PLATFORMS):
             raise ConfigError(f"{path}: {name}: unknown section")
-    gateway = _gateway(_Reader(path, "gateway", raw.get("gateway", {})))
+    gateway = _relative_to(path.parent, _gateway(_Reader(path, "gateway", raw.get("gateway", {}))))
     providers = _providers(path, raw.get("providers"))
     mcp = mcp_servers(_Reader(path, "mcp", raw.get("mcp", {})), lambda key, table: _Reader(path, key, table))
     presets = _presets(path, raw.get("presets"), providers, mcp)
@@ -284,6 +284,19 @@ def _gateway(r: _Reader) -> GatewaySettings:
         refusal_notice_interval_s=r.number("refusal_notice_interval_s", d.refusal_notice_interval_s, minimum=0),
         files_dir=r.text("files_dir", d.files_dir, required=True),
     )
+
+
+def _relative_to(folder: Path, gateway: GatewaySettings) -> GatewaySettings:
+    """A relative `database` or `trace_dir` names a place beside the config file, wherever the
+    command runs from (else running from another folder silently starts an empty database)."""
+
+    def beside(value: str) -> str:
+        if "://" in value or value == ":memory:":  # a database URL, not a file
+            return value
+        place = Path(value).expanduser()
+        return str(place if place.is_absolute() else folder.absolute() / place)
+
+    return replace(gateway, database=beside(gateway.database), trace_dir=beside(gateway.trace_dir))
 
 
 _PROVIDER_KEYS = (

@@ -87,11 +87,21 @@ class _Waiting:
     heard: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _QueuedCommand:
+    """A command that arrived while its session had a turn queued or running: it is answered
+    after them, so `/moa cost` typed after a question reports that question's spend."""
+
+    message: InboundMessage
+    command: Command
+    rules: AccessRules
+
+
 @dataclass(slots=True)
 class _Lane:
-    """The queue of one session: turns run one at a time, in arrival order."""
+    """The queue of one session: turns (and commands behind them) one at a time, in arrival order."""
 
-    waiting: deque[_Waiting] = field(default_factory=deque)
+    waiting: deque[_Waiting | _QueuedCommand] = field(default_factory=deque)
     worker: asyncio.Task | None = None
     storing: int = 0  # questions of this lane whose turn row is being written
     # Held while a question's files are fetched and its turn stored: a later message of the
@@ -294,7 +304,15 @@ class Gateway:
             command = Ask(prompt=text)
         await self._dispatch(message, command, rules)
 
-    async def _dispatch(self, message: InboundMessage, command: Command, rules: AccessRules) -> None:
+    async def _dispatch(self, message: InboundMessage, command: Command, rules: AccessRules, *,
+                        in_lane: bool = False) -> None:
+        if not isinstance(command, Ask) and not in_lane:
+            lane = self._lanes.get(session_key(message))
+            if lane is not None and (lane.waiting or (lane.worker is not None and not lane.worker.done())):
+                # Behind a turn of this session: answered in order. With nothing running the
+                # command is answered at once, as before.
+                lane.waiting.append(_QueuedCommand(message, command, rules))
+                return
         chat = chat_ref(message)
         admin = is_admin(rules, message)
         presets = self.config.engine.presets
@@ -435,8 +453,12 @@ class Gateway:
     async def _drain(self, key: str, lane: _Lane) -> None:
         try:
             while lane.waiting:
+                if isinstance(lane.waiting[0], _QueuedCommand):
+                    await self._run_queued_command(lane.waiting.popleft())  # type: ignore[arg-type]
+                    continue
                 async with self._turn_slots:
                     waiting = lane.waiting.popleft()
+                    assert isinstance(waiting, _Waiting)
                     try:
                         await self._run_turn(waiting)
                     except asyncio.CancelledError:
@@ -448,11 +470,19 @@ class Gateway:
             # Shutdown: questions still waiting never started; tell their chat, as for a cut turn.
             while lane.waiting:
                 waiting = lane.waiting.popleft()
-                await self._interrupt_at_shutdown(waiting.turn_id, chat_ref(waiting.message), waiting.ask.prompt)
+                if isinstance(waiting, _Waiting):
+                    await self._interrupt_at_shutdown(waiting.turn_id, chat_ref(waiting.message), waiting.ask.prompt)
             raise
         finally:
             if not lane.waiting and not lane.storing and self._lanes.get(key) is lane:
                 del self._lanes[key]
+
+    async def _run_queued_command(self, queued: _QueuedCommand) -> None:
+        try:
+            await self._dispatch(queued.message, queued.command, queued.rules, in_lane=True)
+        except Exception:  # as in handle_inbound: the rest of the lane must still run
+            log.exception("a queued command in chat %s failed", queued.message.chat_id)
+            await self.notify(chat_ref(queued.message), "Sorry, something went wrong handling that message.", "error")
 
     # ----- a turn ----------------------------------------------------------------------------
 

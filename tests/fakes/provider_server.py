@@ -102,12 +102,15 @@ class FakeProvider:
         self._arrived = asyncio.Condition()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        # GET /v1/models lists these (OpenAI's, vLLM's and Ollama's model list shape).
+        self.models: list[str] = []
 
     async def __aenter__(self) -> FakeProvider:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/v1/audio/transcriptions", self._transcribe)
+        app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -122,6 +125,10 @@ class FakeProvider:
         self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": name, "object": "model", "owned_by": "fake"} for name in self.models]
+        return web.json_response({"object": "list", "data": data})
 
     def reply(self, model: str, *replies: Reply) -> None:
         self._queues.setdefault(model, []).extend(replies)

@@ -123,9 +123,10 @@ async def test_ask_missing_key_unknown_preset_and_unreachable_provider(fake, tmp
 async def test_check_config_and_presets(fake, tmp_path):
     config = config_text(fake, tmp_path)
     code, out, err = await run_cli(tmp_path, "presets", config=config)
-    assert code == 0 and "default (default)" in out and "aggregator openrouter:agg-x" in out
+    assert code == 0 and out.startswith("default preset: default\n") and "aggregator openrouter:agg-x" in out
+    assert "default (default)" not in out
     code, out, err = await run_cli(tmp_path, "check-config", config=config)
-    assert code == 0 and "config OK" in out
+    assert code == 0 and out.splitlines()[-1] == "config OK, but: no platform is configured, so `run` will not start; ask and chat work"
     code, out, err = await run_cli(tmp_path, "check-config", config=config.replace('api = "anthropic"', 'api = "x"'))
     assert code == 2 and "providers.claude.api" in err
     speech = config + '\n[providers.stt]\napi = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n' \

@@ -109,7 +109,7 @@ async def test_init_writes_the_example_config_and_never_overwrites(tmp_path):
     assert (tmp_path / "moa-gateway.toml").read_text().endswith("# mine\n")
     # The written file is found without --config and is valid; only its variables are missing.
     check = await moa_gateway("check-config", env=env, cwd=tmp_path)
-    assert check.code == 1 and "OPENROUTER_API_KEY" in check.out.splitlines()[-1]
+    assert check.code == 1 and "OPENROUTER_API_KEY" in check.last_err_line
 
 
 @pytest.mark.parametrize("how", ["dash", "no-prompt"])

@@ -42,7 +42,7 @@ async def test_check_config_verdicts_and_exit_codes(fake, tmp_path):
     path.write_text(ok)  # variables named by the file but not set: an error, exit 1, not a warning
     ran = await moa_gateway("check-config", env=clean_env(tmp_path), cwd=tmp_path)
     assert ran.code == 1 and "warning" not in ran.out + ran.err
-    last = ran.out.splitlines()[-1]
+    last = ran.last_err_line
     assert last.startswith("error: 2 environment variable(s)") and "TEST_KEY" in last and "TEST_TG" in last
 
     path.write_text(ok.replace('api = "openai"', 'api = "nope"'))

@@ -332,7 +332,8 @@ def _cmd_costs(args: argparse.Namespace, config: Config, env: Mapping[str, str])
 def _cmd_ask(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
     words = list(args.prompt)
     if words == ["-"] or (not words and not sys.stdin.isatty()):
-        prompt = sys.stdin.read().strip()
+        # Bytes, decoded here: a byte that is not UTF-8 then meets ask's own clear error.
+        prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape").strip()
     elif not words:
         print('error: no question: moa-gateway ask "your question" (or pipe it: ... | moa-gateway ask -)',
               file=sys.stderr)

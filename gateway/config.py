@@ -447,7 +447,7 @@ _ACCESS_KEYS = ("admins", "allowed_chats", "allowed_users", "allow_all", "admin_
 _PLATFORM_KEYS: dict[str, dict[str, type]] = {
     "telegram": {"token_env": str, "base_url": str, "base_file_url": str, "mode": str, "webhook_listen": str,
                  "webhook_port": int, "webhook_path": str, "webhook_url": str, "webhook_secret_env": str,
-                 "stream": bool, "edit_interval_s": float},
+                 "stream": bool, "edit_interval_s": float, "album_wait_s": float},
     "discord": {"token_env": str, "api_base": str, "gateway_url": str, "edit_interval_s": float,
                 "sync_commands": bool, "followup_window_s": float, "guild_ready_timeout_s": float,
                 "ready_timeout_s": float, "cdn_url": str, "shard_ids": list, "shard_count": int},

@@ -158,8 +158,6 @@ def inbound_from_event(
 
     text, is_command = _command_text(slack_text_to_plain(text))
     attachments = files_of(event.get("files") or ())
-    if not text.strip() and not attachments:
-        return None
     event_id = str(body.get("event_id") or f"{channel}:{ts}")
     return InboundMessage(
         platform=PLATFORM,

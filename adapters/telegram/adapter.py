@@ -18,6 +18,7 @@ more, its text starting with RECOVERED_MARK, so a repeat is at most one and read
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections import OrderedDict
@@ -47,6 +48,7 @@ from adapters.contract import (
     ChatRef,
     FileOut,
     InboundHandler,
+    InboundMessage,
     Notice,
     Outbound,
     PlatformLimits,
@@ -56,7 +58,7 @@ from adapters.contract import (
 )
 from adapters.startup import PlatformUnavailable, reason, refused, unreachable
 from adapters.telegram.flood import ChatDelivery, Outcome
-from adapters.telegram.normalize import normalize_update
+from adapters.telegram.normalize import merge_album, normalize_update
 from adapters.telegram.render import (
     MAX_CAPTION,
     MAX_CHARS,
@@ -107,6 +109,8 @@ class TelegramAdapter:
         self._draft_ids = itertools.count(1)
         self._drafts_ok = True
         self._redact = _RedactSecrets([settings.token, settings.webhook_secret or ""])
+        # Albums being gathered: (chat, media_group_id) -> its items so far and the flush timer.
+        self._albums: dict[tuple[str, str], tuple[list[InboundMessage], asyncio.Task[None]]] = {}
 
     @property
     def bot_username(self) -> str:
@@ -193,6 +197,9 @@ class TelegramAdapter:
         self._intake = False
 
     async def stop(self) -> None:
+        for _, timer in self._albums.values():
+            timer.cancel()
+        self._albums.clear()
         app, self._app = self._app, None
         if app is not None:
             await self._close(app)
@@ -233,10 +240,32 @@ class TelegramAdapter:
             return
         if message is None or self._on_inbound is None:
             return
+        album = update.message.media_group_id if update.message is not None else None
+        if album:
+            self._gather(album, message)
+            return
+        await self._forward(message)
+
+    async def _forward(self, message: InboundMessage) -> None:
+        if self._on_inbound is None:
+            return
         try:
             await self._on_inbound(message)
         except Exception:
-            log.exception("telegram: the inbound handler failed on update %s", update.update_id)
+            log.exception("telegram: the inbound handler failed on message %s", message.event_id)
+
+    def _gather(self, album: str, message: InboundMessage) -> None:
+        key = (message.chat_id, album)
+        parts, timer = self._albums.pop(key, ([], None))
+        if timer is not None:
+            timer.cancel()  # another item came: wait again from now
+        parts.append(message)
+        self._albums[key] = (parts, asyncio.create_task(self._flush_album(key)))
+
+    async def _flush_album(self, key: tuple[str, str]) -> None:
+        await asyncio.sleep(self._settings.album_wait_s)
+        parts, _ = self._albums.pop(key)
+        await self._forward(merge_album(parts))
 
     # -- files -----------------------------------------------------------------------------
 

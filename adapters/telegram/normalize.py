@@ -9,6 +9,8 @@ the bot. Whether to answer is the gateway's decision, not this module's.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC
 
 from telegram import Message, MessageEntity, Update
@@ -140,3 +142,11 @@ def _strip_leading_mention(text: str, bot_username: str) -> str:
         return text
     rest = stripped[match.end() :]
     return rest[_AFTER_MENTION.match(rest).end() :]  # type: ignore[union-attr]
+
+
+def merge_album(parts: Sequence[InboundMessage]) -> InboundMessage:
+    """The items of one album as one message: the captioned item (else the first) speaks for
+    the album, with every item's files in the order they were sent."""
+    ordered = sorted(parts, key=lambda m: int(m.message_id))
+    lead = next((m for m in ordered if m.text), ordered[0])
+    return replace(lead, attachments=tuple(a for m in ordered for a in m.attachments))

@@ -30,6 +30,9 @@ class TelegramSettings:
     # Added fields (defaults keep the TOML section optional):
     poll_timeout_s: float = 10.0  # getUpdates long-poll timeout
     request_timeout_s: float = 10.0  # connect/read/write timeout of every other Bot API call
+    # An album (several photos or files sent at once) arrives as one update per item: items of
+    # one album are gathered until none came for this long, then go on as one message.
+    album_wait_s: float = 1.0
 
     @property
     def file_url(self) -> str:
@@ -59,5 +62,7 @@ class TelegramSettings:
             raise ValueError(f"telegram.webhook_port must be a TCP port, not {self.webhook_port}")
         if self.edit_interval_s < 0:
             raise ValueError("telegram.edit_interval_s must not be negative")
+        if self.album_wait_s < 0:
+            raise ValueError("telegram.album_wait_s must not be negative")
         if self.poll_timeout_s < 0 or self.request_timeout_s <= 0:
             raise ValueError("telegram.poll_timeout_s / request_timeout_s must be positive")

@@ -110,3 +110,18 @@ async def test_slack_answers_a_download_without_the_bot_token_with_its_sign_in_p
         assert [auth for _, auth in slack.downloads] == ["Bearer xoxb-right", "Bearer xoxb-wrong", "Bearer xoxb-right"]
     finally:
         await slack.stop()
+
+
+def test_an_album_merges_into_its_captioned_item():
+    from adapters.telegram.normalize import merge_album
+
+    def item(message_id: int, caption: str | None, file_id: str) -> dict:
+        update = message_update(None, caption=caption, message_id=message_id, photo=[
+            {"file_id": file_id, "file_unique_id": file_id, "width": 10, "height": 10}])
+        update["message"]["media_group_id"] = "g"
+        return update
+
+    parts = [normalize(item(12, None, "c")), normalize(item(11, "compare", "b")), normalize(item(10, None, "a"))]
+    merged = merge_album(parts)
+    assert merged.text == "compare" and merged.message_id == "11"
+    assert [a.ref for a in merged.attachments] == ["a", "b", "c"]

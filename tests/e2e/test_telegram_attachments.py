@@ -48,8 +48,9 @@ def tables(provider: FakeProvider, **extra) -> dict:
 async def bot(tmp_path, provider, telegram):
     started: list[InProcess] = []
 
-    async def start(**extra) -> InProcess:
-        running = await start_in_process(write_config(tmp_path, provider, telegram, tables=tables(provider, **extra)))
+    async def start(telegram_options: dict | None = None, **extra) -> InProcess:
+        running = await start_in_process(write_config(tmp_path, provider, telegram, tables=tables(provider, **extra),
+                                                      telegram_options=telegram_options))
         started.append(running)
         return running
 
@@ -252,3 +253,26 @@ async def test_a_voice_note_without_speech_is_told_and_its_transcription_still_b
                   "join turns t on t.id = m.turn_id")
     assert row == {"status": "failed", "role": "transcription", "input": 40, "cost_usd": pytest.approx(40 / 1e6)}
     assert query(tmp_path / "gateway.db", "select count(*) as n from messages") == [{"n": 0}]
+
+
+async def test_an_album_is_one_question_with_all_its_pictures(bot, provider, telegram):
+    first, second = jpeg(30, 20), jpeg(20, 30)
+    running = await bot(telegram_options={"album_wait_s": 0.3})
+    items = [
+        in_dm(caption="which one is taller?", message_id=20, photo=[
+            {"file_id": telegram.add_file(first), "file_unique_id": "a", "width": 30, "height": 20}]),
+        in_dm(message_id=21, photo=[
+            {"file_id": telegram.add_file(second), "file_unique_id": "b", "width": 20, "height": 30}]),
+    ]
+    for item in items:
+        item["message"]["media_group_id"] = "album-1"
+        telegram.push_update(item)
+    await answered(telegram, USER_ID)
+    await running.app.gateway.idle()
+    [request] = provider.for_model("ref-eye")  # one turn, not two
+    parts = request.body["messages"][-1]["content"]
+    assert parts[0] == {"type": "text", "text": "which one is taller?"}
+    sent = [base64.b64decode(p["image_url"]["url"].split(",", 1)[1]) for p in parts[1:]]
+    assert sent == [first, second]
+    assert last_user_content(provider, "ref-a") == ("which one is taller?\n[image: photo.jpg, 30×20, not visible "
+                                                    "to you]\n[image: photo.jpg, 20×30, not visible to you]")

@@ -22,7 +22,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from gateway.storage import Store
+from gateway.storage import Storage
 from moa_core.engine import MoaEngine
 from moa_core.events import CallFinished, Event, OnEvent, TurnResult
 from moa_core.values import CallRecord, Message
@@ -36,7 +36,7 @@ OnBooked = Callable[[int, CallRecord], None]
 class CallBook:
     """Writes model-call rows in the background, a batch per transaction."""
 
-    def __init__(self, store: Store, on_booked: OnBooked | None = None):
+    def __init__(self, store: Storage, on_booked: OnBooked | None = None):
         self._store = store
         self._on_booked = on_booked
         self._queue: list[tuple[int, CallRecord]] = []
@@ -105,6 +105,48 @@ async def run_booked_turn(
     finally:
         await book.settle(turn_id)
 
+
+
+async def run_stored_turn(
+    engine: MoaEngine,
+    store: Storage,
+    *,
+    platform: str,
+    chat_id: str,
+    thread_id: str | None,
+    user_id: str,
+    user_name: str,
+    event_id: str,
+    preset: str,
+    prompt: str,
+    session: str,
+    on_event: OnEvent | None = None,
+) -> TurnResult:
+    """One turn outside the chat gateway (`moa-gateway ask`), stored like a chat turn: a new
+    session, the turn started before the first call, every call booked as it ends, the turn
+    completed at the end — `failed` on a provider or other error, `interrupted` when cancelled
+    (Ctrl-C) — so `/moa cost`, `moa-gateway costs`, budgets and the digest count it, cut or not."""
+    session_id = await store.new_session(platform, chat_id, thread_id)
+    turn_id = await store.start_turn(
+        session_id=session_id, platform=platform, chat_id=chat_id, thread_id=thread_id, user_id=user_id,
+        user_name=user_name, event_id=event_id, message_id=event_id, preset=preset, prompt=prompt,
+    )
+    book = CallBook(store)
+    try:
+        result = await run_booked_turn(engine, book, turn_id, preset, [Message("user", prompt)], session=session,
+                                       on_event=on_event)
+    except BaseException as error:
+        interrupted = isinstance(error, asyncio.CancelledError | KeyboardInterrupt)
+        await asyncio.shield(store.complete_turn(
+            turn_id, status="interrupted" if interrupted else "failed", answer=None, cost_usd=None, messages=(),
+            delivery=None, error="interrupted" if interrupted else str(error) or type(error).__name__,
+        ))
+        raise
+    await store.complete_turn(
+        turn_id, status="failed" if result.error else "done", answer=result.answer or None,
+        cost_usd=result.total_cost_usd, messages=result.new_messages, delivery=None, error=result.error,
+    )
+    return result
 
 
 class Reservations:

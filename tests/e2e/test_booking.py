@@ -1,7 +1,7 @@
 """Spend is booked when a call ends, not when its turn ends: a real `moa-gateway run` process whose
 aggregator hangs after both references answered is stopped (SIGTERM past a 1 s grace) or killed
 (SIGKILL); the references' rows are in `model_calls` all the same, and after a restart
-`/moa cost` and `/moa budget` count them."""
+`/moa cost`, `/moa budget` and the digest count them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from adapters.figures import format_usd
 from tests.e2e.kit import (
+    ADMIN_ID,
     GROUP_ID,
     GatewayProcess,
     group_update,
@@ -80,6 +81,12 @@ async def test_sigkill_mid_turn_keeps_the_rows_of_the_references_that_answered(t
                      explain=restarted.tail)
     [report] = [t for t in texts(telegram, GROUP_ID) if "This chat" in t]
     assert "This chat — day from" in report and format_usd(spent) in report.split("\n")[0]
+    # The digest (an admin's /moa digest: the period so far) counts them too.
+    shown = len(texts(telegram, GROUP_ID))
+    telegram.push_update(group_update("/moa digest", sender=ADMIN_ID, message_id=12))
+    await wait_until(lambda: any(format_usd(spent) in t for t in texts(telegram, GROUP_ID)[shown:]),
+                     "the digest with the cut turn's spend",
+                     explain=lambda: f"chat shows: {texts(telegram, GROUP_ID)[shown:]}\n{restarted.tail()}")
     assert calls(db) == rows  # nothing booked twice after the restart
 
 

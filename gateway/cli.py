@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from adapters.figures import format_total, json_usd
 from adapters.startup import PlatformUnavailable
@@ -24,8 +24,11 @@ from gateway.heap import settle_heap
 from gateway.presentation import answer_footer, reference_summary
 from gateway.runtime import build_engine, missing_keys, missing_transcription_key
 from gateway.storage.sqlite import DatabaseBusy
+
+if TYPE_CHECKING:
+    from gateway.storage import Storage
 from gateway.tool_listing import listings_json, mcp_problems, preset_tools, print_tools
-from moa_core.engine import ConfigurationError
+from moa_core.engine import ConfigurationError, MoaEngine
 from moa_core.events import (
     Event,
     ReferenceFinished,
@@ -427,23 +430,21 @@ async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool,
     if problems:
         print(f"error: {problems[0]}", file=err)
         return EXIT_USAGE
+    db = await _open_ask_store(config, err) if store else None
     runtime = build_engine(config, env=env)
     try:
         await runtime.start()
         preset_value = config.engine.presets[name]
         printer = None if as_json else _AskPrinter(name, preset_value.summary, out, err)
         try:
-            result = await runtime.engine.run_turn(name, [Message("user", prompt)], session="cli-ask", on_event=printer)
+            result = await _run_ask(runtime.engine, db, name, prompt, printer)
         except ConfigurationError as error:
             print(f"error: {error}", file=err)
             return EXIT_USAGE
     finally:
         await runtime.aclose()
-    if store:
-        try:
-            await _record_ask(config, prompt, result)
-        except Exception as error:  # the answer matters more than its record; say so, once
-            print(f"warning: this turn was not recorded in {config.gateway.database}: {error}", file=err)
+        if db is not None:
+            await db.close()
     if as_json:
         print(json.dumps(result_json(result), ensure_ascii=False), file=out)
         return EXIT_FAILED if result.error else EXIT_OK
@@ -460,31 +461,37 @@ async def ask(config: Config, prompt: str, *, preset: str | None, as_json: bool,
     return EXIT_OK
 
 
-async def _record_ask(config: Config, prompt: str, result: TurnResult) -> None:
-    """Store the turn and its model calls as the terminal chat does (platform "terminal", chat
-    "local"), so `/moa cost`, `moa-gateway costs` and the digest count it. Each ask is a session
-    of its own (thread "ask"): it never joins the history of `moa-gateway chat`."""
-    import uuid
-
+async def _open_ask_store(config: Config, err: TextIO) -> Storage | None:
+    """The database `ask` records its turn in; None (with one warning) when it cannot be opened:
+    the answer matters more than its record."""
     from gateway.storage import open_store
     from moa_core.clock import SystemClock
 
-    db = await open_store(config.gateway.database, SystemClock(),
-                          password_env=config.gateway.database_password_env, env=os.environ)
     try:
-        session = await db.new_session("terminal", "local", "ask")
-        event = f"ask-{uuid.uuid4().hex[:12]}"
-        turn = await db.start_turn(
-            session_id=session, platform="terminal", chat_id="local", thread_id="ask", user_id="local",
-            user_name="you", event_id=event, message_id=event, preset=result.preset, prompt=prompt,
-        )
-        await db.record_calls(turn, result.calls)
-        await db.complete_turn(
-            turn, status="failed" if result.error else "done", answer=result.answer or None,
-            cost_usd=result.total_cost_usd, messages=result.new_messages, delivery=None, error=result.error,
-        )
-    finally:
-        await db.close()
+        return await open_store(config.gateway.database, SystemClock(),
+                                password_env=config.gateway.database_password_env, env=os.environ)
+    except Exception as error:
+        print(f"warning: this turn will not be recorded in {config.gateway.database}: {error}", file=err)
+        return None
+
+
+async def _run_ask(engine: MoaEngine, db: Storage | None, preset: str, prompt: str,
+                   printer: _AskPrinter | None) -> TurnResult:
+    """Run the turn; with a database, store it as the terminal chat does (platform "terminal",
+    chat "local", thread "ask": a session of its own, never in `moa-gateway chat`'s history),
+    every call booked as it ends, so `/moa cost`, `moa-gateway costs`, budgets and the digest
+    count it even when it is cut (Ctrl-C, a kill)."""
+    if db is None:
+        return await engine.run_turn(preset, [Message("user", prompt)], session="cli-ask", on_event=printer)
+    import uuid
+
+    from gateway.booking import run_stored_turn
+
+    event = f"ask-{uuid.uuid4().hex[:12]}"
+    return await run_stored_turn(
+        engine, db, platform="terminal", chat_id="local", thread_id="ask", user_id="local", user_name="you",
+        event_id=event, preset=preset, prompt=prompt, session="cli-ask", on_event=printer,
+    )
 
 
 if __name__ == "__main__":

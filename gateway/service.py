@@ -553,19 +553,31 @@ class Gateway:
                                            session=session_key(message), on_event=on_event)
         except asyncio.CancelledError:
             await self._close_quietly(progress, stream)
+            await self._mark_incomplete(stream, state["text"])
             await self._interrupt_at_shutdown(turn_id, chat, ask.prompt)
             raise
         except Exception as error:
             log.exception("turn %s failed", turn_id)
             await self._close_quietly(progress, stream)
+            await self._mark_incomplete(stream, state["text"])
             await self._fail_turn(turn_id, chat, error)
             return
         await self._close_quietly(progress)
         await stream.close()
-        if result.error and stream.sent is not None and state["text"].strip():
-            # The streamed part stays in the chat: say in that same message that it stops short.
-            await stream.close(Answer(f"{state['text'].rstrip()}\n\n{_INCOMPLETE_MARK}", final=True))
+        if result.error:
+            await self._mark_incomplete(stream, state["text"])
         await self._finish(turn_id, chat, result, stream.sent)
+
+    @staticmethod
+    async def _mark_incomplete(stream: LiveMessage, text: str) -> None:
+        """A streamed part stays in the chat when its turn is cut (an aggregator failure, an
+        error, shutdown): say in that same message that it stops short."""
+        if stream.sent is None or not text.strip():
+            return
+        try:
+            await stream.close(Answer(f"{text.rstrip()}\n\n{_INCOMPLETE_MARK}", final=True))
+        except Exception:  # the notice that follows still tells the chat
+            log.warning("could not mark a cut answer as incomplete", exc_info=True)
 
     async def _finish(self, turn_id: int, chat: ChatRef, result: TurnResult, streamed: Sent | None) -> None:
         """Record the answer in the ledger first, then deliver it."""

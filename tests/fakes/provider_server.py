@@ -31,6 +31,7 @@ class Reply:
     malformed_body: str | None = None  # 200 with this body (not valid JSON) instead
     cut_after: int | None = None  # streaming: drop the connection after this many chunks
     hang: bool = False  # never respond (until the client gives up)
+    stall_after: int | None = None  # streaming: after this many chunks, send nothing more (keep it open)
     chunk_chars: int = 8  # streamed text chunk size; tool arguments are also split
     error_event: str | None = None  # streaming: an error of this type before any content
     error_message: str | None = None  # non-200: this message in the error body instead of the default
@@ -215,6 +216,8 @@ class FakeProvider:
                 assert request.transport is not None
                 request.transport.close()  # no end marker, no final chunk: a dropped connection
                 return response
+            if reply.stall_after is not None and n >= reply.stall_after:
+                await asyncio.Event().wait()  # a server that stops mid-answer (until the client goes)
             await response.write(event.encode())
         await response.write_eof()
         return response

@@ -92,6 +92,27 @@ async def test_a_cut_stream_is_marked_incomplete_in_the_same_message(fake, http,
     assert any("failed" in notice for notice in chat.notices())  # and the error is still told
 
 
+async def test_a_stream_cut_by_shutdown_is_marked_incomplete_in_the_same_message(fake, http, tmp_path):
+    partial = "The first part of an answer that shutdown will cut short. " * 3
+    fake.reply("agg", Reply(text=partial + "The rest never arrives.", chunk_chars=20, stall_after=5))
+    gw, chat = await make_gateway(fake, http, tmp_path)
+    await chat.push(chat.message("/moa tell me"))
+
+    def streamed() -> list[str]:
+        return [mid for op, _, item, mid in chat.log if op == "send" and isinstance(item, Answer)]
+
+    for _ in range(500):  # until the first part is in the chat
+        if streamed() and chat.shown[streamed()[0]].text.startswith(partial[:60]):
+            break
+        await asyncio.sleep(0.01)
+    await gw.shutdown(grace_s=0.2)
+    [mid] = streamed()
+    shown = chat.shown[mid]
+    assert isinstance(shown, Answer) and shown.final
+    assert shown.text.startswith(partial[:60]) and "Incomplete: the answer was cut off" in shown.text
+    assert "The rest never arrives." not in shown.text
+
+
 async def test_ask_refuses_a_prompt_that_is_not_utf8(fake, tmp_path):
     # A byte that is not UTF-8 on the command line reaches Python as a lone surrogate.
     config = tmp_path / "moa-gateway.toml"

@@ -9,13 +9,12 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.contract import Answer, ChatRef, Notice, Progress, ReferenceSummary, SummaryEntry
 from adapters.terminal import TerminalAdapter, strip_controls
-from tests.fakes.provider_server import FakeProvider, Reply
+from tests.fakes.provider_server import Reply
 
 CHAT = ChatRef("terminal", "local")
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,12 +55,6 @@ async def test_the_terminal_adapter_shows_hostile_output_inert() -> None:
     assert visible(shown) and visible(err.getvalue()), repr(shown)
     assert CLEAN in shown and "--- revised ---" not in shown
     assert "advice here" in shown and "notice " in shown and "-- p · $0.01" in shown
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
 
 
 def console_script() -> list[str]:

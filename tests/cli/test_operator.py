@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.kit import clean_env, fake_config, moa_gateway
-from tests.fakes.provider_server import FakeProvider, Reply
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
+from tests.fakes.provider_server import Reply
 
 
 def write(folder: Path, text: str) -> Path:

@@ -12,23 +12,9 @@ import pytest
 from gateway.booking import CallBook
 from gateway.storage import Store
 from moa_core.clock import SystemClock
-from moa_core.providers.http import make_http_client
 from moa_core.values import CallRecord, Cost, Usage
-from tests.fakes.provider_server import FakeProvider, Reply
+from tests.fakes.provider_server import Reply
 from tests.gateway.gateway_kit import make_gateway, raw_config
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 async def rows(store: Store) -> list[dict]:

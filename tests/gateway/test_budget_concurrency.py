@@ -9,25 +9,11 @@ import pytest
 
 from gateway.config import BudgetSettings
 from gateway.costs.commands import DEFAULT_OUTPUT_TOKENS, estimate_turn_usd
-from moa_core.providers.http import make_http_client
-from tests.fakes.provider_server import FakeProvider, Reply
+from tests.fakes.provider_server import Reply
 from tests.gateway.gateway_kit import make_gateway
 
 LIMIT = 0.0001
 GROUPS = tuple(f"g{i}" for i in range(20))
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 async def spent(gw) -> float:

@@ -15,12 +15,6 @@ from tests.fakes.provider_server import FakeProvider, Reply
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
 def config_text(fake: FakeProvider, tmp_path: Path, *, base_url: str | None = None, traces: bool = False) -> str:
     return f"""
 [gateway]

@@ -37,12 +37,6 @@ socket.getaddrinfo = _rebinding
 
 
 @pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
 async def secret_site():
     """A loopback server with something an attacker wants; it records every request."""
     hits: list[str] = []

@@ -10,17 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.fakes.provider_server import FakeProvider, Reply
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
 
 
 def config(fake: FakeProvider, tmp_path: Path) -> Path:

@@ -11,22 +11,8 @@ import pytest
 from adapters.contract import Answer, Notice, Progress, ReferenceSummary
 from gateway.storage import Store
 from moa_core.clock import SystemClock
-from moa_core.providers.http import make_http_client
-from tests.fakes.provider_server import FakeProvider, Reply
+from tests.fakes.provider_server import Reply
 from tests.gateway.gateway_kit import make_gateway
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 async def model_calls(store: Store) -> list[dict]:

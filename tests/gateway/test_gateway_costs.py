@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from adapters.contract import FileOut
 from gateway.config import BudgetSettings, DigestSettings
-from moa_core.providers.http import make_http_client
-from tests.fakes.provider_server import FakeProvider, Reply
+from tests.fakes.provider_server import Reply
 from tests.gateway.gateway_kit import make_gateway
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 async def spend_one_turn(gw, chat, fake, user="u1"):

@@ -28,12 +28,6 @@ FAKE = str(Path(__file__).resolve().parents[1] / "fakes" / "mcp_server.py")
 ENV = {"FAKE_KEY": "sk-fake-secret", "TELEGRAM_BOT_TOKEN": "never-for-tools", "SEARCH_KEY": "k"}
 
 
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
 def raw_config(fake: FakeProvider, tmp_path: Path, mcp: dict, tools: list[str], **preset) -> dict:
     return {
         "gateway": {"database": str(tmp_path / "gw.db"), "default_preset": "default",

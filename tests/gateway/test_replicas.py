@@ -8,23 +8,9 @@ import asyncio
 
 import pytest
 
-from moa_core.providers.http import make_http_client
 from tests.backends import truncate_all
-from tests.fakes.provider_server import FakeProvider, Reply
+from tests.fakes.provider_server import Reply
 from tests.gateway.gateway_kit import make_gateway, raw_config
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

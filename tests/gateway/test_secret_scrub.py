@@ -15,29 +15,15 @@ import pytest
 from moa_core.clock import SystemClock
 from moa_core.providers.base import CompletionRequest, ProviderError
 from moa_core.providers.client import ProviderClient
-from moa_core.providers.http import make_http_client
 from moa_core.settings import ProviderSettings
 from moa_core.values import Message
-from tests.fakes.provider_server import FakeProvider, Reply
+from tests.fakes.provider_server import Reply
 from tests.gateway.gateway_kit import ENV, make_gateway
 
 KEY = ENV["FAKE_KEY"]
 CUT = 300  # the provider client's excerpt length
 # Every placement from wholly before the cut to wholly after it, one character apart.
 OFFSETS = range(CUT - len(KEY) - 2, CUT + 3)
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 def key_pieces(text: str) -> list[str]:

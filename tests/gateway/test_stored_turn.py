@@ -10,22 +10,8 @@ import pytest
 from gateway.booking import run_stored_turn
 from gateway.storage import Store
 from moa_core.clock import SystemClock
-from moa_core.providers.http import make_http_client
-from tests.fakes.provider_server import FakeProvider, Reply
+from tests.fakes.provider_server import Reply
 from tests.moa_core.engine_kit import engine, preset
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -12,24 +12,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import DigestSettings
-from moa_core.providers.http import make_http_client
 from tests.fakes.provider_server import FakeProvider, Reply
 from tests.gateway.gateway_kit import make_gateway, raw_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 def mixed_config(fake: FakeProvider, db: Path) -> dict:

@@ -16,23 +16,9 @@ from moa_core.events import (
     ToolCallStarted,
     TurnDone,
 )
-from moa_core.providers.http import make_http_client
 from moa_core.values import Message, ToolCall
 from tests.fakes.provider_server import FakeProvider, Reply
 from tests.moa_core.engine_kit import EventLog, engine, preset
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 def user(text: str) -> list[Message]:

@@ -14,7 +14,6 @@ from moa_core.engine import MoaEngine
 from moa_core.images import can_see, estimated_tokens, for_model
 from moa_core.providers.base import CompletionRequest
 from moa_core.providers.client import ProviderClient
-from moa_core.providers.http import make_http_client
 from moa_core.settings import EngineSettings, ProviderSettings
 from moa_core.trace import TraceWriter
 from moa_core.values import ImagePart, Message
@@ -24,19 +23,6 @@ from tests.moa_core.engine_kit import ENV, preset, providers
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4  # the wire does not look inside
 PHOTO = ImagePart("photo.png", "image/png", PNG, 1280, 720, hashlib.sha256(PNG).hexdigest())
 B64 = base64.b64encode(PNG).decode()
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 def seeing(fake: FakeProvider) -> dict[str, ProviderSettings]:

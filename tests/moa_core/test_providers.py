@@ -15,7 +15,6 @@ from moa_core.clock import SystemClock
 from moa_core.providers import openai_wire
 from moa_core.providers.base import CompletionRequest, MissingApiKey, ProviderError, ProviderTimeout
 from moa_core.providers.client import ProviderClient, retry_after_seconds
-from moa_core.providers.http import make_http_client
 from moa_core.providers.sse import ServerEvent, SseDecoder
 from moa_core.settings import ProviderSettings
 from moa_core.values import Message, ToolCall, ToolSpec, Usage
@@ -47,19 +46,6 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.skipped += seconds
         await asyncio.sleep(0)
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -5,25 +5,10 @@ from __future__ import annotations
 import pytest
 
 from moa_core.clock import SystemClock
-from moa_core.providers.http import make_http_client
 from moa_core.settings import ProviderSettings
 from moa_core.transcription import Transcriber, TranscriptionFailed
-from tests.fakes.provider_server import FakeProvider
 
 KEY = "sk-transcribe-SECRET"
-
-
-@pytest.fixture
-async def fake():
-    async with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-async def http():
-    client = make_http_client()
-    yield client
-    await client.aclose()
 
 
 def transcriber(fake, http, **kw) -> Transcriber:

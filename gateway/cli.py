@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.heap import settle_heap
 from gateway.presentation import answer_footer, reference_summary
 from gateway.runtime import build_engine, missing_keys, missing_transcription_key
+from gateway.secrets import log_to_stderr
 from gateway.storage.sqlite import DatabaseBusy
 
 if TYPE_CHECKING:
@@ -266,13 +268,9 @@ def _check_database(config: Config, env: Mapping[str, str]) -> str | None:
 
 
 def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
-    import logging
-
     from gateway.app import NOTHING_CONFIGURED, build_adapters, serve
-    from gateway.secrets import mask_secrets_in_logs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    mask_secrets_in_logs(config, env)  # every configured key and token, whatever logs it
+    log_to_stderr(config, env, logging.INFO)  # every configured key and token masked, whatever logs it
     try:
         adapters = build_adapters(config, env)
     except ConfigError as error:  # NothingToRun, or a value an adapter's settings refused
@@ -297,6 +295,7 @@ def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -
 
 
 def _cmd_chat(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
+    log_to_stderr(config, env, logging.WARNING)  # the terminal is the conversation: only problems
     settle_heap()
     return asyncio.run(chat(config, env))
 
@@ -343,6 +342,7 @@ def _cmd_ask(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -
         return EXIT_USAGE
     else:
         prompt = " ".join(words)
+    log_to_stderr(config, env, logging.WARNING)  # stdout carries the answer (or the JSON)
     return asyncio.run(ask(config, prompt, preset=args.preset, as_json=args.json, env=env,
                            store=not args.no_store))
 

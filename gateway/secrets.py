@@ -1,4 +1,4 @@
-"""Every secret the config names, kept out of the logs of `moa-gateway run`.
+"""Every secret the config names, kept out of the logs of `moa-gateway run`, `chat` and `ask`.
 
 The config holds only the *names* of environment variables (`api_key_env`, `token_env`,
 `signing_secret_env`, `database_password_env`, ...); their values are the secrets. A library's
@@ -73,3 +73,14 @@ def mask_secrets_in_logs(config: Config, env: Mapping[str, str], root: logging.L
     for handler in (root or logging.getLogger()).handlers:
         handler.addFilter(mask)
     return mask
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_to_stderr(config: Config, env: Mapping[str, str], level: int) -> SecretMask:
+    """The CLI's one logging set-up: records at `level` and above on stderr, every configured
+    secret masked. Without it, `chat` and `ask` fell back to Python's last-resort handler,
+    which prints warnings unfiltered."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    return mask_secrets_in_logs(config, env)

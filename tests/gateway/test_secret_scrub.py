@@ -114,3 +114,33 @@ async def test_ask_never_prints_a_key_cut_by_the_excerpt(fake, tmp_path):
         assert process.returncode == 1, err.decode()
         assert "HTTP 400" in out.decode() + err.decode()
         assert key_pieces(out.decode()) == [] and key_pieces(err.decode()) == []
+
+
+@pytest.mark.parametrize("command", ["ask", "chat"])
+async def test_ask_and_chat_log_problems_with_every_key_masked(fake, tmp_path, command):
+    """`ask` and `chat` set up logging as `run` does (warnings and worse, keys masked): before,
+    Python's last-resort handler printed any warning a library logged, key and all."""
+    fake.reply("agg", Reply(text="fine"))
+    config = tmp_path / "moa-gateway.toml"
+    config.write_text(f'[gateway]\ndatabase = "{tmp_path / "moa.db"}"\n\n[providers.fake]\napi = "openai"\n'
+                      f'base_url = "{fake.openai_base}"\napi_key_env = "FAKE_KEY"\n\n'
+                      '[presets.default]\nreferences = ["fake:ref"]\naggregator = "fake:agg"\n')
+    # A real run of the command, then a warning carrying the key, from a logger of ours.
+    program = (
+        "import logging, os, sys\nfrom gateway.cli import main\n"
+        f"code = main([{command!r}, '--config', {str(config)!r}] + ([] if {command!r} == 'chat' else ['hi']))\n"
+        "logging.getLogger('gateway.service').warning('provider said: bad key %s', os.environ['FAKE_KEY'])\n"
+        "logging.getLogger('gateway.service').info('chatter nobody asked for')\n"
+        "sys.exit(code)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", program, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **ENV, "PYTHONPATH": str(root)}, cwd=tmp_path,
+    )
+    out, err = await asyncio.wait_for(process.communicate(b"" if command == "chat" else None), 60)
+    assert process.returncode == 0, err.decode()
+    text = out.decode() + err.decode()
+    assert "WARNING gateway.service: provider said: bad key ***" in err.decode()
+    assert key_pieces(text) == [] and "chatter" not in text

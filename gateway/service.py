@@ -290,8 +290,10 @@ class Gateway:
                 await self.notify(chat_ref(message), f"I was offline; a message from {minutes} min ago was "
                                   "not answered. Send it again if you still need an answer.", "warning")
             return
-        if message.attachments and isinstance(command, Help) and _BARE_MOA.fullmatch(message.text.strip()):
-            command = Ask(prompt="")  # "/moa" as the caption of a file: the file is the question
+        bare = _BARE_MOA.fullmatch(message.text.strip())
+        if message.attachments and isinstance(command, Help) and bare:
+            # "/moa" (or "/moa +preset") as the caption of a file: the file is the question.
+            command = Ask(prompt="", preset=bare.group("preset"))
         accepted = getattr(self.adapters.get(message.platform), "accepted", None)
         if accepted is not None:  # only now may the adapter post for it (Slack's root message)
             message = await accepted(message)
@@ -691,7 +693,7 @@ class Gateway:
                 log.warning("retrying deliveries failed", exc_info=True)
 
 
-_BARE_MOA = re.compile(r"/moa(@\w+)?", re.IGNORECASE)
+_BARE_MOA = re.compile(r"/moa(@\w+)?(\s+\+(?P<preset>[A-Za-z0-9_.:-]+))?", re.IGNORECASE)
 _EMPTY_TEXT = "Your message is empty. Send me a question, or /moa help to see what I can do."
 _INCOMPLETE_MARK = "⚠️ _Incomplete: the answer was cut off here._"
 

@@ -31,13 +31,13 @@ def build_moa_group(presets: Sequence[str], on_command: CommandHandler) -> app_c
 
     @moa.command(name="ask", description="Ask a question (reference models advise, one model answers)")
     @app_commands.describe(
-        prompt="Your question",
+        prompt="Your question (may be left out when an attachment is the question)",
         preset="Preset to use instead of this channel's default",
         attachment="An image, text file or audio the question is about",
     )
     async def ask(
         interaction: discord.Interaction,
-        prompt: str,
+        prompt: str | None = None,
         preset: str | None = None,
         attachment: discord.Attachment | None = None,
     ) -> None:

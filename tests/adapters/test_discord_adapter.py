@@ -105,7 +105,7 @@ async def test_ready_then_a_mention_is_normalised_and_forwarded(env: Env) -> Non
     }
     ask = next(o for o in moa["options"] if o["name"] == "ask")
     assert [(o["name"], o["required"], o.get("autocomplete", False)) for o in ask["options"]] == [
-        ("prompt", True, False),
+        ("prompt", False, False),  # an attachment alone can be the question
         ("preset", False, True),
         ("attachment", False, False),
     ]

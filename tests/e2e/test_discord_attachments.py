@@ -119,3 +119,19 @@ async def test_a_file_url_on_another_host_is_refused_by_name(world: World) -> No
     assert notices and "notes.txt: refused, the file is not on Discord's file service (127.0.0.1)" in notices[0]
     assert world.discord.downloads == []
     assert world.models.for_model("ref-a")[0].body["messages"][-1]["content"] == "read my notes"
+
+
+async def test_the_ask_command_with_only_an_attachment_asks_about_it(world: World) -> None:
+    """No prompt: the file is the question (as a photo captioned "/moa" is), with the preset option."""
+    picture = png(12, 8)
+    attachment = world.discord.add_file(picture, "what.png", "image/png", channel_id=CHANNEL, width=12, height=8)
+    world.models.reply("agg", Reply(text="A small green picture."))
+    payload = world.discord.interaction_payload(
+        subcommand="ask", options={"preset": "default"}, channel_id=CHANNEL, guild_id=GUILD,
+        user=world.member(), attachment=attachment)
+    await world.discord.dispatch("INTERACTION_CREATE", payload)
+    await world.answered()
+    (part,) = world.models.for_model("ref-eye")[0].body["messages"][-1]["content"]  # the image is all
+    assert base64.b64decode(part["image_url"]["url"].split(",", 1)[1]) == picture
+    assert "what.png" in world.models.for_model("ref-a")[0].body["messages"][-1]["content"]
+    assert embeds_then_text(world.discord.channel_messages(CHANNEL))[1][0]["content"].startswith("A small green")

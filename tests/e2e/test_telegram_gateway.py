@@ -161,9 +161,11 @@ async def test_a_direct_message_needs_no_command(bot, provider, telegram):
 
 async def test_a_429_in_the_middle_of_the_streamed_answer(bot, provider, telegram):
     """The stream's first message is answered late, so the answer has grown by the next edit;
-    that edit gets 429 retry_after=1. The chat pauses, then the final answer arrives in full."""
+    that edit gets 429 retry_after=1. The chat pauses, then the final answer arrives in full.
+    The model writes for about 1.5 s, so the stalled send ends while it still writes (under
+    load too): the next edit is a streaming one."""
     answer = "STREAM-MARK " + " ".join(f"word{i}" for i in range(300)) + " END-OF-ANSWER"
-    provider.reply("agg", Reply(text=answer, chunk_chars=16))
+    provider.reply("agg", Reply(text=answer, chunk_chars=16, chunk_delay=0.01))
 
     def streamed(params) -> bool:
         text = params.get("text") or ""

@@ -33,6 +33,7 @@ class Reply:
     hang: bool = False  # never respond (until the client gives up)
     stall_after: int | None = None  # streaming: after this many chunks, send nothing more (keep it open)
     chunk_chars: int = 8  # streamed text chunk size; tool arguments are also split
+    chunk_delay: float = 0.0  # streaming: seconds between chunks (a model that writes slowly)
     error_event: str | None = None  # streaming: an error of this type before any content
     error_message: str | None = None  # non-200: this message in the error body instead of the default
 
@@ -219,6 +220,8 @@ class FakeProvider:
             if reply.stall_after is not None and n >= reply.stall_after:
                 await asyncio.Event().wait()  # a server that stops mid-answer (until the client goes)
             await response.write(event.encode())
+            if reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
         await response.write_eof()
         return response
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import pytest
-
 from adapters.figures import format_usd
 from tests.e2e.kit import (
     ADMIN_ID,
@@ -23,20 +21,6 @@ from tests.e2e.kit import (
 )
 from tests.fakes.provider_server import FakeProvider, Reply
 from tests.fakes.telegram_server import FakeTelegram
-
-
-@pytest.fixture
-async def spawn():
-    started: list[GatewayProcess] = []
-
-    async def start(config: Path, name: str) -> GatewayProcess:
-        process = GatewayProcess(config, name)
-        started.append(process)
-        return await process.start()
-
-    yield start
-    for process in started:
-        await process.kill()
 
 
 def calls(db: Path) -> list[dict]:

@@ -34,21 +34,6 @@ from tests.fakes.telegram_server import FakeTelegram
 FOOTER = " tokens · "  # only the final answer carries the footer
 
 
-@pytest.fixture
-async def spawn():
-    """Start gateway processes; every one is killed at the end, whatever happened."""
-    started: list[GatewayProcess] = []
-
-    async def start(config: Path, name: str) -> GatewayProcess:
-        process = GatewayProcess(config, name)
-        started.append(process)
-        return await process.start()
-
-    yield start
-    for process in started:
-        await process.kill()
-
-
 def db(tmp_path: Path) -> Path:
     return tmp_path / "gateway.db"
 

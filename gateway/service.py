@@ -2,8 +2,8 @@
 
 It de-duplicates events, applies triggers and access rules, parses commands, keeps one turn at a
 time per session (later messages queue in order), runs MoA turns through the engine, books
-every call as it ends (gateway.booking), and delivers answers through the ledger so a completed answer reaches its chat
-exactly once, even across a crash.
+every call as it ends (gateway.booking), and hands each completed turn to the delivery ledger
+(gateway.delivery), which brings its answer to the chat exactly once, even across a crash.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from adapters.contract import (
     Answer,
     ChatRef,
     InboundMessage,
-    Notice,
     Progress,
-    Sent,
 )
 from gateway.access import is_admin, is_allowed, is_trigger
 from gateway.attachments import AttachmentIntake, Prepared
@@ -45,9 +43,10 @@ from gateway.commands import (
     parse_moa,
 )
 from gateway.config import AccessRules, Config
+from gateway.delivery import Ledger
 from gateway.history import trim_history
 from gateway.live import LiveMessage
-from gateway.presentation import answer_footer, reference_summary
+from gateway.presentation import reference_summary
 from gateway.storage import Delivery, Storage, TurnRow
 from moa_core.clock import Clock
 from moa_core.engine import MoaEngine
@@ -58,7 +57,6 @@ from moa_core.events import (
     TextDelta,
     ToolCallFinished,
     ToolCallStarted,
-    TurnResult,
 )
 from moa_core.values import ImagePart
 
@@ -120,11 +118,6 @@ def chat_ref(message: InboundMessage) -> ChatRef:
     return ChatRef(message.platform, message.chat_id, message.thread_id, message.message_id, message.reply_handle)
 
 
-def storable(chat: ChatRef) -> ChatRef:
-    """The ledger never stores reply handles: they can be credentials (Discord interaction tokens)."""
-    return replace(chat, reply_handle=None)
-
-
 class Gateway:
     def __init__(
         self,
@@ -152,8 +145,7 @@ class Gateway:
         self._running: set[asyncio.Task] = set()
         self._backlog_noticed: set[tuple[str, str]] = set()
         self._retry_task: asyncio.Task | None = None
-        # Ledger rows being delivered right now: the retry loop must not send them a second time.
-        self._delivering: set[int] = set()
+        self.ledger = Ledger(store, self.adapters)
         # Every model call's row is written as the call ends, not when its turn ends.
         self.reservations = Reservations()
         self.book = CallBook(store, on_booked=self.reservations.booked)
@@ -169,7 +161,7 @@ class Gateway:
             await adapter.start(self.handle_inbound)
         await self.deliver_pending()
         self._start_lanes(requeued)
-        self._retry_task = asyncio.create_task(self._retry_deliveries_forever())
+        self._retry_task = asyncio.create_task(self.ledger.retry_forever(self._recover_and_start))
 
     async def recover(self) -> None:
         """Report turns cut by a crash, run the questions still queued, deliver what is owed."""
@@ -201,11 +193,7 @@ class Gateway:
                     lanes.append(key)
                 continue
             chat = ChatRef(turn.platform, turn.chat_id, turn.thread_id or None, turn.message_id or None)
-            await self.store.complete_turn(
-                turn.id, status="interrupted", answer=None, cost_usd=None, messages=(),
-                delivery=(chat, "notice", {"text": _interrupted_text(turn.prompt), "level": "warning"}),
-                error="interrupted by a restart",
-            )
+            await self.ledger.record_interrupted(turn.id, chat, turn.prompt, "restart", deliver=False)
         return lanes
 
     def _start_lanes(self, keys: list[str]) -> None:
@@ -568,7 +556,7 @@ class Gateway:
         await stream.close()
         if result.error:
             await self._mark_incomplete(stream, state["text"])
-        await self._finish(turn_id, chat, result, stream.sent)
+        await self.ledger.record_result(turn_id, chat, result, stream.sent, footer=self.config.gateway.footer)
 
     @staticmethod
     async def _mark_incomplete(stream: LiveMessage, text: str) -> None:
@@ -580,22 +568,6 @@ class Gateway:
             await stream.close(Answer(f"{text.rstrip()}\n\n{_INCOMPLETE_MARK}", final=True))
         except Exception:  # the notice that follows still tells the chat
             log.warning("could not mark a cut answer as incomplete", exc_info=True)
-
-    async def _finish(self, turn_id: int, chat: ChatRef, result: TurnResult, streamed: Sent | None) -> None:
-        """Record the answer in the ledger first, then deliver it."""
-        if result.error:
-            text = f"The aggregator {result.aggregator_label} failed: {result.error}"
-            payload = {"text": text, "level": "error", "message_ids": list(streamed.message_ids) if streamed else []}
-            await self._record_and_deliver(turn_id, chat, "notice", payload, status="failed", answer=None,
-                                           cost_usd=result.total_cost_usd, messages=(), error=result.error)
-        else:
-            payload = {
-                "text": result.answer or "(the model returned an empty answer)",
-                "footer": answer_footer(result) if self.config.gateway.footer else None,
-                "message_ids": list(streamed.message_ids) if streamed else [],
-            }
-            await self._record_and_deliver(turn_id, chat, "answer", payload, status="done", answer=result.answer,
-                                           cost_usd=result.total_cost_usd, messages=result.new_messages)
 
     @staticmethod
     async def _close_quietly(*lives: LiveMessage | None) -> None:
@@ -609,88 +581,22 @@ class Gateway:
     # ----- delivery --------------------------------------------------------------------------
 
     async def notify(self, chat: ChatRef, text: str, level: str = "info") -> None:
-        adapter = self.adapters.get(chat.platform)
-        if adapter is None:
-            log.warning("no adapter for %s; notice dropped: %s", chat.platform, text)
-            return
-        await adapter.send(chat, Notice(text, level))  # type: ignore[arg-type]
-
-    async def _fail_turn(self, turn_id: int, chat: ChatRef, error: Exception) -> None:
-        await self._record_and_deliver(
-            turn_id, chat, "notice", {"text": f"Sorry, this turn failed: {error}", "level": "error"},
-            status="failed", answer=None, cost_usd=None, messages=(), error=str(error),
-        )
-
-    async def _interrupt_at_shutdown(self, turn_id: int, chat: ChatRef, prompt: str) -> None:
-        await self._record_and_deliver(
-            turn_id, chat, "notice", {"text": _interrupted_text(prompt, "shutdown"), "level": "warning"},
-            status="interrupted", answer=None, cost_usd=None, messages=(), error="interrupted by shutdown",
-        )
-
-    async def _record_and_deliver(self, turn_id: int, chat: ChatRef, kind: str, payload: dict, **turn) -> None:
-        """Complete the turn with its ledger row in one transaction, then deliver that row.
-
-        The stored row never holds the reply handle; this in-process delivery still uses it."""
-        delivery_id = await self.store.complete_turn(turn_id, delivery=(storable(chat), kind, payload), **turn)
-        if delivery_id is not None:
-            await self.deliver(Delivery(delivery_id, turn_id, chat, kind, payload, "pending"))
+        await self.ledger.notify(chat, text, level)
 
     async def deliver_pending(self) -> None:
-        for delivery in await self.store.pending_deliveries():
-            await self.deliver(delivery)
+        await self.ledger.deliver_pending()
 
     async def deliver(self, delivery: Delivery) -> bool:
-        """Send one ledger entry. Edits of already-posted stream messages are idempotent, so an
-        entry left 'sending' by a crash is completed by editing them again."""
-        adapter = self.adapters.get(delivery.chat.platform)
-        if adapter is None or delivery.id in self._delivering:
-            return False
-        self._delivering.add(delivery.id)
-        try:
-            return await self._deliver(adapter, delivery)
-        finally:
-            self._delivering.discard(delivery.id)
+        return await self.ledger.deliver(delivery)
 
-    async def _deliver(self, adapter: Adapter, delivery: Delivery) -> bool:
-        payload = delivery.payload
-        ids = tuple(payload.get("message_ids") or ())
-        if delivery.kind == "answer":
-            item = Answer(payload["text"], final=True, footer=payload.get("footer"))
-        else:
-            item = Notice(payload["text"], payload.get("level", "info"))
-        try:
-            await self.store.mark_delivery(delivery.id, "sending")
-            send_once = getattr(adapter, "send_once", None)
-            if ids and delivery.kind == "answer":
-                sent = await adapter.edit(Sent(delivery.chat, ids), item)
-            elif send_once is not None:
-                # The same key on every attempt of this ledger row; `retry` when a crash may have
-                # come after the platform applied an earlier attempt (the row was left sending).
-                sent = await send_once(delivery.chat, item, key=f"moa-delivery-{delivery.id}",
-                                       retry=delivery.status == "sending")
-            else:
-                sent = await adapter.send(delivery.chat, item)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.warning("delivery %s to %s failed; will retry", delivery.id, delivery.chat.platform, exc_info=True)
-            await self.store.mark_delivery(delivery.id, "pending")
-            return False
-        await self.store.mark_delivery(delivery.id, "sent", sent.message_ids)
-        return True
+    async def _fail_turn(self, turn_id: int, chat: ChatRef, error: Exception) -> None:
+        await self.ledger.record_failure(turn_id, chat, error)
 
-    async def _retry_deliveries_forever(self, every_s: float | None = None) -> None:
-        """Retry what the ledger still owes; and take over what a dead replica left: its cut
-        turns are told to their chats, its recorded answers delivered (the store hands over only
-        rows whose owner is gone, so live replicas never send the same row)."""
-        every_s = self.store.takeover_every_s if every_s is None else every_s
-        while True:
-            await asyncio.sleep(every_s)
-            try:
-                self._start_lanes(await self._recover_unfinished_turns())
-                await self.deliver_pending()
-            except Exception:
-                log.warning("retrying deliveries failed", exc_info=True)
+    async def _interrupt_at_shutdown(self, turn_id: int, chat: ChatRef, prompt: str) -> None:
+        await self.ledger.record_interrupted(turn_id, chat, prompt, "shutdown")
+
+    async def _recover_and_start(self) -> None:
+        self._start_lanes(await self._recover_unfinished_turns())
 
 
 _BARE_MOA = re.compile(r"/moa(@\w+)?(\s+\+(?P<preset>[A-Za-z0-9_.:-]+))?", re.IGNORECASE)
@@ -705,8 +611,3 @@ def _recovered_message(turn: TurnRow) -> InboundMessage:
         user_name=turn.user_name, message_id=turn.message_id, reply_to_id=None, text=turn.prompt,
         sent_at=turn.started_at, is_dm=False, mentions_bot=False, replies_to_bot=False, event_id=turn.event_id,
     )
-
-
-def _interrupted_text(prompt: str, why: str = "restart") -> str:
-    short = prompt if len(prompt) <= 80 else prompt[:77] + "…"
-    return f"Your question “{short}” was interrupted by a {why} before it was answered. Please ask again."

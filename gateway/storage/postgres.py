@@ -41,7 +41,6 @@ from gateway.storage.contract import (
     call_values,
     delivery,
     from_iso,
-    images_from_json,
     ledger_values,
     message,
     message_values,
@@ -64,6 +63,15 @@ CONNECT_TIMEOUT_S = 10.0
 
 class StorageUnavailable(RuntimeError):
     """The database cannot be reached or opened; the message says where and why."""
+
+
+class LeaseLost(RuntimeError):
+    """This replica no longer owns the row: its lease lapsed (it stalled) and another replica
+    took the row over. What this replica was about to write or send is dropped."""
+
+
+_MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name", "images")
+_MESSAGE_COLUMNS = "session_id, turn_id, " + ", ".join(_MESSAGE_FIELDS) + ", created_at"
 
 
 def describe_url(url: str) -> str:
@@ -271,40 +279,42 @@ class PostgresStore:
                          user_id: str, user_name: str, event_id: str, message_id: str, preset: str,
                          prompt: str, queued: bool = False, images: Sequence[ImagePart] = ()) -> int:
         """Record a turn (see `Store.start_turn`): a running one with its user message, in one
-        transaction; a queued one alone, its message added by `begin_turn`."""
+        statement; a queued one alone, its message added by `begin_turn`."""
         at = self._now()
         values = turn_values(
             session_id=session_id, platform=platform, chat_id=chat_id, thread_id=thread_id, user_id=user_id,
             user_name=user_name, event_id=event_id, message_id=message_id, preset=preset, prompt=prompt,
             queued=queued, at=at, images=images, lease=self._lease(),
         )
-        async with self._connection() as conn, conn.transaction():
-            cursor = await conn.execute(*_insert("turns", values))
-            row = await cursor.fetchone()
-            assert row is not None
-            turn_id = row[0]
-            if not queued:
-                user = Message("user", prompt, images=tuple(images))
-                await conn.execute(*_insert("messages", message_values(session_id, turn_id, user, at)))
-            return turn_id
+        insert, params = _insert("turns", values)
+        if not queued:
+            # One statement is one transaction: the turn and its user message, one round trip.
+            user = message_values(session_id, None, Message("user", prompt, images=tuple(images)), at)
+            del user["turn_id"]
+            insert = (f"WITH t AS ({insert}) INSERT INTO messages (turn_id, {', '.join(user)}) "
+                      f"SELECT t.id, {', '.join(['%s'] * len(user))} FROM t RETURNING turn_id")
+            params += list(user.values())
+        row = await self._one(insert, params)
+        assert row is not None
+        return row[0]
 
     async def begin_turn(self, turn_id: int) -> None:
-        """A queued turn starts: marked running, its user message stored, in one transaction."""
+        """A queued turn starts: marked running, its user message stored, in one statement —
+        unless another replica took the turn over (its lease lapsed): `LeaseLost`."""
         at = self._now()
-        async with self._connection() as conn, conn.transaction():
-            cursor = await conn.execute(
-                "SELECT session_id, prompt, status, images FROM turns WHERE id = %s FOR UPDATE", [turn_id])
-            row = await cursor.fetchone()
-            if row is None:
+        owner, until = self._lease()
+        row = await self._one(
+            "WITH t AS (UPDATE turns SET status = 'running', started_at = %s, lease_until = %s "
+            "WHERE id = %s AND status = 'queued' AND lease_owner = %s RETURNING id, session_id, prompt, images) "
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) SELECT t.session_id, t.id, 'user', COALESCE(t.prompt, ''), "
+            "NULL, NULL, NULL, t.images, %s FROM t RETURNING turn_id", [at, until, turn_id, owner, at])
+        if row is None:
+            found = await self._one("SELECT status, lease_owner FROM turns WHERE id = %s", [turn_id])
+            if found is None:
                 raise KeyError(f"no turn {turn_id}")
-            session_id, prompt, status, images = row
-            if status != "queued":
-                raise ValueError(f"turn {turn_id} is {status}, not queued")
-            await conn.execute(
-                "UPDATE turns SET status = 'running', started_at = %s, lease_owner = %s, lease_until = %s "
-                "WHERE id = %s", [at, *self._lease(), turn_id])
-            user = Message("user", prompt, images=images_from_json(images))
-            await conn.execute(*_insert("messages", message_values(session_id, turn_id, user, at)))
+            if found[0] != "queued":
+                raise ValueError(f"turn {turn_id} is {found[0]}, not queued")
+            raise LeaseLost(f"turn {turn_id} was taken over by another replica")
 
     async def record_calls(self, turn_id: int, calls: Sequence[CallRecord]) -> None:
         """Store model calls of a turn, with the turn's chat, user and preset copied onto each."""
@@ -333,30 +343,47 @@ class PostgresStore:
     async def complete_turn(self, turn_id: int, *, status: str, answer: str | None, cost_usd: float | None,
                             messages: Sequence[Message], delivery: tuple[ChatRef, str, dict] | None,
                             error: str | None = None) -> int | None:
-        """Finish a turn in ONE transaction (status, answer, produced messages, ledger row)."""
+        """Finish a turn in ONE statement (status, answer, produced messages, ledger row): one
+        round trip, all or nothing. Fenced: a turn another replica took over (this one stalled
+        past its lease) is left as that replica made it, and None is returned (nothing to send)."""
         require(status, TURN_STATUSES, "turn status")
         at = self._now()
-        ledger = ledger_values(turn_id, *delivery, at, lease=self._lease()) if delivery is not None else None
-        async with self._connection() as conn, conn.transaction():
-            turn = await _turn_columns(conn, turn_id)
-            await conn.execute(
-                "UPDATE turns SET status = %s, answer = %s, cost_usd = %s, error = %s, finished_at = %s "
-                "WHERE id = %s", [status, answer, cost_usd, error, at, turn_id])
-            await _insert_many(conn, "messages", [message_values(turn["session_id"], turn_id, m, at) for m in messages])
-            if ledger is None:
-                return None
-            cursor = await conn.execute(*_insert("deliveries", ledger))
-            row = await cursor.fetchone()
-            assert row is not None
-            return row[0]
+        owner, until = self._lease()
+        params: list[Any] = [status, answer, cost_usd, error, at, turn_id, owner]
+        parts = ["t AS (UPDATE turns SET status = %s, answer = %s, cost_usd = %s, error = %s, finished_at = %s "
+                 "WHERE id = %s AND lease_owner = %s RETURNING id, session_id)"]
+        if messages:
+            rows = [message_values(0, turn_id, m, at) for m in messages]
+            parts.append(
+                f"m AS (INSERT INTO messages ({_MESSAGE_COLUMNS}) SELECT t.session_id, t.id, m.role, m.content, "
+                "m.tool_calls, m.tool_call_id, m.name, m.images, %s FROM t, unnest(%s::text[], %s::text[], "
+                "%s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY "
+                "AS m(role, content, tool_calls, tool_call_id, name, images, n) ORDER BY m.n)")
+            params += [at, *([r[c] for r in rows] for c in _MESSAGE_FIELDS)]
+        if delivery is not None:
+            ledger = ledger_values(turn_id, *delivery, at, lease=(owner, until))
+            del ledger["turn_id"]
+            parts.append(f"d AS (INSERT INTO deliveries (turn_id, {', '.join(ledger)}) "
+                         f"SELECT t.id, {', '.join(['%s'] * len(ledger))} FROM t RETURNING id)")
+            params += list(ledger.values())
+        select = "SELECT (SELECT id FROM t), " + ("(SELECT id FROM d)" if delivery is not None else "NULL")
+        row = await self._one(f"WITH {', '.join(parts)} {select}", params)
+        assert row is not None
+        if row[0] is None:
+            if await self._one("SELECT 1 FROM turns WHERE id = %s", [turn_id]) is None:
+                raise KeyError(f"no turn {turn_id}")
+            log.warning("turn %s was taken over by another replica while this one stalled; its %s result "
+                        "is dropped", turn_id, status)
+            return None
+        return row[1]
 
     async def mark_turn(self, turn_id: int, status: str, error: str | None = None) -> None:
-        """Set a turn's status; stamps `finished_at` unless running."""
+        """Set a turn's status; stamps `finished_at` unless running. Fenced as `complete_turn`."""
         require(status, TURN_STATUSES, "turn status")
         at = None if status == "running" else self._now()
         await self._rowcount(
-            "UPDATE turns SET status = %s, error = COALESCE(%s::text, error), finished_at = %s WHERE id = %s",
-            [status, error, at, turn_id])
+            "UPDATE turns SET status = %s, error = COALESCE(%s::text, error), finished_at = %s "
+            "WHERE id = %s AND lease_owner = %s", [status, error, at, turn_id, self.replica])
 
     async def unfinished_turns(self) -> list[TurnRow]:
         """Turns still queued or running, oldest first."""
@@ -378,14 +405,29 @@ class PostgresStore:
     # The delivery ledger --------------------------------------------------------------------
 
     async def mark_delivery(self, delivery_id: int, status: str, message_ids: Sequence[str] = ()) -> None:
-        """Move a ledger row on; non-empty `message_ids` replace the ids stored so far."""
+        """Move a ledger row on; non-empty `message_ids` replace the ids stored so far.
+
+        Fenced: only the row's owner may start sending it, and only while it is unsent — a
+        replica that stalled past its lease gets `LeaseLost` instead of sending what a survivor
+        took over (or already sent); its 'pending' (a failed try) then changes nothing. 'sent'
+        and 'failed' are recorded whoever reports them: the platform already has the message."""
         require(status, DELIVERY_STATUSES, "delivery status")
         ids = json.dumps(list(message_ids)) if message_ids else None
+        fence = ""
+        if status == "sending":
+            fence = " AND lease_owner = %s AND status IN ('pending', 'sending')"
+        elif status == "pending":
+            fence = " AND lease_owner = %s"
+        params = [status, ids, self._now(), delivery_id] + ([self.replica] if fence else [])
         count = await self._rowcount(
             "UPDATE deliveries SET status = %s, message_ids = COALESCE(%s::text, message_ids), updated_at = %s "
-            "WHERE id = %s", [status, ids, self._now(), delivery_id])
-        if count != 1:
+            f"WHERE id = %s{fence}", params)
+        if count == 1:
+            return
+        if await self._one("SELECT 1 FROM deliveries WHERE id = %s", [delivery_id]) is None:
             raise KeyError(f"no delivery {delivery_id}")
+        if status == "sending":
+            raise LeaseLost(f"delivery {delivery_id} was taken over by another replica (or sent)")
 
     async def pending_deliveries(self) -> list[Delivery]:
         """Unsent ledger rows (pending, or sending when a crash came) that are ours or whose
@@ -416,12 +458,13 @@ class PostgresStore:
 
     async def renew_leases(self) -> int:
         owner, until = self._lease()
-        async with self._connection() as conn, conn.transaction():
-            turns = await conn.execute("UPDATE turns SET lease_until = %s WHERE lease_owner = %s "
-                                       "AND status IN ('queued', 'running')", [until, owner])
-            sent = await conn.execute("UPDATE deliveries SET lease_until = %s WHERE lease_owner = %s "
-                                      "AND status IN ('pending', 'sending')", [until, owner])
-            return turns.rowcount + sent.rowcount
+        row = await self._one(
+            "WITH t AS (UPDATE turns SET lease_until = %s WHERE lease_owner = %s "
+            "AND status IN ('queued', 'running') RETURNING 1), "
+            "d AS (UPDATE deliveries SET lease_until = %s WHERE lease_owner = %s "
+            "AND status IN ('pending', 'sending') RETURNING 1) "
+            "SELECT (SELECT COUNT(*) FROM t) + (SELECT COUNT(*) FROM d)", [until, owner, until, owner])
+        return int(row[0]) if row else 0
 
     # Inbound de-duplication, channel settings, refusal notices ------------------------------
 

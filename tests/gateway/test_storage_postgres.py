@@ -15,7 +15,7 @@ from psycopg import sql
 from adapters.contract import ChatRef
 from gateway.storage import open_store, postgres_schema
 from gateway.storage.migrations import migrations
-from gateway.storage.postgres import PostgresStore, StorageUnavailable, describe_url
+from gateway.storage.postgres import LeaseLost, PostgresStore, StorageUnavailable, describe_url
 from moa_core.values import Message
 from tests.backends import as_url, with_database
 from tests.fakes.clock import FakeClock
@@ -173,3 +173,65 @@ async def test_a_server_that_does_not_answer_is_a_clear_error() -> None:
 def test_describe_url_hides_the_password() -> None:
     assert describe_url("postgresql://moa:pw@db.internal:6432/moa") == "postgresql://moa@db.internal:6432/moa"
     assert describe_url("postgresql://db/moa") == "postgresql://db/moa"
+
+
+async def test_a_replica_that_stalled_past_its_lease_cannot_finish_what_a_survivor_took_over(
+        pg_database: str) -> None:
+    """Fencing: replica A stops renewing (a stalled event loop, a paused VM) but is not dead; B
+    takes its rows over. When A wakes, its completing writes are refused by lease ownership, so
+    the chat is not told twice nor sent an answer B already reported as cut."""
+    from tests.backends import truncate_all
+
+    truncate_all(pg_database)
+    clock = FakeClock(T0)
+    a = await PostgresStore.open(pg_database, clock, max_size=2, lease_s=20, auto_renew=False)
+    b = await PostgresStore.open(pg_database, clock, max_size=2, lease_s=20, auto_renew=False)
+    chat = ChatRef("telegram", "1")
+    try:
+        session = await a.active_session("telegram", "1", None)
+        common = dict(session_id=session, platform="telegram", chat_id="1", thread_id=None, user_id="u",
+                      user_name="U", preset="p")
+        running = await a.start_turn(**common, event_id="e1", message_id="1", prompt="running")
+        queued = await a.start_turn(**common, event_id="e2", message_id="2", prompt="queued", queued=True)
+        other = await a.active_session("telegram", "2", None)
+        done = await a.start_turn(**{**common, "session_id": other, "chat_id": "2"}, event_id="e3",
+                                  message_id="3", prompt="answered")
+        recorded = await a.complete_turn(done, status="done", answer="A", cost_usd=None, messages=(),
+                                         delivery=(ChatRef("telegram", "2"), "answer", {"text": "A"}))
+        assert recorded is not None
+        await clock.sleep(21)  # A missed its renewals: its leases lapsed
+
+        assert [t.id for t in await b.claim_cut_turns()] == [running, queued]
+        assert [d.id for d in await b.pending_deliveries()] == [recorded]
+        notice = await b.complete_turn(running, status="interrupted", answer=None, cost_usd=None, messages=(),
+                                       delivery=(chat, "notice", {"text": "cut"}), error="interrupted")
+
+        # A wakes up and tries to finish each of them.
+        assert await a.complete_turn(running, status="done", answer="late", cost_usd=0.1,
+                                     messages=[Message("assistant", "late")],
+                                     delivery=(chat, "answer", {"text": "late"})) is None
+        with pytest.raises(LeaseLost):
+            await a.begin_turn(queued)
+        await a.mark_turn(queued, "refused", "over budget")
+        with pytest.raises(LeaseLost):
+            await a.mark_delivery(recorded, "sending")
+        await a.mark_delivery(recorded, "pending")  # its failed try changes nothing
+        assert await a.renew_leases() == 0  # and it renews nothing it lost
+
+        cut = await b.turn(running)
+        assert cut is not None and cut.status == "interrupted" and cut.answer is None
+        assert (await b.turn(queued)).status == "queued"  # type: ignore[union-attr]
+        assert await b.history(session) == [Message("user", "running")]
+        with psycopg.connect(pg_database) as conn:
+            ledger = conn.execute("SELECT id, kind, status, lease_owner FROM deliveries ORDER BY id").fetchall()
+        assert ledger == [(recorded, "answer", "pending", b.replica), (notice, "notice", "pending", b.replica)]
+
+        # B goes on as the owner; once a row is sent, nobody starts sending it again.
+        await b.begin_turn(queued)
+        await b.mark_delivery(recorded, "sending")
+        await b.mark_delivery(recorded, "sent", ["9"])
+        with pytest.raises(LeaseLost):
+            await b.mark_delivery(recorded, "sending")
+    finally:
+        await a.close()
+        await b.close()

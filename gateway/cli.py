@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 from adapters.figures import format_total, json_usd
 from adapters.startup import PlatformUnavailable
 from adapters.terminal import FOOTER_PREFIX, strip_controls
+from gateway import loop as event_loop
 from gateway.commands import LONE_SURROGATE
 from gateway.config import Config, ConfigError, load_config
 from gateway.heap import settle_heap
@@ -287,7 +288,7 @@ def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -
     from gateway.storage.postgres import StorageUnavailable
 
     try:
-        asyncio.run(serve(config, adapters, env=env))
+        event_loop.run(serve(config, adapters, env=env))
     except StorageUnavailable as error:  # the configured PostgreSQL does not answer
         print(f"error: {error} ([gateway] database in {config.path})", file=sys.stderr)
         return EXIT_FAILED
@@ -297,7 +298,7 @@ def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -
 def _cmd_chat(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
     log_to_stderr(config, env, logging.WARNING)  # the terminal is the conversation: only problems
     settle_heap()
-    return asyncio.run(chat(config, env))
+    return event_loop.run(chat(config, env))
 
 
 async def chat(config: Config, env: Mapping[str, str]) -> int:
@@ -343,7 +344,7 @@ def _cmd_ask(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -
     else:
         prompt = " ".join(words)
     log_to_stderr(config, env, logging.WARNING)  # stdout carries the answer (or the JSON)
-    return asyncio.run(ask(config, prompt, preset=args.preset, as_json=args.json, env=env,
+    return event_loop.run(ask(config, prompt, preset=args.preset, as_json=args.json, env=env,
                            store=not args.no_store))
 
 

@@ -38,6 +38,7 @@ from moa_core.providers.base import (
     ProviderError,
     ProviderTimeout,
 )
+from moa_core.providers.http import send_prepared
 from moa_core.providers.sse import ServerEvent, SseDecoder
 from moa_core.values import UNKNOWN_USAGE, Completion, Usage
 
@@ -152,7 +153,7 @@ class ProviderClient:
             "POST", self._url(url), headers=headers, content=content, extensions=self._extensions
         )
         try:
-            response = await self._http.send(outgoing, stream=True)
+            response = await send_prepared(self._http, outgoing)
             try:
                 if response.status_code != 200:
                     raise await self._status_error(wire, request, response, key)

@@ -129,9 +129,12 @@ async def _ask_reference(
             deadline=deadline,
         )
         try:
-            # The outer timeout is a backstop in case a provider ignores the deadline.
-            async with asyncio.timeout(preset.reference_timeout + 1.0):
-                completion = await client.complete(request)
+            if getattr(client, "honours_deadline", False):
+                completion = await client.complete(request)  # one timer per call, not two
+            else:
+                # A backstop in case a client ignores the deadline.
+                async with asyncio.timeout(preset.reference_timeout + 1.0):
+                    completion = await client.complete(request)
         except (ProviderTimeout, TimeoutError) as error:
             usage, cost = partial_spend(provider, slot.model, error)
             result = ReferenceResult(

@@ -49,6 +49,7 @@ _EXCERPT_CHARS = 300
 MIN_SECRET_CHARS = 8  # keys shorter than this are masked only as whole words
 _ERROR_BODY_BYTES = 16_384
 _TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
+_NO_TIMEOUTS: dict[str, Any] = {"timeout": {"connect": None, "read": None, "write": None, "pool": None}}
 
 
 class _RetryableStatus(ProviderError):
@@ -61,6 +62,10 @@ class _RetryableStatus(ProviderError):
 
 class ProviderClient:
     """The engine's ModelClient: `complete` dispatches on `request.provider.api`."""
+
+    # `request.deadline` is enforced here, retries and backoff included: a caller need not
+    # arm a timer of its own for it.
+    honours_deadline = True
 
     def __init__(
         self,
@@ -76,6 +81,11 @@ class ProviderClient:
         self._rng = rng
         self._urls: dict[str, httpx.URL] = {}  # parsed once per endpoint
         self._extensions = {"timeout": http.timeout.as_dict()}
+        # One deadline per call: when the call's own deadline comes before any of the client's
+        # per-operation timeouts could fire, those timers (aiohttp re-arms the read timer at
+        # every chunk) are left out; they could never end the call first.
+        ceilings = [v for v in http.timeout.as_dict().values() if v is not None]
+        self._ceiling = min(ceilings) if ceilings else math.inf
 
     async def complete(self, request: CompletionRequest, on_text: OnText | None = None) -> Completion:
         provider = request.provider
@@ -98,8 +108,10 @@ class ProviderClient:
             scope = asyncio.timeout(remaining)
             acc = wire.StreamAccumulator() if request.stream else None
             try:
+                extensions = _NO_TIMEOUTS if remaining <= self._ceiling else self._extensions
                 async with scope:
-                    return await self._attempt(wire, request, url, headers, content, acc, on_text, key)
+                    return await self._attempt(wire, request, url, headers, content, acc, on_text, key,
+                                               extensions)
             except _CallbackFailed as failed:
                 raise failed.error from None  # the caller's own on_text error, untouched
             except TimeoutError:
@@ -145,12 +157,13 @@ class ProviderClient:
         acc: Any,
         on_text: OnText | None,
         key: str | None,
+        extensions: dict[str, Any],
     ) -> Completion:
         label = _label(request)
         # A prepared Request sent as is: httpx's build_request (URL joining, merging client
         # defaults and cookies) was a quarter of the client CPU of a call at 200 concurrent turns.
         outgoing = httpx.Request(
-            "POST", self._url(url), headers=headers, content=content, extensions=self._extensions
+            "POST", self._url(url), headers=headers, content=content, extensions=extensions
         )
         try:
             response = await send_prepared(self._http, outgoing)

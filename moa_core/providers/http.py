@@ -24,6 +24,7 @@ from aiohttp import ClientSession, ClientTimeout
 from httpx._client import BoundAsyncStream, ClientState  # the exact wrappers `send` uses
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AIOHTTP_EXC_MAP, AiohttpResponseStream
+from yarl import URL
 
 _httpx_log = logging.getLogger("httpx")  # where AsyncClient.send logs each request
 
@@ -67,12 +68,26 @@ class _LeanResponseStream(AiohttpResponseStream):
             raise mapped from exc
 
 
+def _header_items(headers: httpx.Headers) -> list[tuple[str, str]] | httpx.Headers:
+    """What aiohttp reads from `headers` (its `items()`: lower-case names, values decoded),
+    built in one pass when every header is ASCII and none repeats; else `headers` itself."""
+    if headers._encoding is None:  # noqa: SLF001 - an explicit encoding: let httpx decode
+        try:
+            items = [(key.decode("ascii"), value.decode("ascii")) for _, key, value in headers._list]  # noqa: SLF001
+        except UnicodeDecodeError:
+            return headers
+        if len({key for key, _ in items}) == len(items):
+            return items
+    return headers
+
+
 class LeanAiohttpTransport(AiohttpTransport):
     """httpx-aiohttp's transport with its per-request constant work done once."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._timeouts: dict[tuple, ClientTimeout] = {}
+        self._urls: dict[str, URL] = {}  # aiohttp would parse the same string again each time
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.proxy is not None:
@@ -95,10 +110,16 @@ class LeanAiohttpTransport(AiohttpTransport):
                 client_timeout = self._timeouts[key] = ClientTimeout(
                     sock_connect=key[0], sock_read=key[1], connect=key[2]
                 )
+            url = str(request.url)
+            parsed = self._urls.get(url)
+            if parsed is None:
+                if len(self._urls) >= 1024:
+                    self._urls.clear()
+                parsed = self._urls[url] = URL(url)
             response = await self.client.request(
                 method=request.method,
-                url=str(request.url),
-                headers=request.headers,
+                url=parsed,
+                headers=_header_items(request.headers),
                 data=data,
                 allow_redirects=False,
                 auto_decompress=False,

@@ -7,6 +7,7 @@ At 200 concurrent turns the layers around the wire were most of a call's client 
 - `LeanAiohttpTransport` is httpx-aiohttp's transport with the per-request work it repeats
   done once (the aiohttp timeout value per timeout setting) and its exception mapping inline
   instead of a context manager per request and per body read; the mapping is the same.
+- On Python 3.11 the transport's loop writes request bodies at once (`eager_writes`).
 - `send_prepared` sends a prepared request the way `AsyncClient.send(request, stream=True)`
   does (same transport choice, response binding, cookie jar, default encoding and log line)
   without the auth, redirect and event-hook layers, which have nothing to do for a client
@@ -15,6 +16,7 @@ At 200 concurrent turns the layers around the wire were most of a call's client 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +27,8 @@ from httpx._client import BoundAsyncStream, ClientState  # the exact wrappers `s
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AIOHTTP_EXC_MAP, AiohttpResponseStream
 from yarl import URL
+
+from moa_core.providers import eager_writes
 
 _httpx_log = logging.getLogger("httpx")  # where AsyncClient.send logs each request
 
@@ -94,6 +98,7 @@ class LeanAiohttpTransport(AiohttpTransport):
             return await super().handle_async_request(request)
         if not isinstance(self.client, ClientSession):
             self.client = self.get_client()
+            eager_writes.install(asyncio.get_running_loop())  # the session's loop, for good
         extensions = request.extensions
         timeout = extensions.get("timeout", {})
         try:

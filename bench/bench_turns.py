@@ -3,6 +3,8 @@
 Run:  python bench/bench_turns.py            (about two minutes on 2 cores)
       python bench/bench_turns.py --quick    (the 500 ms profile only)
       python bench/bench_turns.py --json     (also print the figures as one JSON object, last line)
+      python bench/bench_turns.py --loop asyncio|uvloop   (default: as `moa-gateway run` chooses,
+                                             uvloop when installed: pip install -e '.[fast]')
 
 The fake provider runs in a separate process and answers after the latency its model name
 carries. Two latency profiles:
@@ -12,15 +14,18 @@ carries. Two latency profiles:
              write a few hundred tokens of advice and then a streamed answer.
 For N references (1, 4, 16) and C concurrent turns (1, 50, 200) of 4 references it prints p50 /
 p95 wall time, the ratio to the critical path and the overhead in ms, and a naive baseline
-(references asked one after another). Then peak RSS, and the CPU time of 1,000 concurrent
-streamed requests through httpx's default transport vs the aiohttp transport we use.
+(references asked one after another); for 200 concurrent turns also the CPU seconds one round
+of them cost this process and the fake provider's. Then peak RSS, and the CPU time of 1,000
+concurrent streamed requests through httpx's default transport vs the aiohttp transport we use.
 
 The process runs as `moa-gateway run` does: the heap settled after start-up (gateway.heap).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import resource
 import statistics
 import subprocess
@@ -33,8 +38,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import Figures, wants_json  # noqa: E402
+from bench.report import Figures  # noqa: E402
 from gateway.heap import settle_heap  # noqa: E402
+from gateway.loop import choose_loop  # noqa: E402
 from moa_core.clock import SystemClock  # noqa: E402
 from moa_core.engine import MoaEngine  # noqa: E402
 from moa_core.providers.base import CompletionRequest  # noqa: E402
@@ -105,16 +111,36 @@ async def batch(engine: MoaEngine, first: int, concurrent: int, sequential: bool
     return [end - submitted for end in ends]
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Cpu:
+    """CPU seconds per round of the last measurement: this process's and the fake provider's."""
+
+    fake_pid: int
+    own_s: float = 0.0
+    fake_s: float = 0.0
+
+
 async def measure(url: str, refs: int, concurrent: int, rounds: int, profile: Profile = STRESS,
-                  sequential: bool = False) -> list[float]:
+                  sequential: bool = False, cpu: Cpu | None = None) -> list[float]:
     http = make_http_client()
     engine = make_engine(url, refs, http, profile)
     # Warm the connection pool at this concurrency: a running gateway keeps its provider
     # connections alive, so steady state is what a turn sees.
     await batch(engine, -10 * concurrent, concurrent, sequential)
     walls: list[float] = []
+    own0, fake0 = time.process_time(), process_cpu_s(cpu.fake_pid) if cpu else 0.0
     for r in range(rounds):
         walls += await batch(engine, r * concurrent, concurrent, sequential)
+    if cpu is not None:
+        cpu.own_s = (time.process_time() - own0) / rounds
+        cpu.fake_s = (process_cpu_s(cpu.fake_pid) - fake0) / rounds
     await http.aclose()
     return walls
 
@@ -147,7 +173,7 @@ async def transport_cpu(url: str, transport: str, n: int = 1000) -> tuple[float,
     return cpu, wall
 
 
-async def run_profile(url: str, profile: Profile, figures: Figures, *, full: bool) -> None:
+async def run_profile(url: str, profile: Profile, figures: Figures, *, full: bool, fake_pid: int) -> None:
     print(f"\n[{profile.name}] critical path: slowest reference {profile.reference_ms} ms "
           f"+ aggregator {profile.aggregator_ms} ms = {profile.critical_s * 1000:.0f} ms")
     if full:
@@ -155,21 +181,29 @@ async def run_profile(url: str, profile: Profile, figures: Figures, *, full: boo
             walls = await measure(url, refs, 1, 9, profile)
             print(row(f"1 turn, {refs} references", walls, profile, figures, f"1x{refs}"))
     for concurrent, rounds in ((1, 9), (50, 3), (200, 3)) if full else ((200, 3),):
-        walls = await measure(url, 4, concurrent, rounds, profile)
+        cpu = Cpu(fake_pid)
+        walls = await measure(url, 4, concurrent, rounds, profile, cpu=cpu)
         print(row(f"{concurrent} concurrent turns, 4 refs", walls, profile, figures, f"{concurrent}x4"))
+        if concurrent == 200:
+            figures[f"cpu_s_per_round_200x4_{profile.name}"] = cpu.own_s
+            figures[f"fake_cpu_s_per_round_200x4_{profile.name}"] = cpu.fake_s
+            print(f"{'':<34} CPU per round of 200 turns: this process {cpu.own_s:.3f} s, "
+                  f"fake provider {cpu.fake_s:.3f} s")
     if full:
         walls = await measure(url, 4, 1, 3, profile, sequential=True)
         print(row("naive sequential, 1 turn, 4 refs", walls, profile, figures, "naive_1x4"))
 
 
-async def main(quick: bool, as_json: bool) -> None:
+async def main(quick: bool, as_json: bool, loop_name: str) -> None:
     figures = Figures("bench_turns")
+    figures["event_loop"] = loop_name
+    print(f"event loop: {loop_name}")
     process, url = start_fake()
     try:
         settle_heap()
-        await run_profile(url, STRESS, figures, full=True)
+        await run_profile(url, STRESS, figures, full=True, fake_pid=process.pid)
         if not quick:
-            await run_profile(url, TYPICAL, figures, full=False)
+            await run_profile(url, TYPICAL, figures, full=False, fake_pid=process.pid)
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         figures["peak_rss_mb"] = rss_mb
         print(f"\npeak RSS of the benchmark process: {rss_mb:.0f} MB")
@@ -189,4 +223,12 @@ async def main(quick: bool, as_json: bool) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(quick="--quick" in sys.argv[1:], as_json=wants_json()))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the 500 ms (stress) profile only")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON, last line")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=None,
+                        help="event loop (default: uvloop when installed, as moa-gateway run)")
+    args = parser.parse_args()
+    factory, name = choose_loop(args.loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main(quick=args.quick, as_json=args.json, loop_name=name))

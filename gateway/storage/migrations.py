@@ -252,3 +252,37 @@ def m008_leases(db: Database) -> None:
     for table in ("turns", "deliveries"):
         db[table].add_column("lease_owner", str)
         db[table].add_column("lease_until", str)
+
+
+# The cost rollups' table (gateway.storage.rollups), written once here for both schemas: the
+# types are spelt so that SQLite and PostgreSQL read them alike (BIGINT sums, DOUBLE PRECISION
+# dollars; SQLite gives both its INTEGER and REAL affinity).
+M009_ROLLUPS = (
+    "CREATE TABLE cost_rollups (grain TEXT NOT NULL, span TEXT NOT NULL, bucket TEXT NOT NULL, "
+    "platform TEXT NOT NULL, chat_id TEXT NOT NULL, user_id TEXT NOT NULL, preset TEXT NOT NULL, "
+    "role TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, status TEXT NOT NULL, "
+    "calls BIGINT NOT NULL, turns BIGINT NOT NULL, model_turns BIGINT NOT NULL, dollars DOUBLE PRECISION NOT NULL, "
+    "unpriced BIGINT NOT NULL, input BIGINT NOT NULL, cache_read BIGINT NOT NULL, cache_write BIGINT NOT NULL, "
+    "output BIGINT NOT NULL, reasoning BIGINT NOT NULL)",
+    # The upsert's conflict target; it also serves time-range reads of one grain and span.
+    "CREATE UNIQUE INDEX cost_rollups_key ON cost_rollups "
+    "(grain, span, bucket, platform, chat_id, user_id, preset, role, provider, model, status)",
+    "CREATE INDEX cost_rollups_chat ON cost_rollups (grain, span, platform, chat_id, bucket)",
+    "CREATE INDEX cost_rollups_user ON cost_rollups (grain, span, platform, user_id, bucket)",
+    # Reports read spend from the rollups now: these two indexes of model_calls served only the
+    # chart's per-model scan and per-preset tables, and every booked call paid for them.
+    "DROP INDEX idx_model_calls_model_spend",
+    "DROP INDEX idx_model_calls_preset_created_at",
+    # Turn counts of a period (started, not refused) read from the index alone.
+    "CREATE INDEX idx_turns_started_status ON turns (started_at, status)",
+)
+
+
+@migrations()
+def m009_cost_rollups(db: Database) -> None:
+    """Cost rollups: sums of model_calls per UTC day and hour (gateway.storage.rollups), kept in
+    the same transaction as the rows, built here from the rows already stored."""
+    from gateway.storage.rollups import BACKFILL
+
+    for statement in (*M009_ROLLUPS, *BACKFILL):
+        db.execute(statement)

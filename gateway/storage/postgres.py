@@ -26,7 +26,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from adapters.contract import ChatRef
-from gateway.storage import postgres_schema
+from gateway.storage import postgres_schema, rollups
 from gateway.storage.contract import (
     CLAIM_DIGEST,
     DEFAULT_LEASE_S,
@@ -107,6 +107,19 @@ async def _insert_many(conn: psycopg.AsyncConnection, table: str, rows: list[dic
     sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
     async with conn.cursor() as cursor:
         await cursor.executemany(sql, [[row[c] for c in columns] for row in rows])
+
+
+async def _insert_calls(conn: psycopg.AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Model-call rows and their cost rollups, in the caller's transaction. The turns' rows are
+    locked first, so that two transactions booking calls of one turn agree on its first call
+    (the rollups' turn counts); the upsert itself is atomic per rollup row."""
+    turn_ids = sorted({row["turn_id"] for row in rows})
+    await conn.execute("SELECT id FROM turns WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [turn_ids])
+    cursor = await conn.execute(postgres_dialect(rollups.prior_models_sql(len(turn_ids))), turn_ids)
+    prior = await cursor.fetchall()
+    await _insert_many(conn, "model_calls", rows)
+    async with conn.cursor() as upserts:
+        await upserts.executemany(postgres_dialect(rollups.UPSERT), rollups.rollup_rows(rows, prior))
 
 
 async def _turn_columns(conn: psycopg.AsyncConnection, turn_id: int) -> dict[str, Any]:
@@ -323,7 +336,7 @@ class PostgresStore:
         at = self._now()
         async with self._connection() as conn, conn.transaction():
             turn = await _turn_columns(conn, turn_id)
-            await _insert_many(conn, "model_calls", [call_values(turn, call, at) for call in calls])
+            await _insert_calls(conn, [call_values(turn, call, at) for call in calls])
 
     async def book_calls(self, calls: Sequence[tuple[int, CallRecord]]) -> None:
         """Store model calls of one or more turns, given as (turn id, call), in ONE transaction,
@@ -338,7 +351,7 @@ class PostgresStore:
                 if turn_id not in turns:
                     turns[turn_id] = await _turn_columns(conn, turn_id)
                 rows.append(call_values(turns[turn_id], call, at))
-            await _insert_many(conn, "model_calls", rows)
+            await _insert_calls(conn, rows)
 
     async def complete_turn(self, turn_id: int, *, status: str, answer: str | None, cost_usd: float | None,
                             messages: Sequence[Message], delivery: tuple[ChatRef, str, dict] | None,

@@ -18,6 +18,9 @@ from collections.abc import Sequence
 
 from psycopg import AsyncConnection
 
+from gateway.storage.migrations import M009_ROLLUPS
+from gateway.storage.rollups import BACKFILL
+
 MIGRATION_SET = "moa_gateway"
 # pg_advisory_xact_lock key for migrations: any fixed number no other lock of ours uses.
 MIGRATION_LOCK = 0x6D6F_6101
@@ -109,6 +112,8 @@ STEPS: list[tuple[str, Sequence[str]]] = [
         "ALTER TABLE deliveries ADD COLUMN lease_owner TEXT",
         "ALTER TABLE deliveries ADD COLUMN lease_until TEXT",
     )),
+    # The same DDL as SQLite's step, then the rollups built from the rows already stored.
+    ("m009_cost_rollups", (*M009_ROLLUPS, *BACKFILL)),
 ]
 
 

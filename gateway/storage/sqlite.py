@@ -51,6 +51,7 @@ from gateway.storage.contract import delivery as _delivery
 from gateway.storage.contract import message as _message
 from gateway.storage.contract import message_values as _message_row
 from gateway.storage.contract import turn_row as _turn_row
+from gateway.storage import rollups
 from gateway.storage.migrations import migrations
 from moa_core.clock import Clock
 from moa_core.values import CallRecord, ImagePart, Message
@@ -303,7 +304,7 @@ class Store:
         def work(db: sqlite_utils.Database) -> None:
             with db.atomic():
                 turn = _turn_columns(db, turn_id)
-                db.table("model_calls").insert_all([_call_row(turn, call, at) for call in calls])
+                _insert_calls(db, [_call_row(turn, call, at) for call in calls])
 
         await self.run(work)
 
@@ -323,7 +324,7 @@ class Store:
                     if turn_id not in turns:
                         turns[turn_id] = _turn_columns(db, turn_id)
                     rows.append(_call_row(turns[turn_id], call, at))
-                db.table("model_calls").insert_all(rows)
+                _insert_calls(db, rows)
 
         await self.run(work)
 
@@ -586,6 +587,14 @@ class _ProcessLock:
 
     async def stop(self) -> None:
         return None
+
+
+def _insert_calls(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
+    """Model-call rows and their cost rollups, in the caller's transaction (one or none)."""
+    turn_ids = sorted({row["turn_id"] for row in rows})
+    prior = db.execute(rollups.prior_models_sql(len(turn_ids)), turn_ids).fetchall()
+    db.table("model_calls").insert_all(rows)
+    db.conn.executemany(rollups.UPSERT, rollups.rollup_rows(rows, prior))
 
 
 def _turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:

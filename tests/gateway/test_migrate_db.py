@@ -20,11 +20,12 @@ from gateway.storage.postgres import PostgresStore
 from moa_core.values import CallRecord, Cost, Message, Usage
 from tests.backends import as_url, with_database
 from tests.fakes.clock import FakeClock
+from tests.gateway.test_cost_rollups import assert_reconciled
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
 TABLES = ("sessions", "turns", "messages", "model_calls", "deliveries", "seen_events", "channel_settings",
-          "refusal_notices", "digests")
+          "refusal_notices", "digests", "cost_rollups")
 
 
 @pytest.fixture
@@ -92,6 +93,7 @@ async def test_migrate_db_copies_every_row(tmp_path: Path, empty_target: str) ->
     code, out, err = await migrate("--from", str(source), "--to", empty_target)
     assert code == 0, err
     assert "model_calls: 75 rows" in out and "row counts match" in out
+    assert "cost_rollups: " in out  # the rollups are carried, counted like every table
     assert await dump_postgres(empty_target) == await dump_sqlite(source)
 
     # The copy is a working database: new ids follow the copied ones.
@@ -100,6 +102,10 @@ async def test_migrate_db_copies_every_row(tmp_path: Path, empty_target: str) ->
     turn = await store.start_turn(session_id=session, platform="telegram", chat_id="0", thread_id=None,
                                   user_id="u", user_name="U", event_id="x", message_id="x", preset="p", prompt="new")
     assert turn == 26 and session > 1
+    # ... and the copied rollups go on summing what is booked there.
+    await store.book_calls([(turn, CallRecord("aggregator", 0, 0, "p", "m", "ok", 10, Usage(1, 2, 3, 4, 1),
+                                              Cost(0.5, "config")))])
+    await assert_reconciled(store)
     await store.close()
 
     # A second copy into the same (now full) database is refused, nothing changed.

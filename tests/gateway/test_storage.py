@@ -110,17 +110,22 @@ EXPECTED_COLUMNS = {
     "deliveries": ["id", "turn_id", "platform", "chat_id", "thread_id", "reply_to_id", "reply_handle", "kind",
                    "payload", "status", "message_ids", "created_at", "updated_at"],
     "refusal_notices": ["platform", "chat_id", "last_at"],
+    "cost_rollups": ["grain", "span", "bucket", "platform", "chat_id", "user_id", "preset", "role", "provider",
+                     "model", "status", "calls", "turns", "model_turns", "dollars", "unpriced", "input",
+                     "cache_read", "cache_write", "output", "reasoning"],
 }
 
 EXPECTED_INDEXES = {
     "sessions": [["platform", "chat_id", "thread_id"]],
     "turns": [["session_id"], ["platform", "chat_id", "started_at"], ["platform", "user_id", "started_at"],
-              ["started_at"], ["id"]],
+              ["started_at"], ["id"], ["started_at", "status"]],
     "messages": [["session_id", "id"], ["turn_id"]],
     "model_calls": [["turn_id"], ["created_at"], ["platform", "chat_id", "created_at", "cost_usd"],
-                    ["platform", "user_id", "created_at", "cost_usd"], ["preset", "created_at"],
-                    ["provider", "model", "created_at", "cost_usd"]],
+                    ["platform", "user_id", "created_at", "cost_usd"]],
     "deliveries": [["turn_id"], ["id"]],
+    "cost_rollups": [["grain", "span", "bucket", "platform", "chat_id", "user_id", "preset", "role", "provider",
+                      "model", "status"], ["grain", "span", "platform", "chat_id", "bucket"],
+                     ["grain", "span", "platform", "user_id", "bucket"]],
 }
 
 
@@ -182,6 +187,61 @@ async def test_database_of_an_earlier_step_migrates_to_current(
     await store.close()
     assert applied == _migration_names()
     assert schema_of(old) == schema_of(fresh)
+
+
+# Rows of a database from before m009: two turns, the second with a call on the next UTC day.
+OLD_CALLS = [
+    # turn, role, provider, model, status, cost, created_at
+    (1, "reference", "p", "m1", "ok", 0.25, "2026-03-01T23:59:00.000000+00:00"),
+    (1, "reference", "p", "m1", "ok", None, "2026-03-02T00:01:00.000000+00:00"),
+    (1, "aggregator", "p", "m2", "cut", 0.5, "2026-03-02T00:02:00.000000+00:00"),
+    (2, "reference", "q", "m1", "skipped", None, "2026-03-02T10:00:00.000000+00:00"),
+]
+
+
+def old_rows_sql() -> list[tuple[str, list[object]]]:
+    """Portable inserts of OLD_CALLS (and their session and turns) under the m008 schema."""
+    out: list[tuple[str, list[object]]] = [(
+        "INSERT INTO sessions (platform, chat_id, thread_id, started_at) VALUES ('slack', 'C1', '', ?)",
+        ["2026-03-01T00:00:00.000000+00:00"])]
+    for turn_id in (1, 2):
+        out.append(("INSERT INTO turns (session_id, platform, chat_id, thread_id, user_id, preset, status, "
+                    "started_at) VALUES (1, 'slack', 'C1', '', 'U1', 'default', 'done', ?)",
+                    ["2026-03-01T23:58:00.000000+00:00"]))
+    for turn_id, role, provider, model, status, cost, at in OLD_CALLS:
+        out.append(("INSERT INTO model_calls (turn_id, role, step, idx, provider, model, status, latency_ms, input, "
+                    "cache_read, cache_write, output, reasoning, usage_source, cost_usd, cost_source, created_at, "
+                    "platform, chat_id, user_id, preset) VALUES (?, ?, 0, 0, ?, ?, ?, 5, 10, 1, 2, 20, 3, 'reported', "
+                    "?, 'price_table', ?, 'slack', 'C1', 'U1', 'default')",
+                    [turn_id, role, provider, model, status, cost, at]))
+    return out
+
+
+def assert_old_rows_rolled_up(rows: list[tuple]) -> None:
+    """`SELECT span, bucket, calls, turns, model_turns, dollars, unpriced FROM cost_rollups
+    WHERE grain = 'chat' ORDER BY span, bucket` after m009 over OLD_CALLS."""
+    assert [tuple(r[:6]) + (r[6],) for r in rows] == [
+        ("day", "2026-03-01", 1, 1, 1, 0.25, 0),
+        ("day", "2026-03-02", 3, 1, 2, 0.5, 1),  # turn 1's first call was the day before
+        ("hour", "2026-03-01T23", 1, 1, 1, 0.25, 0),
+        ("hour", "2026-03-02T00", 2, 0, 1, 0.5, 1),
+        ("hour", "2026-03-02T10", 1, 1, 1, 0.0, 0),  # a skipped slot is not unpriced
+    ]
+
+
+async def test_m009_builds_the_rollups_of_rows_stored_before(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(path)
+    migrations.apply(db, stop_before="m009_cost_rollups")
+    for statement, params in old_rows_sql():
+        db.execute(statement, params)
+    db.conn.commit()
+    db.close()
+    store = await Store.open(path, clock)
+    rows = await store.query("SELECT span, bucket, calls, turns, model_turns, dollars, unpriced FROM cost_rollups "
+                             "WHERE grain = 'chat' ORDER BY span, bucket")
+    await store.close()
+    assert_old_rows_rolled_up(rows)
 
 
 async def test_reopening_applies_nothing_twice(tmp_path: Path, clock: FakeClock) -> None:

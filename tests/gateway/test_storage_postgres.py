@@ -24,7 +24,7 @@ T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
 
 EXPECTED_TABLES = {
     "sessions", "messages", "turns", "model_calls", "channel_settings", "seen_events", "deliveries",
-    "refusal_notices", "digests", "_moa_migrations",
+    "refusal_notices", "digests", "cost_rollups", "_moa_migrations",
 }
 
 
@@ -84,8 +84,10 @@ async def test_empty_database_gets_the_current_schema(schemas) -> None:
     assert names == postgres_schema.step_names()
     indexes = {name for name, _ in dump(url)["indexes"]}  # type: ignore[union-attr]
     assert {"sessions_open", "turns_unfinished", "deliveries_open", "idx_model_calls_chat_spend",
-            "idx_model_calls_user_spend", "idx_model_calls_model_spend"} <= indexes
-    assert "turns_running" not in indexes
+            "idx_model_calls_user_spend", "cost_rollups_key", "cost_rollups_chat", "cost_rollups_user",
+            "idx_turns_started_status"} <= indexes
+    # m009: reports read the rollups; these indexes only slowed every booked call down.
+    assert not {"turns_running", "idx_model_calls_model_spend", "idx_model_calls_preset_created_at"} & indexes
 
 
 @pytest.mark.parametrize("step", postgres_schema.step_names()[1:])
@@ -102,6 +104,22 @@ async def test_database_of_an_earlier_step_migrates_to_current(schemas, step: st
     assert await store.active_session("slack", "C1", None) == 1
     await store.close()
     assert dump(old) == dump(fresh)
+
+
+async def test_m009_builds_the_rollups_of_rows_stored_before(schemas) -> None:
+    from gateway.storage.contract import postgres_dialect
+    from tests.gateway.test_storage import assert_old_rows_rolled_up, old_rows_sql
+
+    url = schemas()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await postgres_schema.apply(conn, stop_before="m009_cost_rollups", at="2026-01-01T00:00:00.000000+00:00")
+        for statement, params in old_rows_sql():
+            await conn.execute(postgres_dialect(statement), params)
+    store = await PostgresStore.open(url, FakeClock(T0))
+    rows = await store.query("SELECT span, bucket, calls, turns, model_turns, dollars, unpriced FROM cost_rollups "
+                             "WHERE grain = 'chat' ORDER BY span, bucket")
+    await store.close()
+    assert_old_rows_rolled_up(rows)
 
 
 async def test_replicas_starting_together_migrate_once(schemas) -> None:

@@ -1,0 +1,233 @@
+"""Cost rollups, the read side: spend of any time interval (a local day, week, month, a digest's
+period, each local day of a chart) from `cost_rollups` plus the few raw `model_calls` rows the
+rollups cannot answer, as one portable SQL statement (`totals`).
+
+The rollups (written by `gateway.storage.rollups`, in the same transaction as the call rows, so
+they always include the current partial day and every call just booked) are per UTC day, and
+for the narrow grains also per UTC hour. An interval [start, end) in any time zone is summed as:
+
+- the UTC days whose noon lies inside it (their day rollups),
+- plus what the interval has before the first / after the last of those days, or minus what
+  those days have before its start / after its end (never more than 12 hours each side),
+- each such edge as whole UTC hours (hour rollups) and, for what is left of an hour (zones at
+  :30 or :45, or an end at "now"), the raw rows; the `call` grain, which has no hour rollups,
+  reads its edges from the raw rows (it is only used filtered by one chat or one user: few rows).
+
+So a Berlin local day (22:00 to 22:00 UTC) is one UTC day, plus two hours of the day before,
+minus its own last two hours. Counts are exact; dollars are exact up to float rounding.
+
+Why UTC buckets and not the configured zone's days: the zone is config (`[gateway] timezone`,
+`[digest] timezone`, they may differ and change) while rollups are written by the store, which
+knows no zone; UTC buckets never need rebuilding and answer every zone the same way.
+
+`raw_rows_only()` makes every sum read the raw rows alone: tests compare both answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from gateway.storage import Storage, to_iso
+from gateway.storage.rollups import GRAINS, SPAN_WIDTH, SPANS
+
+_DAY, _HOUR, _NOON = timedelta(days=1), timedelta(hours=1), timedelta(hours=12)
+_RAW_ONLY: ContextVar[bool] = ContextVar("cost_rollups_raw_only", default=False)
+# Smallest first: the narrowest grain that keeps the columns a query needs is read.
+_GRAIN_ORDER = ("chat", "user", "mix", "call")
+_SUM_COLUMNS = ("calls", "turns", "model_turns", "dollars", "unpriced", "input", "cache_read", "cache_write",
+                "output", "reasoning")
+
+
+@contextmanager
+def raw_rows_only() -> Iterator[None]:
+    """Within this block every sum reads the raw rows alone (the reference answer)."""
+    token = _RAW_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _RAW_ONLY.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Sums of a set of calls. `turns` counts the calls that were their turn's first,
+    `model_turns` those first of their turn for their role, provider and model."""
+
+    calls: int = 0
+    turns: int = 0
+    model_turns: int = 0
+    dollars: float = 0.0
+    unpriced: int = 0
+    input: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    output: int = 0
+    reasoning: int = 0
+
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(*(a + b for a, b in zip(self.values(), other.values(), strict=True)))
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.calls, self.turns, self.model_turns, self.dollars, self.unpriced, self.input,
+                self.cache_read, self.cache_write, self.output, self.reasoning)
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A signed part of interval number `interval`: day or hour rollups, or raw rows, of [start, end)."""
+
+    interval: int
+    sign: Literal[1, -1]
+    source: Literal["day", "hour", "raw"]
+    start: datetime
+    end: datetime
+
+
+def _floor(moment: datetime, unit: timedelta) -> datetime:
+    utc = moment.astimezone(UTC)
+    return utc.replace(minute=0, second=0, microsecond=0, **({"hour": 0} if unit == _DAY else {}))
+
+
+def _ceil(moment: datetime, unit: timedelta) -> datetime:
+    floor = _floor(moment, unit)
+    return floor if floor == moment else floor + unit
+
+
+def _cover(n: int, sign: Literal[1, -1], start: datetime, end: datetime, hourly: bool) -> list[Piece]:
+    if start >= end:
+        return []
+    first, after = _ceil(start, _HOUR), _floor(end, _HOUR)
+    if not hourly or first >= after:
+        return [Piece(n, sign, "raw", start, end)]
+    out = [Piece(n, sign, "hour", first, after)]
+    if start < first:
+        out.append(Piece(n, sign, "raw", start, first))
+    if after < end:
+        out.append(Piece(n, sign, "raw", after, end))
+    return out
+
+
+def pieces(intervals: Sequence[tuple[datetime, datetime]], *, hourly: bool) -> list[Piece]:
+    """How each interval is summed (see the module docstring); `hourly`: hour rollups exist."""
+    out: list[Piece] = []
+    for n, (start, end) in enumerate(intervals):
+        start, end = start.astimezone(UTC), end.astimezone(UTC)
+        if start >= end:
+            continue
+        if _RAW_ONLY.get():
+            out.append(Piece(n, 1, "raw", start, end))
+            continue
+        first, after = _ceil(start - _NOON, _DAY), _ceil(end - _NOON, _DAY)  # days whose noon is inside
+        if first >= after:
+            out.extend(_cover(n, 1, start, end, hourly))
+            continue
+        out.append(Piece(n, 1, "day", first, after))
+        out.extend(_cover(n, 1, start, first, hourly) if start < first else _cover(n, -1, first, start, hourly))
+        out.extend(_cover(n, 1, after, end, hourly) if end > after else _cover(n, -1, end, after, hourly))
+    return out
+
+
+def grain_for(columns: set[str]) -> str:
+    """The narrowest rollup grain that keeps every one of `columns`."""
+    return next(g for g in _GRAIN_ORDER if columns <= set(GRAINS[g]))
+
+
+def _bucket(moment: datetime, span: str) -> str:
+    return to_iso(moment)[: SPAN_WIDTH[span]]
+
+
+_ROLLED = tuple(f"SUM({c})" for c in _SUM_COLUMNS)
+_FIRST_TURN = ("SUM(CASE WHEN EXISTS (SELECT 1 FROM model_calls e WHERE e.turn_id = m.turn_id AND e.id < m.id) "
+               "THEN 0 ELSE 1 END)")
+_FIRST_MODEL = ("SUM(CASE WHEN EXISTS (SELECT 1 FROM model_calls e WHERE e.turn_id = m.turn_id AND e.id < m.id "
+                "AND e.role = m.role AND e.provider = m.provider AND e.model = m.model) THEN 0 ELSE 1 END)")
+
+
+def _raw_sums(turns: bool) -> tuple[str, ...]:
+    return ("COUNT(*)", *((_FIRST_TURN, _FIRST_MODEL) if turns else ("0", "0")), "COALESCE(SUM(cost_usd), 0.0)",
+            "SUM(CASE WHEN cost_usd IS NULL AND status != 'skipped' THEN 1 ELSE 0 END)",
+            "SUM(input)", "SUM(cache_read)", "SUM(cache_write)", "SUM(output)", "SUM(reasoning)")
+
+
+def _select(sums: Sequence[str], sign: int = 1) -> str:
+    return ", ".join(f"{s if sign == 1 else f'-1 * {s}'} AS c{n}" for n, s in enumerate(sums))
+
+
+async def totals(
+    store: Storage,
+    intervals: Sequence[tuple[datetime, datetime]],
+    group: Sequence[str] = (),
+    *,
+    platform: str | None = None,
+    chat_id: str | None = None,
+    user_id: str | None = None,
+    turns: bool = True,
+    having_dollars: float | None = None,
+) -> list[tuple[int, tuple[Any, ...], Totals]]:
+    """Sums of the calls in each interval (aware datetimes, any zone) grouped by `group`
+    (model_calls key columns), within a scope (None: any), as (interval number, group values,
+    totals) for every group that has calls. `turns=False` skips the first-call flags of raw rows
+    (their cost is a lookup per row); `having_dollars` keeps only groups spending that much."""
+    scope = {c: v for c, v in (("platform", platform), ("chat_id", chat_id), ("user_id", user_id)) if v is not None}
+    grain = grain_for(set(group) | set(scope))
+    plan = pieces(intervals, hourly="hour" in SPANS[grain])
+    if not plan:
+        return []
+    cols = "".join(f"{c}, " for c in group)
+    where_scope = "".join(f" AND {c} = ?" for c in scope)
+    grouped = f" GROUP BY {', '.join(group)}" if group else ""
+    parts: list[str] = []
+    params: list[Any] = []
+
+    days = [p for p in plan if p.source == "day"]  # all +, one range per interval: one scan
+    if days:
+        if len(days) == 1:
+            case, case_params, by = f"{days[0].interval}", [], list(group)
+        else:
+            case = "CASE " + "".join(f"WHEN bucket >= ? AND bucket < ? THEN {p.interval} " for p in days) + "END"
+            case_params = [v for p in days for v in (_bucket(p.start, "day"), _bucket(p.end, "day"))]
+            by = ["iv", *group]
+        parts.append(f"SELECT {case} AS iv, {cols}{_select(_ROLLED)} FROM cost_rollups WHERE grain = ? "
+                     f"AND span = 'day' AND bucket >= ? AND bucket < ?{where_scope}"
+                     + (f" GROUP BY {', '.join(by)}" if by else ""))
+        params += [*case_params, grain, _bucket(days[0].start, "day"), _bucket(days[-1].end, "day"), *scope.values()]
+    for p in plan:
+        if p.source == "hour":
+            parts.append(f"SELECT {p.interval} AS iv, {cols}{_select(_ROLLED, p.sign)} FROM cost_rollups "
+                         f"WHERE grain = ? AND span = 'hour' AND bucket >= ? AND bucket < ?{where_scope}{grouped}")
+            params += [grain, _bucket(p.start, "hour"), _bucket(p.end, "hour"), *scope.values()]
+        elif p.source == "raw":
+            hint = "" if scope else " /*sqlite: INDEXED BY idx_model_calls_created_at*/"
+            parts.append(f"SELECT {p.interval} AS iv, {cols}{_select(_raw_sums(turns), p.sign)} FROM model_calls m"
+                         f"{hint} WHERE created_at >= ? AND created_at < ?{where_scope}{grouped}")
+            params += [to_iso(p.start), to_iso(p.end), *scope.values()]
+    outer = ", ".join(f"SUM(c{n})" for n in range(len(_SUM_COLUMNS)))
+    having = " HAVING SUM(c3) >= ?" if having_dollars is not None else ""
+    sql = (f"SELECT iv, {cols}{outer} FROM ({' UNION ALL '.join(parts)}) AS p WHERE iv IS NOT NULL "
+           f"GROUP BY {', '.join(['iv', *group])}{having}")
+    if having_dollars is not None:
+        params.append(having_dollars)
+    out = []
+    for row in await store.query(sql, params):
+        values = row[1 + len(group):]
+        if not values[0]:
+            continue  # everything in it was subtracted again: no calls
+        dollars = float(values[3] or 0.0)
+        out.append((int(row[0]), tuple(row[1:1 + len(group)]), Totals(
+            int(values[0]), int(values[1] or 0), int(values[2] or 0), 0.0 if abs(dollars) < 1e-12 else dollars,
+            *(int(v or 0) for v in values[4:]))))
+    return out
+
+
+async def total(store: Storage, start: datetime, end: datetime, **scope: Any) -> Totals:
+    """The sums of one interval within a scope (see `totals`), without grouping."""
+    found = await totals(store, [(start, end)], (), **scope)
+    return found[0][2] if found else Totals()
+
+
+__all__ = ["Piece", "Totals", "grain_for", "pieces", "raw_rows_only", "total", "totals"]

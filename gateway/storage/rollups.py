@@ -1,0 +1,147 @@
+"""Cost rollups, the write side: sums of `model_calls` kept in `cost_rollups`, changed in the
+SAME transaction as the call rows they sum (both backends call `rollup_rows` + `UPSERT` from
+their insert paths), built from existing rows by `BACKFILL` (migration m009, `migrate-db`'s
+rebuild check, the cost benchmark). Reading them is `gateway.costs.rollups`' job.
+
+A rollup row is one *grain* of key columns over one UTC *span* (a day or an hour):
+
+- `call` (per UTC day): platform, chat, user, preset, role, provider, model, status: every report
+  filtered by a chat or a user reads this one (through its chat and user indexes);
+- `mix` (per UTC day and per UTC hour): preset, role, provider, model, status: `all` reports,
+  the digest's presets, models and failure counts, the chart;
+- `chat` and `user` (per UTC day and per UTC hour): platform + chat, platform + user: the digest's
+  chats and users, budgets.
+
+Columns a grain does not keep hold ''. The narrow grains are projections of `call`; they exist
+because the full key barely compresses (a user seldom repeats preset and model within a day),
+while a digest over months wants a few rows per day.
+
+Why UTC days *and* hours: reports are periods in a configured time zone (local midnights, a cron
+time), and a time zone may change in config; UTC buckets never need rebuilding. A local period
+is then whole UTC days, plus or minus whole UTC hours at its edges, plus or minus raw rows for
+what is left of an hour (zones at :30 or :45) — see `gateway.costs.rollups`.
+
+Sums per row: calls, turns (calls that are the first row of their turn), model_turns (calls that
+are their turn's first row of that role, provider and model), dollars (known costs; unpriced add
+0), unpriced (no price and not skipped: a skipped `moa:` slot made no call), and the five token
+counts. "First" means the lowest id: rows of one turn are booked one transaction at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+KEY = ("platform", "chat_id", "user_id", "preset", "role", "provider", "model", "status")
+GRAINS: dict[str, tuple[str, ...]] = {
+    "call": KEY,
+    "mix": ("preset", "role", "provider", "model", "status"),
+    "chat": ("platform", "chat_id"),
+    "user": ("platform", "user_id"),
+}
+SPANS: dict[str, tuple[str, ...]] = {"call": ("day",), "mix": ("day", "hour"), "chat": ("day", "hour"),
+                                     "user": ("day", "hour")}
+SPAN_WIDTH = {"day": 10, "hour": 13}  # a bucket is created_at's first 10 or 13 characters (UTC)
+TOKENS = ("input", "cache_read", "cache_write", "output", "reasoning")
+SUMS = ("calls", "turns", "model_turns", "dollars", "unpriced", *TOKENS)
+COLUMNS = ("grain", "span", "bucket", *KEY, *SUMS)
+
+# Portable SQL (gateway.storage.contract): SQLite and PostgreSQL share ON CONFLICT ... excluded.
+UPSERT = (
+    f"INSERT INTO cost_rollups ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    f"ON CONFLICT (grain, span, bucket, {', '.join(KEY)}) DO UPDATE SET "
+    + ", ".join(f"{c} = cost_rollups.{c} + excluded.{c}" for c in SUMS)
+)
+
+
+def prior_models_sql(count: int) -> str:
+    """The (turn, role, provider, model) already stored for `count` turns: who is "first"."""
+    return ("SELECT DISTINCT turn_id, role, provider, model FROM model_calls "
+            f"WHERE turn_id IN ({', '.join('?' * count)})")
+
+
+def rollup_rows(rows: Sequence[Mapping[str, Any]], prior: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """The upsert parameters for call rows about to be inserted in this order (`call_values`
+    dicts), given what `prior_models_sql` found stored for their turns: one tuple per rollup row
+    touched, the rows' sums already added together."""
+    seen: dict[int, set[tuple[str, str, str]]] = {}
+    for turn_id, role, provider, model in prior:
+        seen.setdefault(int(turn_id), set()).add((role, provider, model))
+    out: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        models = seen.setdefault(int(row["turn_id"]), set())
+        which = (row["role"], row["provider"], row["model"])
+        cost = row["cost_usd"]
+        sums = (1, 0 if models else 1, 0 if which in models else 1, float(cost or 0.0),
+                1 if cost is None and row["status"] != "skipped" else 0, *(int(row[t]) for t in TOKENS))
+        models.add(which)
+        for grain, kept in GRAINS.items():
+            values = tuple(row[c] if c in kept else "" for c in KEY)
+            for span in SPANS[grain]:
+                key = (grain, span, row["created_at"][: SPAN_WIDTH[span]], *values)
+                if key in out:
+                    out[key] = [a + b for a, b in zip(out[key], sums, strict=True)]
+                else:
+                    out[key] = list(sums)
+    # In key order: two PostgreSQL transactions upserting shared rows lock them in one order.
+    return [(*key, *sums) for key, sums in sorted(out.items())]
+
+
+# Building rollups from the rows (portable SQL). One pass over model_calls into a temporary
+# table of (UTC hour, full key) sums, with the "first" flags from window functions; every grain
+# and span is then summed from that table. Run in the caller's transaction.
+_FIRSTS = (
+    "SELECT m.*, CASE WHEN ROW_NUMBER() OVER (PARTITION BY turn_id ORDER BY id) = 1 THEN 1 ELSE 0 END AS first_turn, "
+    "CASE WHEN ROW_NUMBER() OVER (PARTITION BY turn_id, role, provider, model ORDER BY id) = 1 "
+    "THEN 1 ELSE 0 END AS first_model FROM model_calls m"
+)
+_BASE = (
+    "CREATE TEMPORARY TABLE rollup_base AS "
+    f"SELECT substr(created_at, 1, 13) AS bucket, {', '.join(KEY)}, COUNT(*) AS calls, "
+    "SUM(first_turn) AS turns, SUM(first_model) AS model_turns, COALESCE(SUM(cost_usd), 0.0) AS dollars, "
+    "SUM(CASE WHEN cost_usd IS NULL AND status != 'skipped' THEN 1 ELSE 0 END) AS unpriced, "
+    + ", ".join(f"SUM({t}) AS {t}" for t in TOKENS)
+    + f" FROM ({_FIRSTS}) AS f GROUP BY substr(created_at, 1, 13), {', '.join(KEY)}"
+)
+
+
+def _fill(grain: str, span: str) -> str:
+    kept = GRAINS[grain]
+    values = ", ".join(c if c in kept else "''" for c in KEY)
+    bucket = f"substr(bucket, 1, {SPAN_WIDTH[span]})"
+    return (
+        f"INSERT INTO cost_rollups ({', '.join(COLUMNS)}) SELECT '{grain}', '{span}', {bucket}, {values}, "
+        + ", ".join(f"SUM({s})" for s in SUMS)
+        + f" FROM rollup_base GROUP BY {', '.join([bucket, *kept])}"
+    )
+
+
+BACKFILL: tuple[str, ...] = (
+    "DELETE FROM cost_rollups",
+    _BASE,
+    *(_fill(grain, span) for grain in GRAINS for span in SPANS[grain]),
+    "DROP TABLE rollup_base",
+)
+
+def expected_sql(grain: str, span: str) -> str:
+    """What `cost_rollups` should hold for one grain and span, computed from the rows alone
+    (portable SQL): for reconciling the rollups with the rows (tests, `migrate-db`)."""
+    kept = GRAINS[grain]
+    values = ", ".join(c if c in kept else "''" for c in KEY)
+    bucket = f"substr(created_at, 1, {SPAN_WIDTH[span]})"
+    return (
+        f"SELECT {bucket}, {values}, COUNT(*), SUM(first_turn), SUM(first_model), COALESCE(SUM(cost_usd), 0.0), "
+        "SUM(CASE WHEN cost_usd IS NULL AND status != 'skipped' THEN 1 ELSE 0 END), "
+        + ", ".join(f"SUM({t})" for t in TOKENS)
+        + f" FROM ({_FIRSTS}) AS f GROUP BY {', '.join([bucket, *kept])}"
+    )
+
+
+def stored_sql(grain: str, span: str) -> str:
+    """The stored rollups of one grain and span, in `expected_sql`'s columns."""
+    return (f"SELECT bucket, {', '.join(KEY)}, {', '.join(SUMS)} FROM cost_rollups "
+            f"WHERE grain = '{grain}' AND span = '{span}'")
+
+
+__all__ = ["BACKFILL", "COLUMNS", "GRAINS", "KEY", "SPANS", "SPAN_WIDTH", "SUMS", "TOKENS", "UPSERT", "expected_sql",
+           "prior_models_sql", "rollup_rows", "stored_sql"]

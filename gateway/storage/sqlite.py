@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from adapters.contract import ChatRef
+from gateway.storage import rollups
 from gateway.storage.contract import (
     CLAIM_DIGEST,
     DEFAULT_LEASE_S,
@@ -51,7 +52,6 @@ from gateway.storage.contract import delivery as _delivery
 from gateway.storage.contract import message as _message
 from gateway.storage.contract import message_values as _message_row
 from gateway.storage.contract import turn_row as _turn_row
-from gateway.storage import rollups
 from gateway.storage.migrations import migrations
 from moa_core.clock import Clock
 from moa_core.values import CallRecord, ImagePart, Message

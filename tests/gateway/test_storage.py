@@ -204,7 +204,7 @@ def old_rows_sql() -> list[tuple[str, list[object]]]:
     out: list[tuple[str, list[object]]] = [(
         "INSERT INTO sessions (platform, chat_id, thread_id, started_at) VALUES ('slack', 'C1', '', ?)",
         ["2026-03-01T00:00:00.000000+00:00"])]
-    for turn_id in (1, 2):
+    for _turn in (1, 2):
         out.append(("INSERT INTO turns (session_id, platform, chat_id, thread_id, user_id, preset, status, "
                     "started_at) VALUES (1, 'slack', 'C1', '', 'U1', 'default', 'done', ?)",
                     ["2026-03-01T23:58:00.000000+00:00"]))

@@ -1,4 +1,5 @@
-"""`/moa cost`, `/moa budget` and the pre-turn budget check: the gateway's side of gateway.costs.reports.
+"""`/moa cost`, `/moa budget` and the pre-turn budget check: the gateway's side of gateway.costs.reports and
+gateway.costs.budgets.
 
 Turns cost reports and budget lines into plain text the adapters render; periods are computed in
 `[gateway] timezone`.
@@ -19,15 +20,8 @@ from adapters.contract import InboundMessage
 from adapters.figures import format_total
 from gateway.commands import Command, SendDigest, ShowBudget, ShowCost
 from gateway.config import Config
-from gateway.costs.reports import (
-    CostReport,
-    budget_scope,
-    budget_status,
-    check_budget,
-    cost_report,
-    describe_budget,
-    effective_limits,
-)
+from gateway.costs.budgets import budget_scope, budget_status, check_budget, describe_budget, effective_limits
+from gateway.costs.reports import CostReport, cost_report
 from moa_core.pricing import price_call
 from moa_core.settings import Preset, ProviderSettings
 from moa_core.values import Usage

@@ -1,46 +1,43 @@
-"""The admin cost digest: what it says — `build_digest` aggregates one period's calls (portable
-SQL through `Storage.query`, so on SQLite and PostgreSQL alike) into a frozen `Digest`; `render_digest_text` words it (platform-neutral
-Markdown); `digest_chart_png` draws its spend per day by model. When it is sent is
-`gateway.costs.schedule`'s job.
+"""The admin cost digest: what it says — `build_digest` sums one period's calls into a frozen
+`Digest`; `render_digest_text` words it (platform-neutral Markdown); `digest_chart_png` draws its
+spend per day by model. When it is sent is `gateway.costs.schedule`'s job.
+
+Every figure is read from the cost rollups plus the raw rows at the period's edges
+(`gateway.costs.rollups`), a handful of statements whatever the period's length: the totals and
+breakdowns by preset and model, by chat, by user; the chart's local days and the users' local
+days (budget alerts) as series of intervals; the chats' months so far. Turn counts by chat, user
+and preset count the turns whose first call is in the period; the digest's own turn count (and
+the failed ones) are the turns started in it, from the turns table.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from adapters.figures import format_total, format_usd
+from gateway.costs.budgets import BudgetKind, BudgetLimits, ChannelBudgets
 from gateway.costs.chart import spend_chart_png
 from gateway.costs.reports import (
-    KNOWN_DOLLARS,
-    UNPRICED,
-    BudgetKind,
-    BudgetLimits,
-    ChannelBudgets,
     Spend,
     Tokens,
+    fold,
     local_midnight,
     period_bounds,
-    spent_between,
+    ranked,
+    spend_of,
+    tokens_of,
 )
+from gateway.costs.rollups import Totals, totals
 from gateway.storage import Storage, to_iso
 
 log = logging.getLogger(__name__)
 
 NEAR_BUDGET = 0.8  # a budget at or above this share of its limit is shown in the digest
 _TICK = timedelta(microseconds=1)
-# Scans of a time range use the created_at index: with ANALYZE statistics SQLite's planner may
-# prefer a skip-scan of (platform, chat_id, created_at), several times slower for these queries.
-# Hints are portable-SQL comments that only the SQLite backend unwraps (gateway.storage.contract).
-_BY_TIME = "/*sqlite: INDEXED BY idx_model_calls_created_at*/"
-
-
-def _indexed_by(index: str) -> str:
-    return f"/*sqlite: INDEXED BY {index}*/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,32 +121,6 @@ def _local_days(start: datetime, end: datetime, tz: ZoneInfo) -> tuple[date, ...
     return tuple(first + timedelta(days=n) for n in range((last - first).days + 1))
 
 
-class _Sums:
-    """Running totals for one group while folding the digest's single grouped scan."""
-
-    __slots__ = ("calls", "dollars", "unknown", "tokens")
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.dollars = 0.0
-        self.unknown = 0
-        self.tokens = [0, 0, 0, 0, 0]
-
-    def add(self, calls: int, dollars: float, unknown: int, tokens: tuple[int, ...]) -> None:
-        self.calls += calls
-        self.dollars += dollars
-        self.unknown += unknown
-        for n, value in enumerate(tokens):
-            self.tokens[n] += value
-
-    def spend(self, key: str, turns: int, role: str | None = None, label: str | None = None) -> Spend:
-        return Spend(key, self.dollars, self.calls, turns, self.unknown, Tokens(*self.tokens), role, label)
-
-
-def _ranked(spends: list[Spend]) -> tuple[Spend, ...]:
-    return tuple(sorted(spends, key=lambda s: (-s.dollars, -s.calls, s.key)))
-
-
 async def build_digest(
     store: Storage,
     *,
@@ -170,13 +141,13 @@ async def build_digest(
     channels = channels or {}
     start, end = start.astimezone(tz), end.astimezone(tz)
     previous_start = (previous_start or start - (end - start)).astimezone(tz)
-    span = [to_iso(start), to_iso(end)]
+    period = [(start, end)]
     days = _local_days(start, end, tz)
-    # Local day of a row, by comparing its UTC text with each later local midnight.
-    day_starts = [to_iso(local_midnight(day, tz)) for day in days[1:]]
-    day_of_row = "CASE " + "".join(f"WHEN created_at < ? THEN {n} " for n in range(len(day_starts))) + \
-        f"ELSE {len(day_starts)} END"
-    whole_days = [to_iso(local_midnight(days[0], tz)), to_iso(end)]
+    # Each local day of the period as an interval; the first from its midnight (a user's day
+    # counts from there, also before the period began), the last up to the period's end.
+    midnights = [local_midnight(day, tz) for day in days]
+    local_days = [(m, min(after, end)) for m, after in
+                  zip(midnights, [*midnights[1:], local_midnight(days[-1] + timedelta(days=1), tz)], strict=True)]
     month_start = period_bounds("month", end - _TICK, tz)[0]
     user_day_limit = getattr(budgets, "per_user_usd_day", None)
     chat_month_default = getattr(budgets, "per_chat_usd_month", None)
@@ -184,127 +155,77 @@ async def build_digest(
         getattr(c, "budget_usd_month", None) is not None for c in channels.values()
     )
 
-    async def work() -> Digest:
-        total = _Sums()
-        by_chat: defaultdict[tuple[str, str], _Sums] = defaultdict(_Sums)
-        by_user: defaultdict[tuple[str, str], _Sums] = defaultdict(_Sums)
-        by_preset: defaultdict[str, _Sums] = defaultdict(_Sums)
-        by_model: defaultdict[tuple[str, str, str], _Sums] = defaultdict(_Sums)
-        failed_refs = timed_out_refs = 0
-        # One grouped scan of the period; every breakdown is folded from it in Python.
-        for row in await store.query(
-            "SELECT platform, chat_id, user_id, preset, role, provider, model, status, COUNT(*), "
-            f"{KNOWN_DOLLARS}, {UNPRICED}, SUM(input), SUM(cache_read), "
-            f"SUM(cache_write), SUM(output), SUM(reasoning) FROM model_calls {_BY_TIME} "
-            "WHERE created_at >= ? AND created_at < ? "
-            "GROUP BY platform, chat_id, user_id, preset, role, provider, model, status",
-            span,
-        ):
-            platform, chat_id, user_id, preset, role, provider, model, status = row[:8]
-            calls, dollars, unknown, tokens = row[8], row[9], row[10], row[11:16]
-            for sums in (total, by_chat[(platform, chat_id)], by_user[(platform, user_id)],
-                         by_preset[preset], by_model[(role, provider, model)]):
-                sums.add(calls, dollars, unknown, tokens)
-            if role == "reference":
-                failed_refs += calls if status == "failed" else 0
-                timed_out_refs += calls if status == "timeout" else 0
+    mix = await totals(store, period, ("preset", "role", "provider", "model", "status"))
+    overall = sum((t for _, _, t in mix), Totals())
+    refs = {status: t.calls for (role, status), t in fold(mix, lambda g: (g[1], g[4])).items() if role == "reference"}
+    by_chat = await totals(store, period, ("platform", "chat_id"))
+    by_user = await totals(store, period, ("platform", "user_id"))
+    users = ranked([spend_of(f"{p}:{u}", t, t.turns) for _, (p, u), t in by_user])[:top_users]
+    users = tuple([Spend(s.key, s.dollars, s.calls, s.turns, s.unknown_calls, s.tokens, None,
+                         await _user_name(store, *s.key.split(":", 1))) for s in users])
 
-        turns_of: dict[tuple[str, ...], int] = defaultdict(int)
-        turns = failed_turns = 0
-        for platform, chat_id, user_id, preset, status, count in await store.query(
-            f"SELECT platform, chat_id, user_id, preset, status, COUNT(*) FROM turns {_indexed_by('idx_turns_started_at')} "
-            "WHERE started_at >= ? AND started_at < ? AND status != 'refused' "
-            "GROUP BY platform, chat_id, user_id, preset, status",
-            span,
-        ):
-            turns += count
-            failed_turns += count if status in ("failed", "interrupted") else 0
-            for key in (("chat", platform, chat_id), ("user", platform, user_id), ("preset", preset)):
-                turns_of[key] += count
+    turns = failed_turns = 0
+    for status, count in await store.query(
+        "SELECT status, COUNT(*) FROM turns /*sqlite: INDEXED BY idx_turns_started_status*/ "
+        "WHERE started_at >= ? AND started_at < ? AND status != 'refused' GROUP BY status",
+        [to_iso(start), to_iso(end)],
+    ):
+        turns += count
+        failed_turns += count if status in ("failed", "interrupted") else 0
 
-        users = _ranked([
-            sums.spend(f"{p}:{u}", turns_of[("user", p, u)]) for (p, u), sums in by_user.items()
-        ])[:top_users]
-        users = tuple([
-            Spend(s.key, s.dollars, s.calls, s.turns, s.unknown_calls, s.tokens, None,
-                  await _user_name(store, *s.key.split(":", 1)))
-            for s in users
-        ])
+    daily = [DaySpend(days[n], f"{provider}:{model}", t.dollars)
+             for n, (provider, model), t in await totals(store, local_days, ("provider", "model"), turns=False)]
+    daily.sort(key=lambda d: (d.day, d.model))
 
-        # Per model and per user, one short index-only read each (no sort of the whole period).
-        daily: list[DaySpend] = []
-        for provider, model in sorted({(provider, model) for _, provider, model in by_model}):
-            for n, dollars in await store.query(
-                f"SELECT {day_of_row} AS day, {KNOWN_DOLLARS} FROM model_calls "
-                f"{_indexed_by('idx_model_calls_model_spend')} WHERE provider = ? AND model = ? "
-                "AND created_at >= ? AND created_at < ? GROUP BY day ORDER BY day",
-                [*day_starts, provider, model, *span],
-            ):
-                daily.append(DaySpend(days[n], f"{provider}:{model}", dollars))
-        daily.sort(key=lambda d: (d.day, d.model))
-        user_alerts: dict[str, BudgetAlert] = {}
-        if user_day_limit is not None:
-            # A user's local day counts from its midnight, also before the period began.
-            for platform, user_id in by_user:
-                for n, dollars in await store.query(
-                    f"SELECT {day_of_row} AS day, {KNOWN_DOLLARS} FROM model_calls "
-                    f"{_indexed_by('idx_model_calls_user_spend')} WHERE platform = ? AND user_id = ? "
-                    f"AND created_at >= ? AND created_at < ? GROUP BY day HAVING {KNOWN_DOLLARS} >= ?",
-                    [*day_starts, platform, user_id, *whole_days, NEAR_BUDGET * user_day_limit],
-                ):
-                    scope = f"{platform}:{user_id}"
-                    if scope not in user_alerts or user_alerts[scope].spent < dollars:
-                        user_alerts[scope] = BudgetAlert("user_day", scope, dollars, user_day_limit, days[n])
-
-        alerts: list[BudgetAlert] = []
-        if check_chats:
-            if chat_month_default is not None:
-                chats = await store.query("SELECT DISTINCT platform, chat_id FROM sessions")
-            else:
-                chats = [tuple(key.split(":", 1)) for key in channels]
-            for platform, chat_id in chats:
-                # One short read of the (platform, chat_id, created_at, cost_usd) index per chat.
-                dollars = await spent_between(store, month_start, end, platform=platform, chat_id=chat_id)
-                scope = f"{platform}:{chat_id}"
-                limit = getattr(channels.get(scope), "budget_usd_month", None)
-                limit = chat_month_default if limit is None else limit
-                if limit is not None and dollars >= NEAR_BUDGET * limit:
-                    alerts.append(BudgetAlert("chat_month", scope, dollars, limit, (end - _TICK).date()))
+    alerts: list[BudgetAlert] = []
+    if check_chats:
+        if chat_month_default is not None:
+            chats = await store.query("SELECT DISTINCT platform, chat_id FROM sessions")
+        else:
+            chats = [tuple(key.split(":", 1)) for key in channels]
+        month = {g: t.dollars for _, g, t in await totals(store, [(month_start, end)], ("platform", "chat_id"),
+                                                           turns=False)}
+        for platform, chat_id in chats:
+            scope = f"{platform}:{chat_id}"
+            dollars = month.get((platform, chat_id), 0.0)
+            limit = getattr(channels.get(scope), "budget_usd_month", None)
+            limit = chat_month_default if limit is None else limit
+            if limit is not None and dollars >= NEAR_BUDGET * limit:
+                alerts.append(BudgetAlert("chat_month", scope, dollars, limit, (end - _TICK).date()))
+    if user_day_limit is not None:
+        worst: dict[str, BudgetAlert] = {}
+        for n, (platform, user_id), t in await totals(store, local_days, ("platform", "user_id"), turns=False,
+                                                      having_dollars=NEAR_BUDGET * user_day_limit):
+            scope = f"{platform}:{user_id}"
+            if scope not in worst or worst[scope].spent < t.dollars:
+                worst[scope] = BudgetAlert("user_day", scope, t.dollars, user_day_limit, days[n])
         alerts.extend([
             BudgetAlert(a.kind, a.scope, a.spent, a.limit, a.day, await _user_name(store, *a.scope.split(":", 1)))
-            for a in user_alerts.values()
+            for a in worst.values()
         ])
+    previous = sum((t.dollars for _, _, t in await totals(store, [(previous_start, start)], turns=False)), 0.0)
 
-        previous = (await store.query(
-            f"SELECT {KNOWN_DOLLARS} FROM model_calls {_BY_TIME} WHERE created_at >= ? AND created_at < ?",
-            [to_iso(previous_start), to_iso(start)],
-        ))[0][0]
-
-        return Digest(
-            start=start,
-            end=end,
-            timezone=tz.key,
-            dollars=total.dollars,
-            previous_dollars=float(previous),
-            turns=turns,
-            failed_turns=failed_turns,
-            calls=total.calls,
-            unknown_calls=total.unknown,
-            tokens=Tokens(*total.tokens),
-            by_chat=_ranked([s.spend(f"{p}:{c}", turns_of[("chat", p, c)]) for (p, c), s in by_chat.items()]),
-            by_preset=_ranked([s.spend(p, turns_of[("preset", p)]) for p, s in by_preset.items()]),
-            by_model=_ranked([
-                s.spend(f"{provider}:{model}", 0, role=role)
-                for (role, provider, model), s in by_model.items()
-            ]),
-            top_users=users,
-            failed_references=failed_refs,
-            timed_out_references=timed_out_refs,
-            budget_alerts=tuple(sorted(alerts, key=lambda a: (-a.spent / a.limit if a.limit else 0, a.scope))),
-            daily=tuple(daily),
-        )
-
-    return await work()
+    return Digest(
+        start=start,
+        end=end,
+        timezone=tz.key,
+        dollars=overall.dollars,
+        previous_dollars=previous,
+        turns=turns,
+        failed_turns=failed_turns,
+        calls=overall.calls,
+        unknown_calls=overall.unpriced,
+        tokens=tokens_of(overall),
+        by_chat=ranked([spend_of(f"{p}:{c}", t, t.turns) for _, (p, c), t in by_chat]),
+        by_preset=ranked([spend_of(p, t, t.turns) for p, t in fold(mix, lambda g: g[0]).items()]),
+        by_model=ranked([spend_of(f"{m[1]}:{m[2]}", t, 0, role=m[0])
+                         for m, t in fold(mix, lambda g: g[1:4]).items()]),
+        top_users=users,
+        failed_references=refs.get("failed", 0),
+        timed_out_references=refs.get("timeout", 0),
+        budget_alerts=tuple(sorted(alerts, key=lambda a: (-a.spent / a.limit if a.limit else 0, a.scope))),
+        daily=tuple(daily),
+    )
 
 
 async def _user_name(store: Storage, platform: str, user_id: str) -> str | None:

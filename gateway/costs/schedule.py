@@ -27,8 +27,8 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from gateway.costs.budgets import BudgetLimits, ChannelBudgets
 from gateway.costs.digest import Digest, build_digest, digest_chart_png
-from gateway.costs.reports import BudgetLimits, ChannelBudgets
 from gateway.storage import Storage
 from moa_core.clock import Clock
 

@@ -8,15 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gateway.config import BudgetSettings, ChannelSettings
-from gateway.costs.reports import (
-    BudgetLine,
-    Tokens,
-    budget_status,
-    check_budget,
-    cost_report,
-    cost_table,
-    period_bounds,
-)
+from gateway.costs.budgets import BudgetLine, budget_status, check_budget
+from gateway.costs.reports import Tokens, cost_report, cost_table, period_bounds
 from gateway.storage import Storage as Store
 from moa_core.values import CallRecord, Cost, Usage
 from tests.backends import Backend

@@ -36,8 +36,8 @@ from zoneinfo import ZoneInfo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import Figures  # noqa: E402
-from gateway.costs.digest import build_digest, digest_chart_png  # noqa: E402
 from gateway.costs.budgets import check_budget  # noqa: E402
+from gateway.costs.digest import build_digest, digest_chart_png  # noqa: E402
 from gateway.costs.reports import cost_report  # noqa: E402
 from gateway.costs.schedule import cron_trigger, due_period, previous_fire  # noqa: E402
 from gateway.storage import Store, to_iso  # noqa: E402

@@ -161,8 +161,6 @@ async def build_digest(
     by_chat = await totals(store, period, ("platform", "chat_id"))
     by_user = await totals(store, period, ("platform", "user_id"))
     users = ranked([spend_of(f"{p}:{u}", t, t.turns) for _, (p, u), t in by_user])[:top_users]
-    users = tuple([Spend(s.key, s.dollars, s.calls, s.turns, s.unknown_calls, s.tokens, None,
-                         await _user_name(store, *s.key.split(":", 1))) for s in users])
 
     turns = failed_turns = 0
     for status, count in await store.query(
@@ -174,7 +172,7 @@ async def build_digest(
         failed_turns += count if status in ("failed", "interrupted") else 0
 
     daily = [DaySpend(days[n], f"{provider}:{model}", t.dollars)
-             for n, (provider, model), t in await totals(store, local_days, ("provider", "model"), turns=False)]
+             for n, (provider, model), t in await totals(store, local_days, ("provider", "model"), dollars_only=True)]
     daily.sort(key=lambda d: (d.day, d.model))
 
     alerts: list[BudgetAlert] = []
@@ -184,7 +182,7 @@ async def build_digest(
         else:
             chats = [tuple(key.split(":", 1)) for key in channels]
         month = {g: t.dollars for _, g, t in await totals(store, [(month_start, end)], ("platform", "chat_id"),
-                                                           turns=False)}
+                                                           dollars_only=True)}
         for platform, chat_id in chats:
             scope = f"{platform}:{chat_id}"
             dollars = month.get((platform, chat_id), 0.0)
@@ -194,16 +192,18 @@ async def build_digest(
                 alerts.append(BudgetAlert("chat_month", scope, dollars, limit, (end - _TICK).date()))
     if user_day_limit is not None:
         worst: dict[str, BudgetAlert] = {}
-        for n, (platform, user_id), t in await totals(store, local_days, ("platform", "user_id"), turns=False,
+        for n, (platform, user_id), t in await totals(store, local_days, ("platform", "user_id"), dollars_only=True,
                                                       having_dollars=NEAR_BUDGET * user_day_limit):
             scope = f"{platform}:{user_id}"
             if scope not in worst or worst[scope].spent < t.dollars:
                 worst[scope] = BudgetAlert("user_day", scope, t.dollars, user_day_limit, days[n])
-        alerts.extend([
-            BudgetAlert(a.kind, a.scope, a.spent, a.limit, a.day, await _user_name(store, *a.scope.split(":", 1)))
-            for a in worst.values()
-        ])
-    previous = sum((t.dollars for _, _, t in await totals(store, [(previous_start, start)], turns=False)), 0.0)
+        alerts.extend(worst.values())
+    names = await _user_names(store, {s.key for s in users} | {a.scope for a in alerts if a.kind == "user_day"})
+    users = tuple(Spend(s.key, s.dollars, s.calls, s.turns, s.unknown_calls, s.tokens, None, names.get(s.key))
+                  for s in users)
+    alerts = [BudgetAlert(a.kind, a.scope, a.spent, a.limit, a.day, names.get(a.scope)) if a.kind == "user_day"
+              else a for a in alerts]
+    previous = sum((t.dollars for _, _, t in await totals(store, [(previous_start, start)], dollars_only=True)), 0.0)
 
     return Digest(
         start=start,
@@ -228,12 +228,19 @@ async def build_digest(
     )
 
 
-async def _user_name(store: Storage, platform: str, user_id: str) -> str | None:
+async def _user_names(store: Storage, scopes: set[str]) -> dict[str, str]:
+    """The latest name of each "platform:user" (one statement; VALUES columns are column1, 2
+    in both dialects)."""
+    pairs = sorted(tuple(scope.split(":", 1)) for scope in scopes)
+    if not pairs:
+        return {}
     rows = await store.query(
-        "SELECT user_name FROM turns WHERE platform = ? AND user_id = ? ORDER BY started_at DESC LIMIT 1",
-        [platform, user_id],
+        "SELECT v.column1, v.column2, (SELECT t.user_name FROM turns t WHERE t.platform = v.column1 "
+        "AND t.user_id = v.column2 ORDER BY t.started_at DESC LIMIT 1) FROM (VALUES "
+        + ", ".join("(?, ?)" for _ in pairs) + ") AS v",
+        [value for pair in pairs for value in pair],
     )
-    return rows[0][0] if rows and rows[0][0] else None
+    return {f"{platform}:{user_id}": name for platform, user_id, name in rows if name}
 
 
 # Wording and chart --------------------------------------------------------------------------

@@ -141,21 +141,30 @@ def _bucket(moment: datetime, span: str) -> str:
     return to_iso(moment)[: SPAN_WIDTH[span]]
 
 
-_ROLLED = tuple(f"SUM({c})" for c in _SUM_COLUMNS)
-_FIRST_TURN = ("SUM(CASE WHEN EXISTS (SELECT 1 FROM model_calls e WHERE e.turn_id = m.turn_id AND e.id < m.id) "
-               "THEN 0 ELSE 1 END)")
-_FIRST_MODEL = ("SUM(CASE WHEN EXISTS (SELECT 1 FROM model_calls e WHERE e.turn_id = m.turn_id AND e.id < m.id "
-                "AND e.role = m.role AND e.provider = m.provider AND e.model = m.model) THEN 0 ELSE 1 END)")
+# Raw rows' sums, one row at a time, each times its piece's sign (`p.sign`).
+_FIRST_TURN = "CASE WHEN EXISTS (SELECT 1 FROM model_calls e WHERE e.turn_id = m.turn_id AND e.id < m.id) THEN 0 ELSE 1 END"
+_FIRST_MODEL = ("CASE WHEN EXISTS (SELECT 1 FROM model_calls e WHERE e.turn_id = m.turn_id AND e.id < m.id "
+                "AND e.role = m.role AND e.provider = m.provider AND e.model = m.model) THEN 0 ELSE 1 END")
 
 
-def _raw_sums(turns: bool) -> tuple[str, ...]:
-    return ("COUNT(*)", *((_FIRST_TURN, _FIRST_MODEL) if turns else ("0", "0")), "COALESCE(SUM(cost_usd), 0.0)",
-            "SUM(CASE WHEN cost_usd IS NULL AND status != 'skipped' THEN 1 ELSE 0 END)",
-            "SUM(input)", "SUM(cache_read)", "SUM(cache_write)", "SUM(output)", "SUM(reasoning)")
+def _raw_values(turns: bool) -> tuple[str, ...]:
+    return ("1", *((_FIRST_TURN, _FIRST_MODEL) if turns else ("0", "0")), "COALESCE(m.cost_usd, 0.0)",
+            "CASE WHEN m.cost_usd IS NULL AND m.status != 'skipped' THEN 1 ELSE 0 END",
+            "m.input", "m.cache_read", "m.cache_write", "m.output", "m.reasoning")
 
 
-def _select(sums: Sequence[str], sign: int = 1) -> str:
-    return ", ".join(f"{s if sign == 1 else f'-1 * {s}'} AS c{n}" for n, s in enumerate(sums))
+def _signed(values: Sequence[str], keep: Sequence[int]) -> str:
+    return ", ".join(f"p.sign * {values[n]} AS c{n}" for n in keep)
+
+
+def _piece_row(p: Piece) -> str:
+    # Literals, not parameters: our own fixed-width digits (PostgreSQL cannot type parameters in
+    # VALUES), and one statement however many pieces.
+    if p.source == "raw":
+        lo, hi = to_iso(p.start), to_iso(p.end)
+    else:
+        lo, hi = _bucket(p.start, p.source), _bucket(p.end, p.source)
+    return f"('{p.source}', '{lo}', '{hi}', {p.interval}, {p.sign})"
 
 
 async def totals(
@@ -167,54 +176,55 @@ async def totals(
     chat_id: str | None = None,
     user_id: str | None = None,
     turns: bool = True,
+    dollars_only: bool = False,
     having_dollars: float | None = None,
 ) -> list[tuple[int, tuple[Any, ...], Totals]]:
     """Sums of the calls in each interval (aware datetimes, any zone) grouped by `group`
     (model_calls key columns), within a scope (None: any), as (interval number, group values,
     totals) for every group that has calls. `turns=False` skips the first-call flags of raw rows
-    (their cost is a lookup per row); `having_dollars` keeps only groups spending that much."""
+    (their cost is a lookup per row); `dollars_only` sums calls and dollars alone (the rest is
+    0: series want no more); `having_dollars` keeps only groups spending that much.
+
+    One statement: the pieces (`pieces`) are a VALUES list joined with the rollups' key index
+    (grain, span, bucket) and with model_calls' time or scope index. CROSS JOIN makes SQLite
+    loop over the pieces outside (it keeps that order; PostgreSQL reads it as a plain join)."""
     scope = {c: v for c, v in (("platform", platform), ("chat_id", chat_id), ("user_id", user_id)) if v is not None}
     grain = grain_for(set(group) | set(scope))
     plan = pieces(intervals, hourly="hour" in SPANS[grain])
     if not plan:
         return []
-    cols = "".join(f"{c}, " for c in group)
-    where_scope = "".join(f" AND {c} = ?" for c in scope)
-    grouped = f" GROUP BY {', '.join(group)}" if group else ""
+    keep = (0, 3) if dollars_only else tuple(range(len(_SUM_COLUMNS)))
+    rolled = [p for p in plan if p.source != "raw"]
+    raw = [p for p in plan if p.source == "raw"]
     parts: list[str] = []
     params: list[Any] = []
-
-    days = [p for p in plan if p.source == "day"]  # all +, one range per interval: one scan
-    if days:
-        if len(days) == 1:
-            case, case_params, by = f"{days[0].interval}", [], list(group)
-        else:
-            case = "CASE " + "".join(f"WHEN bucket >= ? AND bucket < ? THEN {p.interval} " for p in days) + "END"
-            case_params = [v for p in days for v in (_bucket(p.start, "day"), _bucket(p.end, "day"))]
-            by = ["iv", *group]
-        parts.append(f"SELECT {case} AS iv, {cols}{_select(_ROLLED)} FROM cost_rollups WHERE grain = ? "
-                     f"AND span = 'day' AND bucket >= ? AND bucket < ?{where_scope}"
-                     + (f" GROUP BY {', '.join(by)}" if by else ""))
-        params += [*case_params, grain, _bucket(days[0].start, "day"), _bucket(days[-1].end, "day"), *scope.values()]
-    for p in plan:
-        if p.source == "hour":
-            parts.append(f"SELECT {p.interval} AS iv, {cols}{_select(_ROLLED, p.sign)} FROM cost_rollups "
-                         f"WHERE grain = ? AND span = 'hour' AND bucket >= ? AND bucket < ?{where_scope}{grouped}")
-            params += [grain, _bucket(p.start, "hour"), _bucket(p.end, "hour"), *scope.values()]
-        elif p.source == "raw":
-            hint = "" if scope else " /*sqlite: INDEXED BY idx_model_calls_created_at*/"
-            parts.append(f"SELECT {p.interval} AS iv, {cols}{_select(_raw_sums(turns), p.sign)} FROM model_calls m"
-                         f"{hint} WHERE created_at >= ? AND created_at < ?{where_scope}{grouped}")
-            params += [to_iso(p.start), to_iso(p.end), *scope.values()]
-    outer = ", ".join(f"SUM(c{n})" for n in range(len(_SUM_COLUMNS)))
+    if rolled:
+        parts.append(
+            f"SELECT p.iv AS iv, {''.join(f'r.{c}, ' for c in group)}{_signed([f'r.{c}' for c in _SUM_COLUMNS], keep)} "
+            "FROM rolled p CROSS JOIN cost_rollups r /*sqlite: INDEXED BY cost_rollups_key*/ WHERE r.grain = ? AND r.span = p.source AND r.bucket >= p.lo "
+            "AND r.bucket < p.hi" + "".join(f" AND r.{c} = ?" for c in scope))
+        params += [grain, *scope.values()]
+    if raw:
+        hint = "" if scope else " /*sqlite: INDEXED BY idx_model_calls_created_at*/"
+        parts.append(
+            f"SELECT p.iv AS iv, {''.join(f'm.{c}, ' for c in group)}{_signed(_raw_values(turns), keep)} "
+            f"FROM raw p CROSS JOIN model_calls m{hint} WHERE m.created_at >= p.lo AND m.created_at < p.hi"
+            + "".join(f" AND m.{c} = ?" for c in scope))
+        params += [*scope.values()]
+    ctes = [f"{name} (source, lo, hi, iv, sign) AS (VALUES {', '.join(_piece_row(p) for p in ps)})"
+            for name, ps in (("rolled", rolled), ("raw", raw)) if ps]
+    cols = "".join(f"{c}, " for c in group)
+    outer = ", ".join(f"SUM(c{n})" for n in keep)
     having = " HAVING SUM(c3) >= ?" if having_dollars is not None else ""
-    sql = (f"SELECT iv, {cols}{outer} FROM ({' UNION ALL '.join(parts)}) AS p WHERE iv IS NOT NULL "
+    sql = (f"WITH {', '.join(ctes)} SELECT iv, {cols}{outer} FROM ({' UNION ALL '.join(parts)}) AS x "
            f"GROUP BY {', '.join(['iv', *group])}{having}")
     if having_dollars is not None:
         params.append(having_dollars)
     out = []
     for row in await store.query(sql, params):
-        values = row[1 + len(group):]
+        values: list[Any] = [0] * len(_SUM_COLUMNS)
+        for n, value in zip(keep, row[1 + len(group):], strict=True):
+            values[n] = value
         if not values[0]:
             continue  # everything in it was subtracted again: no calls
         dollars = float(values[3] or 0.0)

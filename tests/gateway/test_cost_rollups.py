@@ -184,3 +184,55 @@ async def test_the_backfill_builds_what_booking_kept(backend: Backend, store: St
         assert a[:11] == b[:11] and a[11:14] == b[11:14] and a[15:] == b[15:]
         assert float(a[14]) == pytest.approx(float(b[14]), abs=1e-12)
     await assert_reconciled(store)
+
+
+def assert_same(got: object, want: object, where: str = "") -> None:
+    """Equal, floats up to rounding (dataclasses, tuples and lists compared field by field)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(want):
+        assert type(got) is type(want), where
+        for f in dataclasses.fields(want):
+            assert_same(getattr(got, f.name), getattr(want, f.name), f"{where}.{f.name}")
+    elif isinstance(want, tuple | list):
+        assert isinstance(got, tuple | list) and len(got) == len(want), (where, got, want)
+        for n, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_same(g, w, f"{where}[{n}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=1e-9), where
+    else:
+        assert got == want, where
+
+
+async def test_every_report_reads_the_same_from_rollups_as_from_rows(store: Storage) -> None:
+    """Property-style over the reports themselves: /moa cost (chat, caller, all), budgets,
+    `moa-gateway costs` and the digest, at random moments in random zones."""
+    from gateway.config import BudgetSettings
+    from gateway.costs.budgets import budget_status
+    from gateway.costs.digest import build_digest
+    from gateway.costs.reports import cost_report, cost_table
+
+    rng = random.Random(21)
+    await book_randomly(store, store.test_clock, rng, turns=45, hours=100)  # type: ignore[attr-defined]
+    budgets = BudgetSettings(per_user_usd_day=0.004, per_chat_usd_month=0.01)
+    for _ in range(6):
+        tz = rng.choice(ZONES)
+        now = T0 + timedelta(minutes=rng.randrange(100 * 60))
+        scope = rng.choice([{}, {"platform": "slack", "chat_id": "c1"}, {"platform": "telegram", "user_id": "u2"}])
+        start = now - timedelta(hours=rng.randrange(1, 100), minutes=rng.randrange(60))
+
+        async def everything(now: datetime, tz: ZoneInfo, scope: dict, start: datetime):  # type: ignore[no-untyped-def]
+            return (
+                [await cost_report(store, period=p, now=now, tz=tz, platform=scope.get("platform"),
+                                   chat_id=scope.get("chat_id"), user_id=scope.get("user_id"))
+                 for p in ("day", "week", "month")],
+                [await cost_table(store, start, by, until=now) for by in ("chat", "user", "preset", "model")],
+                await budget_status(store, budgets, None, "slack", "c1", "u2", now, tz),
+                await build_digest(store, start=start, end=now, tz=tz, budgets=budgets),
+            )
+
+        got = await everything(now, tz, scope, start)
+        with raw_rows_only():
+            want = await everything(now, tz, scope, start)
+        assert_same(got, want, f"{tz} {now} {scope}")
+        assert want[3].calls > 0  # not an empty comparison

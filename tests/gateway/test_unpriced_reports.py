@@ -74,3 +74,24 @@ async def test_partly_priced_spend_reads_as_known_sum_plus_unpriced_everywhere(f
     assert lines[-1].split(maxsplit=1) == ["total", "$0.0004 + 2 unpriced"]
     llama = next(line for line in lines if line.startswith("local:llama-1"))
     assert "unknown (1 unpriced)" in llama and "$0.00 " not in llama
+
+
+async def test_budget_lines_and_refusals_name_the_unpriced_calls(fake, http, tmp_path):
+    """`/moa budget` and a refusal read like every other total: known dollars + N unpriced."""
+    fake.reply("ref-a", Reply(text="Priced advice.", usage={"input": 100, "output": 50}))  # $0.0002
+    fake.reply("agg", Reply(text="The answer.", usage={"input": 100, "output": 50}))  # $0.0002
+    raw = mixed_config(fake, tmp_path / "gw.db")
+    raw["budgets"] = {"per_user_usd_day": 0.0003}
+    gw, chat = await make_gateway(fake, http, tmp_path, raw=raw)
+    await chat.push(chat.message("/moa question"))
+    await gw.idle()
+
+    await chat.push(chat.message("/moa budget"))
+    budget = chat.notices()[-1]
+    assert "your daily budget: $0.0004 + 2 unpriced of $0.0003 spent" in budget
+
+    await chat.push(chat.message("/moa another question"))
+    await gw.idle()
+    refusal = chat.notices()[-1]
+    assert "You have spent $0.0004 + 2 unpriced of your daily budget of $0.0003" in refusal
+    await gw.shutdown()

@@ -11,13 +11,11 @@ two ports against the fake Bot API, one fake model provider:
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
-import psycopg
 import pytest
 
 from adapters.telegram.adapter import RECOVERED_MARK
@@ -35,6 +33,7 @@ from tests.e2e.kit import (
     with_marker,
     write_config,
 )
+from tests.e2e.replica_kit import free_port, pg_rows, start_all
 from tests.fakes.provider_server import Reply
 
 SECRET_ENV, SECRET = "E2E_WEBHOOK_SECRET", "replica-secret_1"
@@ -43,13 +42,6 @@ LEASE_S = 3.0
 # the rest is the turn's notice being sent and slow CI.
 TAKEOVER_BOUND_S = LEASE_S * 1.25 + 5
 FOOTER = " tokens · "
-START_S = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Replica:
@@ -87,20 +79,12 @@ async def replicas(tmp_path: Path, provider, telegram, pg_database, monkeypatch)
                 tables=tables,
             )
             started.append(Replica(GatewayProcess(config, f"replica{index}"), port))
-        await asyncio.gather(*(r.process.start() for r in started))
-        # Start-up only (two interpreters importing the platform SDKs and matplotlib at once can
-        # take long on a loaded machine); what is timed below is bounded separately.
-        await asyncio.gather(*(r.process.wait_logged("moa-gateway running", timeout=START_S) for r in started))
+        await start_all([r.process for r in started])
         return started
 
     yield start
     for replica in started:
         await replica.process.kill()
-
-
-def pg_rows(url: str, sql: str) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql).fetchall()
 
 
 async def test_the_same_update_on_both_replicas_is_answered_once(replicas, provider, telegram, pg_database):

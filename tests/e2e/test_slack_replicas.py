@@ -1,0 +1,105 @@
+"""Two real `moa-gateway run` replicas on one PostgreSQL database, Slack in HTTP mode on two
+ports (what a load balancer spreads Slack's requests over) against the fake Slack Web API: the
+same signed event, and the same slash command, delivered to both replicas (Slack's retry after
+a slow ack, landing on the other replica) are each answered once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+
+from tests.backends import truncate_all
+from tests.e2e.kit import KEY_ENV, GatewayProcess, _toml, wait_until
+from tests.e2e.replica_kit import free_port, pg_rows, start_all
+from tests.fakes.provider_server import Reply
+from tests.fakes.slack_server import BOT_USER_ID, FakeSlack, command_body, event_body, sign
+
+CHANNEL = "C0000000001"
+MEMBER_ID = "U0000000001"
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+SLACK_ENV = {"E2E_SLACK_BOT_TOKEN": "xoxb-e2e", "E2E_SLACK_SIGNING_SECRET": SECRET}
+
+
+@pytest.fixture
+async def slack():
+    server = await FakeSlack(users={MEMBER_ID: "Alice"}).start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def two_replicas(tmp_path: Path, provider, slack, pg_database, monkeypatch):
+    for name, value in SLACK_ENV.items():
+        monkeypatch.setenv(name, value)
+    truncate_all(pg_database)
+    urls, processes = [], []
+    for index in range(2):
+        folder = tmp_path / f"replica{index}"
+        folder.mkdir()
+        port = free_port()
+        config = folder / "moa-gateway.toml"
+        config.write_text(_toml({
+            "gateway": {"database": pg_database, "default_preset": "default", "lease_s": 3.0},
+            "providers.fake": {"api": "openai", "base_url": provider.openai_base, "api_key_env": KEY_ENV,
+                               "max_retries": 0},
+            "presets.default": {"references": ["fake:ref-a", "fake:ref-b"], "aggregator": "fake:agg",
+                                "reference_timeout": 15, "tools": []},
+            "slack": {"bot_token_env": "E2E_SLACK_BOT_TOKEN", "signing_secret_env": "E2E_SLACK_SIGNING_SECRET",
+                      "base_url": slack.base_url, "http_host": "127.0.0.1", "http_port": port,
+                      "http_path": "/slack/events", "edit_interval_s": 0.2, "allowed_chats": [CHANNEL]},
+        }), encoding="utf-8")
+        processes.append(GatewayProcess(config, f"replica{index}"))
+        urls.append(f"http://127.0.0.1:{port}/slack/events")
+    await start_all(processes)
+    yield urls, processes
+    for process in processes:
+        await process.kill()
+
+
+async def post(url: str, body: str, content_type: str, **extra: str) -> int:
+    headers = {**sign(SECRET, body), "Content-Type": content_type, **extra}
+    async with aiohttp.ClientSession() as http, http.post(url, data=body.encode(), headers=headers) as response:
+        return response.status
+
+
+async def test_the_same_event_and_command_on_both_replicas_are_answered_once(two_replicas, provider, slack,
+                                                                             pg_database):
+    (a, b), processes = two_replicas
+
+    def answer(request) -> Reply:
+        asked = request.body["messages"][-1]["content"]
+        return Reply(text="Command answer COMMAND-MARK." if "a command for both" in asked else "Mention answer MENTION-MARK.")
+
+    provider.handler("agg", answer)
+    event = {"type": "app_mention", "user": MEMBER_ID, "text": f"<@{BOT_USER_ID}> a mention for both",
+             "ts": f"{time.time():.6f}", "channel": CHANNEL}
+    body = json.dumps(event_body(event, event_id="EvBoth"))
+    retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    command = urlencode(command_body("a command for both", user_id=MEMBER_ID, channel_id=CHANNEL,
+                                     trigger_id="trig-both", base=slack.base_url))
+    form = "application/x-www-form-urlencoded"
+    statuses = await asyncio.gather(post(a, body, "application/json"), post(b, body, "application/json", **retry),
+                                    post(a, command, form), post(b, command, form))
+    assert statuses == [200, 200, 200, 200]
+
+    def posted(mark: str) -> list[dict]:
+        return [m for m in slack.messages.get(CHANNEL, []) if mark in m["text"]]
+
+    def explain() -> str:
+        return f"{slack.messages.get(CHANNEL)}\n" + "\n".join(p.tail() for p in processes)
+
+    await wait_until(lambda: bool(posted("MENTION-MARK")) and bool(posted("COMMAND-MARK")), "both answers",
+                     explain=explain)
+    await wait_until(lambda: len(pg_rows(pg_database, "SELECT id FROM deliveries WHERE status = 'sent'")) == 2,
+                     "both ledger rows sent", explain=explain)
+    await asyncio.sleep(1.0)  # a second answer, if any, would have come by now
+    assert len(posted("MENTION-MARK")) == 1 and len(posted("COMMAND-MARK")) == 1
+    assert len(posted("asked: /moa a command for both")) == 1  # the command's root message, once too
+    assert len(provider.for_model("agg")) == 2
+    assert pg_rows(pg_database, "SELECT status FROM turns") == [("done",), ("done",)]

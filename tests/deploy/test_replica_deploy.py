@@ -7,13 +7,13 @@ installed, `docker compose config` (which needs no daemon) validates the file to
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from gateway.config import Config, load_config
@@ -28,6 +28,12 @@ REPLICAS = ("replica1", "replica2")
 
 
 def compose() -> dict:
+    try:
+        import yaml
+    except ImportError:  # a virtualenv made before pyyaml joined the [test] extra
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("pyyaml is not installed: pip install -e '.[test]'")
     return yaml.safe_load(COMPOSE.read_text())
 
 

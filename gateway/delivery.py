@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from adapters.contract import Adapter, Answer, ChatRef, Notice, Sent
 from gateway.presentation import answer_footer
-from gateway.storage import Delivery, Storage
+from gateway.storage import Delivery, LeaseLost, Storage
 from moa_core.events import TurnResult
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,9 @@ class Ledger:
                 sent = await adapter.send(delivery.chat, item)
         except asyncio.CancelledError:
             raise
+        except LeaseLost as lost:  # sent meanwhile, or taken over by a replica while this one stalled
+            log.info("delivery %s not sent here: %s", delivery.id, lost)
+            return False
         except Exception:
             log.warning("delivery %s to %s failed; will retry", delivery.id, delivery.chat.platform, exc_info=True)
             await self.store.mark_delivery(delivery.id, "pending")

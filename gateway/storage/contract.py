@@ -158,6 +158,12 @@ class DigestState:
     last_end: datetime | None
 
 
+class LeaseLost(RuntimeError):
+    """This store no longer owns the row: its lease lapsed (the replica stalled) and another
+    replica took the row over, or the row was sent meanwhile. What was about to be written or
+    sent is dropped (see `PostgresStore`; SQLite has one process per file and never raises it)."""
+
+
 class HeldLock(Protocol):
     """A lock taken with `Storage.try_lock`; `stop()` releases it (App.close stops extras)."""
 

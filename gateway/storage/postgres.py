@@ -37,6 +37,7 @@ from gateway.storage.contract import (
     Delivery,
     DigestState,
     HeldLock,
+    LeaseLost,
     TurnRow,
     call_values,
     delivery,
@@ -63,11 +64,6 @@ CONNECT_TIMEOUT_S = 10.0
 
 class StorageUnavailable(RuntimeError):
     """The database cannot be reached or opened; the message says where and why."""
-
-
-class LeaseLost(RuntimeError):
-    """This replica no longer owns the row: its lease lapsed (it stalled) and another replica
-    took the row over. What this replica was about to write or send is dropped."""
 
 
 _MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name", "images")
@@ -421,16 +417,12 @@ class PostgresStore:
         """Move a ledger row on; non-empty `message_ids` replace the ids stored so far.
 
         Fenced: only the row's owner may start sending it, and only while it is unsent — a
-        replica that stalled past its lease gets `LeaseLost` instead of sending what a survivor
-        took over (or already sent); its 'pending' (a failed try) then changes nothing. 'sent'
+        replica that stalled past its lease, or a retry of a row sent meanwhile, gets `LeaseLost`
+        instead of sending it again; its 'pending' (a failed try) then changes nothing. 'sent'
         and 'failed' are recorded whoever reports them: the platform already has the message."""
         require(status, DELIVERY_STATUSES, "delivery status")
         ids = json.dumps(list(message_ids)) if message_ids else None
-        fence = ""
-        if status == "sending":
-            fence = " AND lease_owner = %s AND status IN ('pending', 'sending')"
-        elif status == "pending":
-            fence = " AND lease_owner = %s"
+        fence = " AND lease_owner = %s AND status IN ('pending', 'sending')" if status in ("sending", "pending") else ""
         params = [status, ids, self._now(), delivery_id] + ([self.replica] if fence else [])
         count = await self._rowcount(
             "UPDATE deliveries SET status = %s, message_ids = COALESCE(%s::text, message_ids), updated_at = %s "

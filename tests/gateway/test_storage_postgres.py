@@ -253,3 +253,29 @@ async def test_a_replica_that_stalled_past_its_lease_cannot_finish_what_a_surviv
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_row_sent_while_the_retry_loop_held_it_is_not_sent_again(pg_database: str) -> None:
+    """The retry loop claims a pending row; before it gets to it, the turn's own delivery sends
+    it. The loop's try to start sending is refused, and its failed try leaves the row sent (put
+    back to pending it would be sent a second time)."""
+    from tests.backends import truncate_all
+
+    truncate_all(pg_database)
+    store = await PostgresStore.open(pg_database, FakeClock(T0), max_size=2, auto_renew=False)
+    try:
+        session = await store.active_session("telegram", "1", None)
+        turn = await store.start_turn(session_id=session, platform="telegram", chat_id="1", thread_id=None,
+                                      user_id="u", user_name="U", event_id="e", message_id="m", preset="p",
+                                      prompt="hi")
+        row = await store.complete_turn(turn, status="done", answer="x", cost_usd=None, messages=(),
+                                        delivery=(ChatRef("telegram", "1"), "answer", {"text": "x"}))
+        assert [d.id for d in await store.pending_deliveries()] == [row]  # the loop holds it
+        await store.mark_delivery(row, "sending")  # meanwhile the turn delivers it
+        await store.mark_delivery(row, "sent", ["5"])
+        with pytest.raises(LeaseLost):
+            await store.mark_delivery(row, "sending")
+        await store.mark_delivery(row, "pending")
+        assert await store.pending_deliveries() == []
+    finally:
+        await store.close()

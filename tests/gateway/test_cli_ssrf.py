@@ -33,6 +33,12 @@ def _rebinding(host, port, *args, **kwargs):
 
 
 socket.getaddrinfo = _rebinding
+
+# uvloop (the `fast` extra) resolves in C, past socket.getaddrinfo: keep the process on asyncio's
+# loop so this stand-in is the resolver it asks (the vetting itself is the same on either loop).
+import sys
+
+sys.modules["uvloop"] = None
 '''
 
 

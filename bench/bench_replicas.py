@@ -13,6 +13,9 @@ MOA_TEST_POSTGRES_URL or the one shown).
    final answer delivered minus the engine's run_turn. Two replicas = two Gateways on one
    database, 100 sessions each.
 
+3. Round trips to PostgreSQL of one stored turn (as in 1), counted in libpq's protocol trace:
+   each Sync (extended protocol) or Query (simple protocol) the client sends ends one.
+
 Both replicas run in this one process (one event loop, one core): the two-replica figures show
 what sharing one database costs (leases, unique keys, per-session ordering), not the capacity a
 second machine adds.
@@ -33,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
+from psycopg import pq, sql  # noqa: E402
 from psycopg.conninfo import make_conninfo  # noqa: E402
 
 from bench.bench_gateway import TimedAdapter, stored_turn  # noqa: E402
@@ -43,6 +46,7 @@ from gateway.config import AccessRules, PlatformSection, parse_config  # noqa: E
 from gateway.heap import settle_heap  # noqa: E402
 from gateway.service import Gateway  # noqa: E402
 from gateway.storage import Storage, open_store  # noqa: E402
+from gateway.storage.postgres import PostgresStore  # noqa: E402
 from moa_core.clock import SystemClock  # noqa: E402
 from moa_core.engine import MoaEngine  # noqa: E402
 from moa_core.providers.client import ProviderClient  # noqa: E402
@@ -120,6 +124,25 @@ async def sessions(directory: Path, database: str, url: str, replicas: int) -> t
         await http.aclose()
 
 
+async def round_trips(database: str) -> int:
+    """Round trips of one stored turn on one connection, from libpq's trace of what it sent."""
+    store = await PostgresStore.open(database, SystemClock(), max_size=1, auto_renew=False)
+    try:
+        await stored_turn(store, 10_000)  # the session exists, as for a chat's later turns
+        with tempfile.TemporaryFile("w+") as trace:
+            async with store._pool.connection() as conn:
+                conn.pgconn.trace(trace.fileno())
+                conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            await stored_turn(store, 10_000)
+            async with store._pool.connection() as conn:
+                conn.pgconn.untrace()
+            trace.seek(0)
+            sent = [line.split("\t") for line in trace.read().splitlines() if line.startswith("F")]
+        return sum(1 for fields in sent if len(fields) > 2 and fields[2].strip() in ("Sync", "Query"))
+    finally:
+        await store.close()
+
+
 def scratch_database(server: str) -> tuple[str, str]:
     name = f"moa_bench_{os.getpid()}_{secrets.token_hex(3)}"
     with psycopg.connect(server, autocommit=True) as conn:
@@ -169,6 +192,10 @@ async def main(as_json: bool, server: str) -> None:
                 figures[f"{label}_added_p95_ms_{SESSIONS}"] = p95
                 print(f"{label:>6}: {rate:6.0f} stored turns/s (50 at a time); {SESSIONS} sessions: gateway-added "
                       f"p50 {p50:.0f} ms, p95 {p95:.0f} ms")
+            truncate(pg)
+            trips = await round_trips(pg)
+            figures["pg_round_trips_per_stored_turn"] = trips
+            print(f"PostgreSQL round trips per stored turn: {trips}")
     finally:
         process.stdin.close()
         process.wait(timeout=10)

@@ -96,37 +96,29 @@ def _insert(table: str, values: dict[str, Any]) -> tuple[str, list[Any]]:
     return f"INSERT INTO {table} ({columns}) VALUES ({marks}) RETURNING id", list(values.values())
 
 
-async def _insert_many(conn: psycopg.AsyncConnection, table: str, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    columns = list(rows[0])
-    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
-    async with conn.cursor() as cursor:
-        await cursor.executemany(sql, [[row[c] for c in columns] for row in rows])
-
-
-async def _insert_calls(conn: psycopg.AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Model-call rows and their cost rollups, in the caller's transaction. The turns' rows are
-    locked first, so that two transactions booking calls of one turn agree on its first call
-    (the rollups' turn counts); the upsert itself is atomic per rollup row."""
-    turn_ids = sorted({row["turn_id"] for row in rows})
-    await conn.execute("SELECT id FROM turns WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [turn_ids])
-    cursor = await conn.execute(postgres_dialect(rollups.prior_models_sql(len(turn_ids))), turn_ids)
-    prior = await cursor.fetchall()
-    await _insert_many(conn, "model_calls", rows)
-    async with conn.cursor() as upserts:
-        await upserts.executemany(postgres_dialect(rollups.UPSERT), rollups.rollup_rows(rows, prior))
-
-
-async def _turn_columns(conn: psycopg.AsyncConnection, turn_id: int) -> dict[str, Any]:
-    async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(
-            "SELECT id, session_id, platform, chat_id, user_id, preset FROM turns WHERE id = %s", [turn_id]
-        )
-        row = await cursor.fetchone()
-    if row is None:
-        raise KeyError(f"no turn {turn_id}")
-    return row
+async def _book(conn: psycopg.AsyncConnection, calls: Sequence[tuple[int, CallRecord]], at: str) -> None:
+    """Model-call rows of one or more turns and their cost rollups, in ONE transaction and two
+    round trips (pipeline mode): BEGIN, the turns' columns and the models they already booked;
+    then the rows, the rollup upserts and COMMIT. The turns' rows are locked (FOR UPDATE, in id
+    order) before the prior models are read, so that two transactions booking calls of one turn
+    agree on its first call (the rollups' turn counts); the upsert itself is atomic per row."""
+    turn_ids = sorted({turn_id for turn_id, _ in calls})
+    async with conn.pipeline(), conn.transaction():
+        columns = conn.cursor(row_factory=dict_row)
+        await columns.execute("SELECT id, session_id, platform, chat_id, user_id, preset FROM turns "
+                              "WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [turn_ids])
+        prior = await conn.execute(postgres_dialect(rollups.prior_models_sql(len(turn_ids))), turn_ids)
+        turns = {row["id"]: row for row in await columns.fetchall()}  # the first round trip
+        booked = await prior.fetchall()
+        if missing := [t for t in turn_ids if t not in turns]:
+            raise KeyError(f"no turn {missing[0]}")
+        rows = [call_values(turns[turn_id], call, at) for turn_id, call in calls]
+        names = list(rows[0])
+        async with conn.cursor() as cursor:
+            await cursor.executemany(
+                f"INSERT INTO model_calls ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})",
+                [[row[c] for c in names] for row in rows])
+            await cursor.executemany(postgres_dialect(rollups.UPSERT), rollups.rollup_rows(rows, booked))
 
 
 async def check_connection(url: str, *, password: str | None = None) -> str:
@@ -327,12 +319,8 @@ class PostgresStore:
 
     async def record_calls(self, turn_id: int, calls: Sequence[CallRecord]) -> None:
         """Store model calls of a turn, with the turn's chat, user and preset copied onto each."""
-        if not calls:
-            return
-        at = self._now()
-        async with self._connection() as conn, conn.transaction():
-            turn = await _turn_columns(conn, turn_id)
-            await _insert_calls(conn, [call_values(turn, call, at) for call in calls])
+        if calls:
+            await self.book_calls([(turn_id, call) for call in calls])
 
     async def book_calls(self, calls: Sequence[tuple[int, CallRecord]]) -> None:
         """Store model calls of one or more turns, given as (turn id, call), in ONE transaction,
@@ -340,14 +328,8 @@ class PostgresStore:
         if not calls:
             return
         at = self._now()
-        async with self._connection() as conn, conn.transaction():
-            turns: dict[int, dict[str, Any]] = {}
-            rows = []
-            for turn_id, call in calls:
-                if turn_id not in turns:
-                    turns[turn_id] = await _turn_columns(conn, turn_id)
-                rows.append(call_values(turns[turn_id], call, at))
-            await _insert_calls(conn, rows)
+        async with self._connection() as conn:
+            await _book(conn, calls, at)
 
     async def complete_turn(self, turn_id: int, *, status: str, answer: str | None, cost_usd: float | None,
                             messages: Sequence[Message], delivery: tuple[ChatRef, str, dict] | None,

@@ -74,7 +74,8 @@ Command = Ask | ListPresets | ShowDefault | SetDefault | ResetDefault | ShowCost
 
 # "/moa" or "/moa@BotName", then whitespace or the end.
 _HEAD = re.compile(r"^\s*/moa(?:@(?P<bot>[A-Za-z0-9_]+))?(?=\s|$)", re.IGNORECASE)
-_PRESET = re.compile(r"[A-Za-z0-9_.:-]+")
+PRESET_NAME = r"[A-Za-z0-9_.:-]+"  # what `+name` may be (also read by the gateway's file captions)
+_PRESET = re.compile(PRESET_NAME)
 _PERIODS = ("day", "week", "month")
 
 

@@ -28,6 +28,7 @@ from gateway.attachments import AttachmentIntake, Prepared
 from gateway.booking import CallBook, Reservations, run_booked_turn
 from gateway.commands import (
     LONE_SURROGATE,
+    PRESET_NAME,
     Ask,
     Command,
     Help,
@@ -599,7 +600,7 @@ class Gateway:
         self._start_lanes(await self._recover_unfinished_turns())
 
 
-_BARE_MOA = re.compile(r"/moa(@\w+)?(\s+\+(?P<preset>[A-Za-z0-9_.:-]+))?", re.IGNORECASE)
+_BARE_MOA = re.compile(rf"/moa(@\w+)?(\s+\+(?P<preset>{PRESET_NAME}))?", re.IGNORECASE)
 _EMPTY_TEXT = "Your message is empty. Send me a question, or /moa help to see what I can do."
 _INCOMPLETE_MARK = "⚠️ _Incomplete: the answer was cut off here._"
 

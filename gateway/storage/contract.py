@@ -231,7 +231,9 @@ class Storage(Protocol):
         ...
     async def wait_turns_ahead(self, session_id: int, turn_id: int) -> None:
         """Return once no earlier turn of this session is unfinished, on any replica (a dead
-        replica's are interrupted by the takeover). SQLite: at once (the lanes order turns)."""
+        replica's are interrupted by the takeover). SQLite: at once (the lanes order turns).
+        PostgreSQL: a turn asked to run that `start_turn` stored queued (a turn of another
+        replica was unfinished) is begun (`begin_turn`) before this returns."""
         ...
     async def turn(self, turn_id: int) -> TurnRow | None: ...
 

@@ -150,6 +150,8 @@ class PostgresStore:
         self.takeover_every_s = max(0.2, lease_s / 4)
         self._renewer: asyncio.Task | None = None
         self._conninfo = url
+        # Turns asked to run that start_turn stored queued (see there); begun by wait_turns_ahead.
+        self._deferred: set[int] = set()
 
     @classmethod
     async def open(cls, url: str, clock: Clock, *, password: str | None = None, max_size: int = POOL_MAX,
@@ -279,24 +281,50 @@ class PostgresStore:
     async def start_turn(self, *, session_id: int, platform: str, chat_id: str, thread_id: str | None,
                          user_id: str, user_name: str, event_id: str, message_id: str, preset: str,
                          prompt: str, queued: bool = False, images: Sequence[ImagePart] = ()) -> int:
-        """Record a turn (see `Store.start_turn`): a running one with its user message, in one
-        statement; a queued one alone, its message added by `begin_turn`."""
+        """Record a turn (see `Store.start_turn`): a running one with its user message, a queued
+        one alone, its message added by `begin_turn`.
+
+        One turn at a time per session across replicas rests on two things done here, in one
+        transaction and one round trip (pipeline mode). The session's row is locked first (FOR
+        NO KEY UPDATE: it does not block the foreign-key checks of other writes), so turns of a
+        session take their ids in commit order and a turn's `wait_turns_ahead` sees every turn
+        with a lower id. Then a turn asked to run while another replica has an unfinished turn
+        of the session (one `busy_elsewhere` could not see yet: it was not committed) is stored
+        queued instead, so that its question does not enter the history of the turn ahead;
+        `wait_turns_ahead` begins it once its turn comes."""
         at = self._now()
         values = turn_values(
             session_id=session_id, platform=platform, chat_id=chat_id, thread_id=thread_id, user_id=user_id,
             user_name=user_name, event_id=event_id, message_id=message_id, preset=preset, prompt=prompt,
             queued=queued, at=at, images=images, lease=self._lease(),
         )
-        insert, params = _insert("turns", values)
-        if not queued:
-            # One statement is one transaction: the turn and its user message, one round trip.
+        if queued:
+            insert, params = _insert("turns", values)
+            insert += ", status"
+        else:
+            del values["status"]
             user = message_values(session_id, None, Message("user", prompt, images=tuple(images)), at)
             del user["turn_id"]
-            insert = (f"WITH t AS ({insert}) INSERT INTO messages (turn_id, {', '.join(user)}) "
-                      f"SELECT t.id, {', '.join(['%s'] * len(user))} FROM t RETURNING turn_id")
-            params += list(user.values())
-        row = await self._one(insert, params)
+            insert = (
+                "WITH ahead AS (SELECT EXISTS (SELECT 1 FROM turns WHERE session_id = %s AND status IN "
+                "('queued', 'running') AND lease_owner IS DISTINCT FROM %s) AS busy), "
+                f"t AS (INSERT INTO turns ({', '.join(values)}, status) SELECT {', '.join(['%s'] * len(values))}, "
+                "CASE WHEN ahead.busy THEN 'queued' ELSE 'running' END FROM ahead RETURNING id, status), "
+                f"m AS (INSERT INTO messages (turn_id, {', '.join(user)}) "
+                f"SELECT t.id, {', '.join(['%s'] * len(user))} FROM t WHERE t.status = 'running') "
+                "SELECT id, status FROM t")
+            params = [session_id, self.replica, *values.values(), *user.values()]
+        async with self._connection() as conn:
+            async with conn.pipeline():
+                # No Sync between the two statements: they are one implicit transaction,
+                # committed by the Sync that ends the pipeline; each has its own snapshot, so
+                # the INSERT sees the turns committed while the lock was awaited.
+                await conn.execute("SELECT 1 FROM sessions WHERE id = %s FOR NO KEY UPDATE", [session_id])
+                cursor = await conn.execute(insert, params)
+            row = await cursor.fetchone()  # read after the commit
         assert row is not None
+        if row[1] == "queued" and not queued:
+            self._deferred.add(row[0])
         return row[0]
 
     async def begin_turn(self, turn_id: int) -> None:
@@ -338,6 +366,7 @@ class PostgresStore:
         round trip, all or nothing. Fenced: a turn another replica took over (this one stalled
         past its lease) is left as that replica made it, and None is returned (nothing to send)."""
         require(status, TURN_STATUSES, "turn status")
+        self._deferred.discard(turn_id)
         at = self._now()
         owner, until = self._lease()
         params: list[Any] = [status, answer, cost_usd, error, at, turn_id, owner]
@@ -371,6 +400,8 @@ class PostgresStore:
     async def mark_turn(self, turn_id: int, status: str, error: str | None = None) -> None:
         """Set a turn's status; stamps `finished_at` unless running. Fenced as `complete_turn`."""
         require(status, TURN_STATUSES, "turn status")
+        if status != "running":
+            self._deferred.discard(turn_id)
         at = None if status == "running" else self._now()
         await self._rowcount(
             "UPDATE turns SET status = %s, error = COALESCE(%s::text, error), finished_at = %s "
@@ -499,14 +530,19 @@ class PostgresStore:
         return bool(row and row[0])
 
     async def wait_turns_ahead(self, session_id: int, turn_id: int, poll_s: float = 0.1) -> None:
-        """Ids come from one sequence, so id order is the order turns reached the database."""
+        """Ids of a session's turns are taken under its row lock (`start_turn`), so id order is
+        the order turns reached the database and every lower id is visible here. A turn that
+        `start_turn` stored queued though it was asked to run is begun before this returns."""
         while True:
             row = await self._one(
                 "SELECT EXISTS (SELECT 1 FROM turns WHERE session_id = %s AND id < %s "
                 "AND status IN ('queued', 'running'))", [session_id, turn_id])
             if not (row and row[0]):
-                return
+                break
             await asyncio.sleep(poll_s)
+        if turn_id in self._deferred:
+            self._deferred.discard(turn_id)
+            await self.begin_turn(turn_id)
 
     async def try_lock(self, name: str) -> HeldLock | None:
         """A session-level advisory lock on a connection of its own (not the pool's): held

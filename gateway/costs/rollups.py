@@ -164,7 +164,15 @@ def _piece_row(p: Piece) -> str:
         lo, hi = to_iso(p.start), to_iso(p.end)
     else:
         lo, hi = _bucket(p.start, p.source), _bucket(p.end, p.source)
-    return f"('{p.source}', '{lo}', '{hi}', {p.interval}, {p.sign})"
+    return f"('{lo}', '{hi}', {p.interval}, {p.sign})"
+
+
+def _rollup_index(scope: dict[str, str]) -> str:
+    """The index that seeks a scope's rollups: one chat's or one user's (then the bucket range),
+    else the key index (grain, span, bucket)."""
+    if "platform" in scope and "chat_id" in scope:
+        return "cost_rollups_chat"
+    return "cost_rollups_user" if "platform" in scope and "user_id" in scope else "cost_rollups_key"
 
 
 async def totals(
@@ -185,34 +193,41 @@ async def totals(
     (their cost is a lookup per row); `dollars_only` sums calls and dollars alone (the rest is
     0: series want no more); `having_dollars` keeps only groups spending that much.
 
-    One statement: the pieces (`pieces`) are a VALUES list joined with the rollups' key index
-    (grain, span, bucket) and with model_calls' time or scope index. CROSS JOIN makes SQLite
-    loop over the pieces outside (it keeps that order; PostgreSQL reads it as a plain join)."""
+    One statement: the pieces (`pieces`) are VALUES lists, one per source, joined with the
+    rollups' key index (grain, span, bucket) or scope index (grain, span, platform, chat or user,
+    bucket), and with model_calls' time or scope index. CROSS JOIN makes SQLite loop over the
+    pieces outside (it keeps that order; PostgreSQL reads it as a plain join)."""
     scope = {c: v for c, v in (("platform", platform), ("chat_id", chat_id), ("user_id", user_id)) if v is not None}
     grain = grain_for(set(group) | set(scope))
     plan = pieces(intervals, hourly="hour" in SPANS[grain])
     if not plan:
         return []
     keep = (0, 3) if dollars_only else tuple(range(len(_SUM_COLUMNS)))
-    rolled = [p for p in plan if p.source != "raw"]
-    raw = [p for p in plan if p.source == "raw"]
     parts: list[str] = []
     params: list[Any] = []
-    if rolled:
-        parts.append(
-            f"SELECT p.iv AS iv, {''.join(f'r.{c}, ' for c in group)}{_signed([f'r.{c}' for c in _SUM_COLUMNS], keep)} "
-            "FROM rolled p CROSS JOIN cost_rollups r /*sqlite: INDEXED BY cost_rollups_key*/ WHERE r.grain = ? AND r.span = p.source AND r.bucket >= p.lo "
-            "AND r.bucket < p.hi" + "".join(f" AND r.{c} = ?" for c in scope))
-        params += [grain, *scope.values()]
-    if raw:
-        hint = "" if scope else " /*sqlite: INDEXED BY idx_model_calls_created_at*/"
-        parts.append(
-            f"SELECT p.iv AS iv, {''.join(f'm.{c}, ' for c in group)}{_signed(_raw_values(turns), keep)} "
-            f"FROM raw p CROSS JOIN model_calls m{hint} WHERE m.created_at >= p.lo AND m.created_at < p.hi"
-            + "".join(f" AND m.{c} = ?" for c in scope))
+    ctes: list[str] = []
+    for source in ("day", "hour", "raw"):
+        ps = [p for p in plan if p.source == source]
+        if not ps:
+            continue
+        ctes.append(f"{source}s (lo, hi, iv, sign) AS (VALUES {', '.join(_piece_row(p) for p in ps)})")
+        if source == "raw":
+            hint = "" if scope else " /*sqlite: INDEXED BY idx_model_calls_created_at*/"
+            parts.append(
+                f"SELECT p.iv AS iv, {''.join(f'm.{c}, ' for c in group)}{_signed(_raw_values(turns), keep)} "
+                f"FROM raws p CROSS JOIN model_calls m{hint} WHERE m.created_at >= p.lo AND m.created_at < p.hi"
+                + "".join(f" AND m.{c} = ?" for c in scope))
+        else:
+            # The span is a literal, so rollups join the pieces by a bucket range alone: with an
+            # equality join (`r.span = p.source`) SQLite may build a Bloom filter on (grain, span),
+            # which reads the whole table first.
+            parts.append(
+                f"SELECT p.iv AS iv, {''.join(f'r.{c}, ' for c in group)}"
+                f"{_signed([f'r.{c}' for c in _SUM_COLUMNS], keep)} FROM {source}s p CROSS JOIN cost_rollups r "
+                f"/*sqlite: INDEXED BY {_rollup_index(scope)}*/ WHERE r.grain = ? AND r.span = '{source}' "
+                "AND r.bucket >= p.lo AND r.bucket < p.hi" + "".join(f" AND r.{c} = ?" for c in scope))
+            params.append(grain)
         params += [*scope.values()]
-    ctes = [f"{name} (source, lo, hi, iv, sign) AS (VALUES {', '.join(_piece_row(p) for p in ps)})"
-            for name, ps in (("rolled", rolled), ("raw", raw)) if ps]
     cols = "".join(f"{c}, " for c in group)
     outer = ", ".join(f"SUM(c{n})" for n in keep)
     having = " HAVING SUM(c3) >= ?" if having_dollars is not None else ""

@@ -23,15 +23,14 @@ from gateway.costs.budgets import BudgetKind, BudgetLimits, ChannelBudgets
 from gateway.costs.chart import spend_chart_png
 from gateway.costs.reports import (
     Spend,
-    Tokens,
     fold,
     local_midnight,
     period_bounds,
     ranked,
     spend_of,
-    tokens_of,
 )
-from gateway.costs.rollups import Totals, totals
+from gateway.costs.rollups import totals
+from gateway.costs.values import Tokens, Totals
 from gateway.storage import Storage, to_iso
 
 log = logging.getLogger(__name__)
@@ -215,7 +214,7 @@ async def build_digest(
         failed_turns=failed_turns,
         calls=overall.calls,
         unknown_calls=overall.unpriced,
-        tokens=tokens_of(overall),
+        tokens=overall.tokens,
         by_chat=ranked([spend_of(f"{p}:{c}", t, t.turns) for _, (p, c), t in by_chat]),
         by_preset=ranked([spend_of(p, t, t.turns) for p, t in fold(mix, lambda g: g[0]).items()]),
         by_model=ranked([spend_of(f"{m[1]}:{m[2]}", t, 0, role=m[0])

@@ -1,6 +1,6 @@
 """Spend of model calls over local periods: `/moa cost` reports (`cost_report`) and the tables of
-`moa-gateway costs` (`cost_table`), with the values they are made of (`Tokens`, `Spend`,
-`CostReport`) and the periods themselves (`period_bounds`).
+`moa-gateway costs` (`cost_table`), with the values they are made of (`Spend`, `CostReport`;
+`Tokens` and `Totals` live in `gateway.costs.values`) and the periods themselves (`period_bounds`).
 
 Sums come from the cost rollups plus the raw rows at a period's edges (`gateway.costs.rollups`),
 so a report costs the same over a day or a year of history. Dollars are the sum of *known*
@@ -22,7 +22,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from gateway.costs.rollups import Totals, total, totals
+from gateway.costs.rollups import total, totals
+from gateway.costs.values import Tokens, Totals
 from gateway.storage import Storage, to_iso
 
 Period = Literal["day", "week", "month"]
@@ -31,31 +32,6 @@ GroupBy = Literal["chat", "user", "preset", "model"]
 PERIODS: tuple[Period, ...] = ("day", "week", "month")
 # Everything of `moa-gateway costs` (and more), far in the future: "until now" without a clock.
 _OPEN_END = datetime(9000, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    """The five token counts of a set of calls (`reasoning` is a part of `output`)."""
-
-    input: int = 0
-    cache_read: int = 0
-    cache_write: int = 0
-    output: int = 0
-    reasoning: int = 0
-
-    def __add__(self, other: Tokens) -> Tokens:
-        return Tokens(
-            self.input + other.input,
-            self.cache_read + other.cache_read,
-            self.cache_write + other.cache_write,
-            self.output + other.output,
-            self.reasoning + other.reasoning,
-        )
-
-    @property
-    def total(self) -> int:
-        """Tokens read and written (reasoning is already inside output)."""
-        return self.input + self.cache_read + self.cache_write + self.output
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +130,8 @@ def period_bounds(period: Period, now: datetime, tz: ZoneInfo) -> tuple[datetime
 # Sums -------------------------------------------------------------------------------------
 
 
-def tokens_of(t: Totals) -> Tokens:
-    return Tokens(t.input, t.cache_read, t.cache_write, t.output, t.reasoning)
-
-
 def spend_of(key: str, t: Totals, turns: int, *, role: str | None = None, label: str | None = None) -> Spend:
-    return Spend(key, t.dollars, t.calls, turns, t.unpriced, tokens_of(t), role, label)
+    return Spend(key, t.dollars, t.calls, turns, t.unpriced, t.tokens, role, label)
 
 
 def ranked(spends: list[Spend]) -> tuple[Spend, ...]:
@@ -226,7 +198,7 @@ async def cost_report(
     return CostReport(
         period=period, start=start, end=end, platform=platform, chat_id=chat_id, user_id=user_id,
         dollars=overall.dollars, turns=int(turns), calls=overall.calls, unknown_calls=overall.unpriced,
-        tokens=tokens_of(overall), by_preset=ranked(by_preset), by_model=ranked(by_model),
+        tokens=overall.tokens, by_preset=ranked(by_preset), by_model=ranked(by_model),
     )
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from gateway.costs.values import Tokens, Totals
 from gateway.storage import Storage, to_iso
 from gateway.storage.rollups import GRAINS, SPAN_WIDTH, SPANS
 
@@ -51,30 +52,6 @@ def raw_rows_only() -> Iterator[None]:
         yield
     finally:
         _RAW_ONLY.reset(token)
-
-
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """Sums of a set of calls. `turns` counts the calls that were their turn's first,
-    `model_turns` those first of their turn for their role, provider and model."""
-
-    calls: int = 0
-    turns: int = 0
-    model_turns: int = 0
-    dollars: float = 0.0
-    unpriced: int = 0
-    input: int = 0
-    cache_read: int = 0
-    cache_write: int = 0
-    output: int = 0
-    reasoning: int = 0
-
-    def __add__(self, other: Totals) -> Totals:
-        return Totals(*(a + b for a, b in zip(self.values(), other.values(), strict=True)))
-
-    def values(self) -> tuple[Any, ...]:
-        return (self.calls, self.turns, self.model_turns, self.dollars, self.unpriced, self.input,
-                self.cache_read, self.cache_write, self.output, self.reasoning)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +222,7 @@ async def totals(
         dollars = float(values[3] or 0.0)
         out.append((int(row[0]), tuple(row[1:1 + len(group)]), Totals(
             int(values[0]), int(values[1] or 0), int(values[2] or 0), 0.0 if abs(dollars) < 1e-12 else dollars,
-            *(int(v or 0) for v in values[4:]))))
+            int(values[4] or 0), Tokens(*(int(v or 0) for v in values[5:])))))
     return out
 
 

@@ -1,10 +1,12 @@
 """The gateway's SQLite store: sessions, history, turns, model calls, settings and the ledger.
 
-One dedicated thread owns the connection (sqlite3 connections are bound to the thread that made
-them): the `sqlite_utils.Database` is created inside a one-worker `ThreadPoolExecutor` and every
-call is a function sent there with `loop.run_in_executor`. Calls are therefore serialised, and
-a function sent there runs alone, so a read-then-write needs no lock. Writes that must be
-all-or-nothing (a finished turn with its messages and ledger row) run in one `db.atomic()`.
+Two threads own the file's two connections (sqlite3 connections are bound to the thread that
+made them; see `gateway.storage.sqlite_threads`): every write is a function queued to the writer
+thread, which runs whatever is queued as one transaction (a SAVEPOINT per write, one COMMIT:
+group commit) and resolves the callers once it has committed; reads go to a reader thread on a
+read-only connection and never wait behind writes (WAL). Writes are serialised, and a function
+sent to the writer runs alone, so a read-then-write inside it needs no lock; what must be
+all-or-nothing (a finished turn with its messages and ledger row) is one write function.
 
 Times come from the injected clock (or are passed in, aware) and are stored as UTC ISO-8601
 text of fixed width, so comparing the text compares the times.
@@ -12,11 +14,8 @@ text of fixed width, so comparing the text compares the times.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -52,78 +51,40 @@ from gateway.storage.contract import delivery as _delivery
 from gateway.storage.contract import message as _message
 from gateway.storage.contract import message_values as _message_row
 from gateway.storage.contract import turn_row as _turn_row
-from gateway.storage.migrations import migrations
+from gateway.storage.sqlite_connect import (
+    BUSY_TIMEOUT_MS,
+    DatabaseBusy,
+    connect_reader,
+    connect_writer,
+    dict_rows,
+    insert_row,
+    insert_rows,
+)
+from gateway.storage.sqlite_threads import DbThread, run_reads, run_writes
 from moa_core.clock import Clock
 from moa_core.values import CallRecord, ImagePart, Message
 
 T = TypeVar("T")
 
-BUSY_TIMEOUT_MS = 10_000
-
-
-class DatabaseBusy(RuntimeError):
-    """Another process held the database's write lock for longer than the busy timeout."""
-
-
-def _connect(path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite_utils.Database:
-    """Open (creating) the file, set the connection up and bring the schema up to date.
-
-    Two processes may open one file at once (a second gateway, `ask` beside `run`): each waits
-    up to the busy timeout for the other's write lock, and the migrations run under one
-    IMMEDIATE transaction so that only one process applies them and the other then finds them
-    applied (else both apply m001 and one fails with "database is locked" or "no such index")."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite_utils.Database(path, execute_plugins=False)
-    try:
-        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        db.enable_wal()
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("PRAGMA foreign_keys = ON")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            migrations.apply(db)
-        except BaseException:
-            db.conn.rollback()
-            raise
-        db.execute("COMMIT")
-    except sqlite3.OperationalError as error:
-        db.close()
-        if "locked" in str(error) or "busy" in str(error):
-            raise DatabaseBusy(
-                f"{path}: the database is locked by another process (is another moa-gateway running on "
-                f"this file?); waited {busy_timeout_ms / 1000:g} s"
-            ) from None
-        raise
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _inserted_id(table: sqlite_utils.db.Table) -> int:
-    if table.last_rowid is None:
-        raise RuntimeError(f"insert into {table.name} returned no row id")
-    return int(table.last_rowid)
+_connect = connect_writer  # the name tests and older callers use
 
 
 def _open_session(db: sqlite_utils.Database, platform: str, chat_id: str, thread: str, at: str) -> int:
-    table = db.table("sessions").insert(
-        {"platform": platform, "chat_id": chat_id, "thread_id": thread, "started_at": at, "closed_at": None}
-    )
-    return _inserted_id(table)
+    return insert_row(db.conn, "sessions", {"platform": platform, "chat_id": chat_id, "thread_id": thread,
+                                            "started_at": at, "closed_at": None})
 
 
 def _find_open_session(db: sqlite_utils.Database, platform: str, chat_id: str, thread: str) -> int | None:
-    row = db.execute(
+    row = db.conn.execute(
         "SELECT id FROM sessions WHERE platform = ? AND chat_id = ? AND thread_id = ? AND closed_at IS NULL",
-        [platform, chat_id, thread],
+        (platform, chat_id, thread),
     ).fetchone()
     return row[0] if row else None
 
 
 class Store:
-    """Async access to the gateway's SQLite file through one dedicated thread (the embedded
-    backend of `gateway.storage.contract.Storage`)."""
+    """Async access to the gateway's SQLite file through a writer and a reader thread (the
+    embedded backend of `gateway.storage.contract.Storage`)."""
 
     backend = "sqlite"
 
@@ -131,11 +92,11 @@ class Store:
     # are always of a process that has ended (see the contract).
     takeover_every_s = 60.0
 
-    def __init__(self, executor: ThreadPoolExecutor, db: sqlite_utils.Database, clock: Clock, path: Path,
+    def __init__(self, writer: DbThread, reader: DbThread, clock: Clock, path: Path,
                  lease_s: float = DEFAULT_LEASE_S):
-        # Use `Store.open`; `db` must only ever be touched from `executor`'s thread.
-        self._executor = executor
-        self._db = db
+        # Use `Store.open`.
+        self._writer = writer
+        self._reader = reader
         self._clock = clock
         self.path = path
         self._closed = False
@@ -143,34 +104,45 @@ class Store:
         self.lease_s = lease_s
 
     @classmethod
-    async def open(cls, path: str | Path, clock: Clock, *, lease_s: float = DEFAULT_LEASE_S) -> Store:
+    async def open(cls, path: str | Path, clock: Clock, *, lease_s: float = DEFAULT_LEASE_S,
+                   busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Store:
         """Open or create the database file and apply pending migrations."""
         path = Path(path)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-db")
-        loop = asyncio.get_running_loop()
+        writer = DbThread("moa-db", lambda: connect_writer(str(path), busy_timeout_ms), run_writes)
+        await writer.start()
+        # Opened once the writer has migrated the file and put it in WAL mode.
+        reader = DbThread("moa-db-read", lambda: connect_reader(str(path), busy_timeout_ms), run_reads)
         try:
-            db = await loop.run_in_executor(executor, _connect, str(path))
+            await reader.start()
         except BaseException:
-            executor.shutdown(wait=False)
+            await writer.stop()
             raise
-        return cls(executor, db, clock, path, lease_s)
+        return cls(writer, reader, clock, path, lease_s)
 
     async def close(self) -> None:
+        """Stop taking calls; what was already queued is written (and committed) first."""
         if self._closed:
             return
         self._closed = True
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._db.close)
+            await self._writer.stop()
         finally:
-            self._executor.shutdown(wait=True)
+            await self._reader.stop()
 
     async def run(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
-        """Run `fn(db)` in the database thread and return its result."""
+        """Run `fn(db)` in the writer thread, inside the transaction of its batch (its own
+        SAVEPOINT: an exception rolls back what it did), and return its result once committed.
+        `fn` must not commit or roll back itself."""
         if self._closed:
             raise RuntimeError("store is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, self._db)
+        return await self._writer.submit(fn)
+
+    async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run `fn(db)` in the reader thread (a read-only connection) and return its result: it
+        sees every write whose call has returned, and does not wait behind queued ones."""
+        if self._closed:
+            raise RuntimeError("store is closed")
+        return await self._reader.submit(fn)
 
     def _now(self) -> str:
         return to_iso(self._clock.now())
@@ -183,25 +155,24 @@ class Store:
         statement, values = sqlite_dialect(sql), list(params)
 
         def work(db: sqlite_utils.Database) -> list[Any]:
-            cursor = db.execute(statement, values)
-            rows = cursor.fetchall()
-            if not dicts:
-                return [tuple(row) for row in rows]
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in rows]
+            cursor = db.conn.execute(statement, values)
+            return dict_rows(cursor) if dicts else [tuple(row) for row in cursor.fetchall()]
 
-        return await self.run(work)
+        return await self.read(work)
 
     # Sessions and history -------------------------------------------------------------------
 
     async def active_session(self, platform: str, chat_id: str, thread_id: str | None) -> int:
         """The open session of this chat and thread, opened now if there is none."""
         at, thread = self._now(), thread_key(thread_id)
+        # Mostly there already: looked up by the reader, so only a new chat waits for the writer.
+        found = await self.read(lambda db: _find_open_session(db, platform, chat_id, thread))
+        if found is not None:
+            return found
 
         def work(db: sqlite_utils.Database) -> int:
-            with db.atomic():
-                found = _find_open_session(db, platform, chat_id, thread)
-                return found if found is not None else _open_session(db, platform, chat_id, thread, at)
+            found = _find_open_session(db, platform, chat_id, thread)
+            return found if found is not None else _open_session(db, platform, chat_id, thread, at)
 
         return await self.run(work)
 
@@ -210,13 +181,12 @@ class Store:
         at, thread = self._now(), thread_key(thread_id)
 
         def work(db: sqlite_utils.Database) -> int:
-            with db.atomic():
-                db.execute(
-                    "UPDATE sessions SET closed_at = ? "
-                    "WHERE platform = ? AND chat_id = ? AND thread_id = ? AND closed_at IS NULL",
-                    [at, platform, chat_id, thread],
-                )
-                return _open_session(db, platform, chat_id, thread, at)
+            db.conn.execute(
+                "UPDATE sessions SET closed_at = ? "
+                "WHERE platform = ? AND chat_id = ? AND thread_id = ? AND closed_at IS NULL",
+                (at, platform, chat_id, thread),
+            )
+            return _open_session(db, platform, chat_id, thread, at)
 
         return await self.run(work)
 
@@ -224,15 +194,11 @@ class Store:
         """The last `limit` messages of a session, oldest first (a started turn's prompt included)."""
 
         def work(db: sqlite_utils.Database) -> list[Message]:
-            rows = list(
-                db.query(
-                    "SELECT * FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?",
-                    [session_id, limit],
-                )
-            )
-            return [_message(row) for row in reversed(rows)]
+            cursor = db.conn.execute("SELECT * FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?",
+                                     (session_id, limit))
+            return [_message(row) for row in reversed(dict_rows(cursor))]
 
-        return await self.run(work)
+        return await self.read(work)
 
     # Turns and model calls ------------------------------------------------------------------
 
@@ -264,12 +230,11 @@ class Store:
         )
 
         def work(db: sqlite_utils.Database) -> int:
-            with db.atomic():
-                turn_id = _inserted_id(db.table("turns").insert(turn))
-                if not queued:
-                    user = Message("user", prompt, images=tuple(images))
-                    db.table("messages").insert(_message_row(session_id, turn_id, user, at))
-                return turn_id
+            turn_id = insert_row(db.conn, "turns", turn)
+            if not queued:
+                user = Message("user", prompt, images=tuple(images))
+                insert_row(db.conn, "messages", _message_row(session_id, turn_id, user, at))
+            return turn_id
 
         return await self.run(work)
 
@@ -278,20 +243,19 @@ class Store:
         at = self._now()
 
         def work(db: sqlite_utils.Database) -> None:
-            with db.atomic():
-                row = db.execute(
-                    "SELECT session_id, prompt, status, images FROM turns WHERE id = ?", [turn_id]
-                ).fetchone()
-                if row is None:
-                    raise KeyError(f"no turn {turn_id}")
-                session_id, prompt, status, images = row
-                if status != "queued":
-                    raise ValueError(f"turn {turn_id} is {status}, not queued")
-                db.execute(
-                    "UPDATE turns SET status = 'running', started_at = ?, lease_owner = ?, lease_until = ? "
-                    "WHERE id = ?", [at, *self._lease(), turn_id])
-                user = Message("user", prompt, images=images_from_json(images))
-                db.table("messages").insert(_message_row(session_id, turn_id, user, at))
+            row = db.conn.execute(
+                "SELECT session_id, prompt, status, images FROM turns WHERE id = ?", (turn_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no turn {turn_id}")
+            session_id, prompt, status, images = row
+            if status != "queued":
+                raise ValueError(f"turn {turn_id} is {status}, not queued")
+            db.conn.execute(
+                "UPDATE turns SET status = 'running', started_at = ?, lease_owner = ?, lease_until = ? "
+                "WHERE id = ?", (at, *self._lease(), turn_id))
+            user = Message("user", prompt, images=images_from_json(images))
+            insert_row(db.conn, "messages", _message_row(session_id, turn_id, user, at))
 
         await self.run(work)
 
@@ -302,9 +266,8 @@ class Store:
         at = self._now()
 
         def work(db: sqlite_utils.Database) -> None:
-            with db.atomic():
-                turn = _turn_columns(db, turn_id)
-                _insert_calls(db, [_call_row(turn, call, at) for call in calls])
+            turn = _turn_columns(db, turn_id)
+            _insert_calls(db, [_call_row(turn, call, at) for call in calls])
 
         await self.run(work)
 
@@ -317,14 +280,13 @@ class Store:
         at = self._now()
 
         def work(db: sqlite_utils.Database) -> None:
-            with db.atomic():
-                turns: dict[int, dict[str, Any]] = {}
-                rows = []
-                for turn_id, call in calls:
-                    if turn_id not in turns:
-                        turns[turn_id] = _turn_columns(db, turn_id)
-                    rows.append(_call_row(turns[turn_id], call, at))
-                _insert_calls(db, rows)
+            turns: dict[int, dict[str, Any]] = {}
+            rows = []
+            for turn_id, call in calls:
+                if turn_id not in turns:
+                    turns[turn_id] = _turn_columns(db, turn_id)
+                rows.append(_call_row(turns[turn_id], call, at))
+            _insert_calls(db, rows)
 
         await self.run(work)
 
@@ -347,20 +309,13 @@ class Store:
         ledger = ledger_values(turn_id, *delivery, at, lease=self._lease()) if delivery is not None else None
 
         def work(db: sqlite_utils.Database) -> int | None:
-            with db.atomic():
-                turn = _turn_columns(db, turn_id)
-                db.execute(
-                    "UPDATE turns SET status = ?, answer = ?, cost_usd = ?, error = ?, finished_at = ? "
-                    "WHERE id = ?",
-                    [status, answer, cost_usd, error, at, turn_id],
-                )
-                if messages:
-                    db.table("messages").insert_all(
-                        [_message_row(turn["session_id"], turn_id, m, at) for m in messages]
-                    )
-                if ledger is None:
-                    return None
-                return _inserted_id(db.table("deliveries").insert(ledger))
+            turn = _turn_columns(db, turn_id)
+            db.conn.execute(
+                "UPDATE turns SET status = ?, answer = ?, cost_usd = ?, error = ?, finished_at = ? WHERE id = ?",
+                (status, answer, cost_usd, error, at, turn_id),
+            )
+            insert_rows(db.conn, "messages", [_message_row(turn["session_id"], turn_id, m, at) for m in messages])
+            return None if ledger is None else insert_row(db.conn, "deliveries", ledger)
 
         return await self.run(work)
 
@@ -370,9 +325,9 @@ class Store:
         at = None if status == "running" else self._now()
 
         def work(db: sqlite_utils.Database) -> None:
-            db.execute(
+            db.conn.execute(
                 "UPDATE turns SET status = ?, error = COALESCE(?, error), finished_at = ? WHERE id = ?",
-                [status, error, at, turn_id],
+                (status, error, at, turn_id),
             )
 
         await self.run(work)
@@ -382,21 +337,20 @@ class Store:
 
         def work(db: sqlite_utils.Database) -> list[TurnRow]:
             query = "SELECT * FROM turns WHERE status IN ('queued', 'running') ORDER BY id"
-            return [_turn_row(r) for r in db.query(query)]
+            return [_turn_row(r) for r in dict_rows(db.conn.execute(query))]
 
-        return await self.run(work)
+        return await self.read(work)
 
     async def claim_cut_turns(self) -> list[TurnRow]:
         """Unfinished turns another store wrote (on SQLite: a process that has ended), now ours."""
         owner, until = self._lease()
 
         def work(db: sqlite_utils.Database) -> list[TurnRow]:
-            with db.atomic():
-                rows = list(db.query(
-                    "SELECT * FROM turns WHERE status IN ('queued', 'running') "
-                    "AND (lease_owner IS NULL OR lease_owner != ?) ORDER BY id", [owner]))
-                db.conn.executemany("UPDATE turns SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                                    [(owner, until, r["id"]) for r in rows])
+            rows = dict_rows(db.conn.execute(
+                "SELECT * FROM turns WHERE status IN ('queued', 'running') "
+                "AND (lease_owner IS NULL OR lease_owner != ?) ORDER BY id", (owner,)))
+            db.conn.executemany("UPDATE turns SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                                [(owner, until, r["id"]) for r in rows])
             return [_turn_row(r) for r in rows]
 
         return await self.run(work)
@@ -406,11 +360,10 @@ class Store:
         owner, until = self._lease()
 
         def work(db: sqlite_utils.Database) -> int:
-            with db.atomic():
-                turns = db.execute("UPDATE turns SET lease_until = ? WHERE lease_owner = ? "
-                                   "AND status IN ('queued', 'running')", [until, owner]).rowcount
-                sent = db.execute("UPDATE deliveries SET lease_until = ? WHERE lease_owner = ? "
-                                  "AND status IN ('pending', 'sending')", [until, owner]).rowcount
+            turns = db.conn.execute("UPDATE turns SET lease_until = ? WHERE lease_owner = ? "
+                                    "AND status IN ('queued', 'running')", (until, owner)).rowcount
+            sent = db.conn.execute("UPDATE deliveries SET lease_until = ? WHERE lease_owner = ? "
+                                   "AND status IN ('pending', 'sending')", (until, owner)).rowcount
             return turns + sent
 
         return await self.run(work)
@@ -420,23 +373,23 @@ class Store:
         newest first: what the budget check expects the user's next turn to cost."""
 
         def work(db: sqlite_utils.Database) -> list[float]:
-            rows = db.execute(
+            rows = db.conn.execute(
                 "SELECT cost_usd FROM turns WHERE platform = ? AND user_id = ? AND preset = ? "
                 "AND status = 'done' AND cost_usd IS NOT NULL ORDER BY id DESC LIMIT ?",
-                [platform, user_id, preset, limit],
+                (platform, user_id, preset, limit),
             ).fetchall()
             return [float(row[0]) for row in rows]
 
-        return await self.run(work)
+        return await self.read(work)
 
     async def turn(self, turn_id: int) -> TurnRow | None:
         """One stored turn, or None."""
 
         def work(db: sqlite_utils.Database) -> TurnRow | None:
-            rows = list(db.query("SELECT * FROM turns WHERE id = ?", [turn_id]))
+            rows = dict_rows(db.conn.execute("SELECT * FROM turns WHERE id = ?", (turn_id,)))
             return _turn_row(rows[0]) if rows else None
 
-        return await self.run(work)
+        return await self.read(work)
 
     # The delivery ledger --------------------------------------------------------------------
 
@@ -447,10 +400,10 @@ class Store:
         ids = json.dumps(list(message_ids)) if message_ids else None
 
         def work(db: sqlite_utils.Database) -> None:
-            cursor = db.execute(
+            cursor = db.conn.execute(
                 "UPDATE deliveries SET status = ?, message_ids = COALESCE(?, message_ids), updated_at = ? "
                 "WHERE id = ?",
-                [status, ids, at, delivery_id],
+                (status, ids, at, delivery_id),
             )
             if cursor.rowcount != 1:
                 raise KeyError(f"no delivery {delivery_id}")
@@ -461,12 +414,10 @@ class Store:
         """Ledger rows not yet sent (pending, or sending when a crash came), oldest first."""
 
         def work(db: sqlite_utils.Database) -> list[Delivery]:
-            rows = db.query(
-                "SELECT * FROM deliveries WHERE status IN ('pending', 'sending') ORDER BY id"
-            )
-            return [_delivery(r) for r in rows]
+            cursor = db.conn.execute("SELECT * FROM deliveries WHERE status IN ('pending', 'sending') ORDER BY id")
+            return [_delivery(r) for r in dict_rows(cursor)]
 
-        return await self.run(work)
+        return await self.read(work)
 
     # Inbound de-duplication, channel settings, refusal notices ------------------------------
 
@@ -475,9 +426,9 @@ class Store:
         at = self._now()
 
         def work(db: sqlite_utils.Database) -> bool:
-            cursor = db.execute(
+            cursor = db.conn.execute(
                 "INSERT OR IGNORE INTO seen_events (platform, event_id, seen_at) VALUES (?, ?, ?)",
-                [platform, event_id, at],
+                (platform, event_id, at),
             )
             return cursor.rowcount == 1
 
@@ -488,7 +439,7 @@ class Store:
         cutoff = to_iso(before)
 
         def work(db: sqlite_utils.Database) -> int:
-            return db.execute("DELETE FROM seen_events WHERE seen_at < ?", [cutoff]).rowcount
+            return db.conn.execute("DELETE FROM seen_events WHERE seen_at < ?", (cutoff,)).rowcount
 
         return await self.run(work)
 
@@ -496,12 +447,12 @@ class Store:
         """The default preset an admin set for this chat, or None."""
 
         def work(db: sqlite_utils.Database) -> str | None:
-            row = db.execute(
-                "SELECT preset FROM channel_settings WHERE platform = ? AND chat_id = ?", [platform, chat_id]
+            row = db.conn.execute(
+                "SELECT preset FROM channel_settings WHERE platform = ? AND chat_id = ?", (platform, chat_id)
             ).fetchone()
             return row[0] if row else None
 
-        return await self.run(work)
+        return await self.read(work)
 
     async def set_channel_preset(self, platform: str, chat_id: str, preset: str | None, by_user: str) -> None:
         """Set this chat's default preset; None clears it."""
@@ -509,14 +460,15 @@ class Store:
 
         def work(db: sqlite_utils.Database) -> None:
             if preset is None:
-                db.execute(
-                    "DELETE FROM channel_settings WHERE platform = ? AND chat_id = ?", [platform, chat_id]
+                db.conn.execute(
+                    "DELETE FROM channel_settings WHERE platform = ? AND chat_id = ?", (platform, chat_id)
                 )
                 return
-            db.table("channel_settings").upsert(
-                {"platform": platform, "chat_id": chat_id, "preset": preset, "updated_by": by_user,
-                 "updated_at": at},
-                pk=("platform", "chat_id"),
+            db.conn.execute(
+                "INSERT INTO channel_settings (platform, chat_id, preset, updated_by, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (platform, chat_id) DO UPDATE SET preset = excluded.preset, "
+                "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+                (platform, chat_id, preset, by_user, at),
             )
 
         await self.run(work)
@@ -527,19 +479,17 @@ class Store:
         at = to_iso(now)
 
         def work(db: sqlite_utils.Database) -> bool:
-            with db.atomic():
-                row = db.execute(
-                    "SELECT last_at FROM refusal_notices WHERE platform = ? AND chat_id = ?",
-                    [platform, chat_id],
-                ).fetchone()
-                if row is not None and (now - from_iso(row[0])).total_seconds() < interval_s:
-                    return False
-                db.execute(
-                    "INSERT INTO refusal_notices (platform, chat_id, last_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (platform, chat_id) DO UPDATE SET last_at = excluded.last_at",
-                    [platform, chat_id, at],
-                )
-                return True
+            row = db.conn.execute(
+                "SELECT last_at FROM refusal_notices WHERE platform = ? AND chat_id = ?", (platform, chat_id)
+            ).fetchone()
+            if row is not None and (now - from_iso(row[0])).total_seconds() < interval_s:
+                return False
+            db.conn.execute(
+                "INSERT INTO refusal_notices (platform, chat_id, last_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (platform, chat_id) DO UPDATE SET last_at = excluded.last_at",
+                (platform, chat_id, at),
+            )
+            return True
 
         return await self.run(work)
 
@@ -559,26 +509,26 @@ class Store:
         """Whether any digest period is recorded, and the end of the last one not owed any more."""
 
         def work(db: sqlite_utils.Database) -> DigestState:
-            any_row = db.execute("SELECT 1 FROM digests LIMIT 1").fetchone() is not None
-            row = db.execute(
-                "SELECT MAX(period_end) FROM digests WHERE status IN ('baseline', 'sending', 'sent')"
+            row = db.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM digests), "
+                "(SELECT MAX(period_end) FROM digests WHERE status IN ('baseline', 'sending', 'sent'))"
             ).fetchone()
-            return DigestState(any_row, from_iso(row[0]) if row[0] else None)
+            return DigestState(bool(row[0]), from_iso(row[1]) if row[1] else None)
 
-        return await self.run(work)
+        return await self.read(work)
 
     async def claim_digest(self, start: datetime, end: datetime, status: str, at: datetime) -> bool:
         """Record the period ending `end` as `status`; False when it was already recorded (and
         not failed): whoever gets True sends it."""
         require(status, DIGEST_STATUSES, "digest status")
         values = [to_iso(end), to_iso(start), status, to_iso(at), to_iso(at)]
-        return await self.run(lambda db: db.execute(CLAIM_DIGEST, values).rowcount == 1)
+        return await self.run(lambda db: db.conn.execute(CLAIM_DIGEST, values).rowcount == 1)
 
     async def finish_digest(self, end: datetime, status: str, at: datetime, dollars: float | None,
                             error: str | None) -> None:
         require(status, DIGEST_STATUSES, "digest status")
         values = [status, to_iso(at), dollars, error, to_iso(end)]
-        await self.run(lambda db: db.execute(FINISH_DIGEST, values))
+        await self.run(lambda db: db.conn.execute(FINISH_DIGEST, values))
 
 
 @dataclass(slots=True)
@@ -592,14 +542,14 @@ class _ProcessLock:
 def _insert_calls(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
     """Model-call rows and their cost rollups, in the caller's transaction (one or none)."""
     turn_ids = sorted({row["turn_id"] for row in rows})
-    prior = db.execute(rollups.prior_models_sql(len(turn_ids)), turn_ids).fetchall()
-    db.table("model_calls").insert_all(rows)
+    prior = db.conn.execute(rollups.prior_models_sql(len(turn_ids)), turn_ids).fetchall()
+    insert_rows(db.conn, "model_calls", rows)
     db.conn.executemany(rollups.UPSERT, rollups.rollup_rows(rows, prior))
 
 
 def _turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:
-    cursor = db.execute(
-        "SELECT id, session_id, platform, chat_id, user_id, preset FROM turns WHERE id = ?", [turn_id]
+    cursor = db.conn.execute(
+        "SELECT id, session_id, platform, chat_id, user_id, preset FROM turns WHERE id = ?", (turn_id,)
     )
     row = cursor.fetchone()
     if row is None:
@@ -608,7 +558,9 @@ def _turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:
 
 
 __all__ = [
+    "BUSY_TIMEOUT_MS",
     "DELIVERY_STATUSES",
+    "DatabaseBusy",
     "TURN_STATUSES",
     "Delivery",
     "Store",

@@ -1,0 +1,210 @@
+"""The SQLite store's threads: one writer that commits everything queued as one transaction
+(group commit), and one reader beside it, each owning its own connection.
+
+Why threads at all: a statement may wait for another process's lock (the busy timeout) or for
+the disk, and the event loop must not. Why one writer: SQLite has one write lock per file, so a
+second writer would only wait for the first. Why batches: at a few hundred turns at once the
+writes of many turns are queued together; running them in one transaction pays one BEGIN and
+one COMMIT (the WAL frames of a page touched by several of them written once) instead of one
+each, and the loop is woken once per batch (`call_soon_threadsafe`) instead of once per write —
+a cross-thread wakeup costs more than most of these writes.
+
+Each job of a batch runs inside its own SAVEPOINT: a job that raises is rolled back alone, gets
+its own exception, and its batch-mates commit. An error that ends the whole transaction (a
+`RAISE(ROLLBACK)` trigger, a full disk) undid the jobs before it too: they run again in a fresh
+transaction. A job's future is resolved only after its transaction committed (or failed), so a
+caller that was told "done" can act on it: the write is durable (WAL, synchronous=NORMAL: a
+process crash loses nothing committed).
+
+Jobs must not end the transaction themselves (COMMIT, ROLLBACK, VACUUM, changing journal_mode).
+The reader's connection is `query_only`; WAL lets it read the last commit while the writer
+writes, so a report or a history read never waits behind a batch of writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+T = TypeVar("T")
+
+# A batch stops growing here, so the first job of a long queue is not kept waiting for the last.
+MAX_BATCH = 512
+
+Job = tuple[Callable[[sqlite_utils.Database], Any], asyncio.Future]
+# Per job of a batch: (future, error or None, value).
+Outcome = tuple[asyncio.Future, BaseException | None, Any]
+RunBatch = Callable[[sqlite_utils.Database, list[Job]], list[Outcome]]
+
+_STOP = None  # queued by close(): the thread finishes what is before it, then ends
+
+
+class DbThread:
+    """One thread, one connection (sqlite3 connections belong to the thread that made them), and
+    a queue of jobs that `run_batch` runs together; their futures are resolved on the loop."""
+
+    def __init__(self, name: str, connect: Callable[[], sqlite_utils.Database], run_batch: RunBatch):
+        self.name = name
+        self._connect = connect
+        self._run_batch = run_batch
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self.batches = 0  # batches run so far (tests, diagnostics)
+
+    async def start(self) -> None:
+        """Start the thread and open its connection there; raises what opening raised."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        opened: asyncio.Future[None] = loop.create_future()
+        self._stopped = loop.create_future()
+        # A daemon: a store never closed must not keep the interpreter from exiting (its queued
+        # jobs' callers were not told "done", so nothing they acted on is lost).
+        self._thread = threading.Thread(target=self._main, args=(opened,), name=self.name, daemon=True)
+        self._thread.start()
+        await opened
+
+    def submit(self, fn: Callable[[sqlite_utils.Database], T]) -> asyncio.Future[T]:
+        """Queue `fn(db)`; the future holds its result once its batch is done."""
+        assert self._loop is not None, "start() first"
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put((fn, future))
+        return future
+
+    async def stop(self) -> None:
+        """Run what is queued, close the connection and end the thread."""
+        if self._thread is None or self._stopped is None:
+            return
+        self._queue.put(_STOP)
+        await self._stopped
+        self._thread.join()
+
+    def _main(self, opened: asyncio.Future[None]) -> None:
+        try:
+            db = self._connect()
+        except BaseException as error:
+            self._call(_settle, [(opened, error, None)])
+            return
+        self._call(_settle, [(opened, None, None)])
+        try:
+            while True:
+                first = self._queue.get()
+                batch: list[Job] = []
+                stop = first is _STOP
+                if not stop:
+                    batch.append(first)  # type: ignore[arg-type]
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            job = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if job is _STOP:
+                            stop = True
+                            break
+                        batch.append(job)
+                if batch:
+                    self.batches += 1
+                    try:
+                        outcomes = self._run_batch(db, batch)
+                    except BaseException as error:  # a bug here must not leave callers waiting
+                        outcomes = [(future, error, None) for _, future in batch]
+                    self._call(_settle, outcomes)
+                if stop:
+                    break
+        finally:
+            db.close()
+            if self._stopped is not None:
+                self._call(_settle, [(self._stopped, None, None)])
+
+    def _call(self, fn: Callable[[list[Outcome]], None], outcomes: list[Outcome]) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(fn, outcomes)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """On the loop: resolve a batch's futures (a caller that was cancelled is skipped)."""
+    for future, error, value in outcomes:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+
+def run_reads(db: sqlite_utils.Database, jobs: list[Job]) -> list[Outcome]:
+    """Reads, one after another, each with its own result or error."""
+    outcomes: list[Outcome] = []
+    for fn, future in jobs:
+        try:
+            outcomes.append((future, None, fn(db)))
+        except BaseException as error:
+            outcomes.append((future, error, None))
+    return outcomes
+
+
+def run_writes(db: sqlite_utils.Database, jobs: list[Job]) -> list[Outcome]:
+    """Writes in one transaction, a SAVEPOINT per job (see the module docstring)."""
+    conn = db.conn
+    results: list[tuple[BaseException | None, Any]] = [(None, None)] * len(jobs)
+    pending = list(range(len(jobs)))
+    while pending:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as error:  # e.g. another process held the lock past the busy timeout
+            for i in pending:
+                results[i] = (error, None)
+            break
+        done: list[int] = []
+        again: list[int] = []
+        for position, i in enumerate(pending):
+            conn.execute("SAVEPOINT moa_job")
+            try:
+                value = jobs[i][0](db)
+            except BaseException as error:
+                results[i] = (error, None)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO moa_job")
+                    conn.execute("RELEASE moa_job")
+                    continue
+                # The error ended the whole transaction: the jobs before it were undone too.
+                again = done + pending[position + 1:]
+                done = []
+                break
+            results[i] = (None, value)
+            if not conn.in_transaction:
+                # The job ended the transaction itself (against the rule above; e.g. legacy code
+                # that commits): what ran so far stands, the rest runs in a fresh transaction.
+                again, done = pending[position + 1:], []
+                break
+            conn.execute("RELEASE moa_job")
+            done.append(i)
+        if done:
+            try:
+                conn.execute("COMMIT")
+            except BaseException as error:
+                _rollback(conn)
+                for i in done:
+                    results[i] = (error, None)
+        else:
+            _rollback(conn)
+        pending = again
+    return [(future, *results[i]) for i, (_, future) in enumerate(jobs)]
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+__all__ = ["MAX_BATCH", "DbThread", "run_reads", "run_writes"]

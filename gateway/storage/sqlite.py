@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from adapters.contract import ChatRef
-from gateway.storage import rollups
 from gateway.storage.contract import (
     CLAIM_DIGEST,
     DEFAULT_LEASE_S,
@@ -57,8 +56,12 @@ from gateway.storage.sqlite_connect import (
     connect_reader,
     connect_writer,
     dict_rows,
+    find_open_session,
+    insert_calls,
     insert_row,
     insert_rows,
+    open_session,
+    turn_columns,
 )
 from gateway.storage.sqlite_threads import DbThread, run_reads, run_writes
 from moa_core.clock import Clock
@@ -67,19 +70,6 @@ from moa_core.values import CallRecord, ImagePart, Message
 T = TypeVar("T")
 
 _connect = connect_writer  # the name tests and older callers use
-
-
-def _open_session(db: sqlite_utils.Database, platform: str, chat_id: str, thread: str, at: str) -> int:
-    return insert_row(db.conn, "sessions", {"platform": platform, "chat_id": chat_id, "thread_id": thread,
-                                            "started_at": at, "closed_at": None})
-
-
-def _find_open_session(db: sqlite_utils.Database, platform: str, chat_id: str, thread: str) -> int | None:
-    row = db.conn.execute(
-        "SELECT id FROM sessions WHERE platform = ? AND chat_id = ? AND thread_id = ? AND closed_at IS NULL",
-        (platform, chat_id, thread),
-    ).fetchone()
-    return row[0] if row else None
 
 
 class Store:
@@ -166,13 +156,13 @@ class Store:
         """The open session of this chat and thread, opened now if there is none."""
         at, thread = self._now(), thread_key(thread_id)
         # Mostly there already: looked up by the reader, so only a new chat waits for the writer.
-        found = await self.read(lambda db: _find_open_session(db, platform, chat_id, thread))
+        found = await self.read(lambda db: find_open_session(db, platform, chat_id, thread))
         if found is not None:
             return found
 
         def work(db: sqlite_utils.Database) -> int:
-            found = _find_open_session(db, platform, chat_id, thread)
-            return found if found is not None else _open_session(db, platform, chat_id, thread, at)
+            found = find_open_session(db, platform, chat_id, thread)
+            return found if found is not None else open_session(db, platform, chat_id, thread, at)
 
         return await self.run(work)
 
@@ -186,7 +176,7 @@ class Store:
                 "WHERE platform = ? AND chat_id = ? AND thread_id = ? AND closed_at IS NULL",
                 (at, platform, chat_id, thread),
             )
-            return _open_session(db, platform, chat_id, thread, at)
+            return open_session(db, platform, chat_id, thread, at)
 
         return await self.run(work)
 
@@ -266,8 +256,8 @@ class Store:
         at = self._now()
 
         def work(db: sqlite_utils.Database) -> None:
-            turn = _turn_columns(db, turn_id)
-            _insert_calls(db, [_call_row(turn, call, at) for call in calls])
+            turn = turn_columns(db, turn_id)
+            insert_calls(db, [_call_row(turn, call, at) for call in calls])
 
         await self.run(work)
 
@@ -284,9 +274,9 @@ class Store:
             rows = []
             for turn_id, call in calls:
                 if turn_id not in turns:
-                    turns[turn_id] = _turn_columns(db, turn_id)
+                    turns[turn_id] = turn_columns(db, turn_id)
                 rows.append(_call_row(turns[turn_id], call, at))
-            _insert_calls(db, rows)
+            insert_calls(db, rows)
 
         await self.run(work)
 
@@ -309,7 +299,7 @@ class Store:
         ledger = ledger_values(turn_id, *delivery, at, lease=self._lease()) if delivery is not None else None
 
         def work(db: sqlite_utils.Database) -> int | None:
-            turn = _turn_columns(db, turn_id)
+            turn = turn_columns(db, turn_id)
             db.conn.execute(
                 "UPDATE turns SET status = ?, answer = ?, cost_usd = ?, error = ?, finished_at = ? WHERE id = ?",
                 (status, answer, cost_usd, error, at, turn_id),
@@ -537,24 +527,6 @@ class _ProcessLock:
 
     async def stop(self) -> None:
         return None
-
-
-def _insert_calls(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
-    """Model-call rows and their cost rollups, in the caller's transaction (one or none)."""
-    turn_ids = sorted({row["turn_id"] for row in rows})
-    prior = db.conn.execute(rollups.prior_models_sql(len(turn_ids)), turn_ids).fetchall()
-    insert_rows(db.conn, "model_calls", rows)
-    db.conn.executemany(rollups.UPSERT, rollups.rollup_rows(rows, prior))
-
-
-def _turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:
-    cursor = db.conn.execute(
-        "SELECT id, session_id, platform, chat_id, user_id, preset FROM turns WHERE id = ?", (turn_id,)
-    )
-    row = cursor.fetchone()
-    if row is None:
-        raise KeyError(f"no turn {turn_id}")
-    return dict(zip([d[0] for d in cursor.description], row, strict=True))
 
 
 __all__ = [

@@ -1,5 +1,5 @@
 """Opening the SQLite file (the writer's connection, which migrates it, and the reader's) and the
-few SQL helpers the store's writes share.
+SQL the store's write functions share (sessions, inserts, model calls with their rollups).
 
 Inserts are plain `INSERT` statements built once per table and column list: sqlite-utils'
 `Table.insert` runs a savepoint, quotes and jsonifies every value and builds its SQL on every
@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
+from gateway.storage import rollups
 from gateway.storage.migrations import migrations
 
 BUSY_TIMEOUT_MS = 10_000
@@ -98,5 +99,36 @@ def dict_rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-__all__ = ["BUSY_TIMEOUT_MS", "DatabaseBusy", "connect_reader", "connect_writer", "dict_rows", "insert_row",
-           "insert_rows"]
+def open_session(db: sqlite_utils.Database, platform: str, chat_id: str, thread: str, at: str) -> int:
+    return insert_row(db.conn, "sessions", {"platform": platform, "chat_id": chat_id, "thread_id": thread,
+                                            "started_at": at, "closed_at": None})
+
+
+def find_open_session(db: sqlite_utils.Database, platform: str, chat_id: str, thread: str) -> int | None:
+    row = db.conn.execute(
+        "SELECT id FROM sessions WHERE platform = ? AND chat_id = ? AND thread_id = ? AND closed_at IS NULL",
+        (platform, chat_id, thread),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def insert_calls(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
+    """Model-call rows and their cost rollups, in the caller's transaction (one or none)."""
+    turn_ids = sorted({row["turn_id"] for row in rows})
+    prior = db.conn.execute(rollups.prior_models_sql(len(turn_ids)), turn_ids).fetchall()
+    insert_rows(db.conn, "model_calls", rows)
+    db.conn.executemany(rollups.UPSERT, rollups.rollup_rows(rows, prior))
+
+
+def turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:
+    cursor = db.conn.execute(
+        "SELECT id, session_id, platform, chat_id, user_id, preset FROM turns WHERE id = ?", (turn_id,)
+    )
+    row = cursor.fetchone()
+    if row is None:
+        raise KeyError(f"no turn {turn_id}")
+    return dict(zip([d[0] for d in cursor.description], row, strict=True))
+
+
+__all__ = ["BUSY_TIMEOUT_MS", "DatabaseBusy", "connect_reader", "connect_writer", "dict_rows", "find_open_session",
+           "insert_calls", "insert_row", "insert_rows", "open_session", "turn_columns"]

@@ -1,0 +1,167 @@
+"""The SQLite store's writer and reader threads: writes queued together commit as one
+transaction, a failing write fails alone, close() writes what is queued, errors reach their
+caller, and reads do not wait behind writes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from gateway.storage import Store
+from moa_core.clock import SystemClock
+
+
+class HeldWriter:
+    """Keeps the writer thread busy inside one job until released, so that the writes queued
+    meanwhile are all waiting when it next drains its queue."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.release = threading.Event()
+        self._started = threading.Event()
+        self.task: asyncio.Future | None = None
+
+    async def __aenter__(self) -> HeldWriter:
+        def hold(db: sqlite_utils.Database) -> None:
+            self._started.set()
+            self.release.wait(30)
+
+        self.task = asyncio.ensure_future(self.store.run(hold))
+        assert await asyncio.to_thread(self._started.wait, 30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        assert self.task is not None
+        await self.task
+
+
+async def queued(store: Store, *jobs: Callable[[sqlite_utils.Database], object]) -> list[asyncio.Future]:
+    """Start a write per job; return once each is in the writer's queue."""
+    tasks = [asyncio.ensure_future(store.run(job)) for job in jobs]
+    await asyncio.sleep(0)  # each task runs up to its await: its job is queued by then
+    return tasks
+
+
+def insert(value: str) -> Callable[[sqlite_utils.Database], int]:
+    def job(db: sqlite_utils.Database) -> int:
+        return db.conn.execute("INSERT INTO t (v) VALUES (?)", (value,)).lastrowid or 0
+    return job
+
+
+def fail(db: sqlite_utils.Database) -> None:
+    db.conn.execute("INSERT INTO t (v) VALUES ('from the failing job')")
+    raise LookupError("this job fails")
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    store = await Store.open(tmp_path / "gw.db", SystemClock())
+    await store.run(lambda db: db.conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"))
+    yield store
+    await store.close()
+
+
+async def values(store: Store) -> list[str]:
+    return await store.read(lambda db: [r[0] for r in db.conn.execute("SELECT v FROM t ORDER BY id")])
+
+
+async def test_writes_queued_together_commit_once(store: Store) -> None:
+    statements: list[str] = []
+    await store.run(lambda db: db.conn.set_trace_callback(statements.append))
+    async with HeldWriter(store):
+        tasks = await queued(store, *(insert(f"v{n}") for n in range(20)))
+        statements.clear()
+    ids = await asyncio.gather(*tasks)
+    assert len(set(ids)) == 20
+    # After the held job's transaction (its end is traced after the clear), the twenty share one.
+    assert statements.count("BEGIN IMMEDIATE") == 1
+    batch = statements[statements.index("BEGIN IMMEDIATE"):]
+    assert sum(s.startswith("INSERT") for s in batch) == 20
+    assert batch.count("COMMIT") == 1 and batch[-1] == "COMMIT"
+    assert await values(store) == [f"v{n}" for n in range(20)]
+
+
+async def test_a_failing_write_fails_alone(store: Store) -> None:
+    async with HeldWriter(store):
+        first, failing, last = await queued(store, insert("first"), fail, insert("last"))
+    assert await first and await last
+    with pytest.raises(LookupError, match="this job fails"):
+        await failing
+    assert await values(store) == ["first", "last"]  # the failing job's own insert is rolled back
+
+
+async def test_an_error_that_ends_the_transaction_reruns_the_writes_before_it(store: Store) -> None:
+    await store.run(lambda db: db.conn.execute(
+        "CREATE TRIGGER no_bad BEFORE INSERT ON t WHEN NEW.v = 'bad' BEGIN SELECT RAISE(ROLLBACK, 'no'); END"))
+    async with HeldWriter(store):
+        tasks = await queued(store, insert("a"), insert("b"), insert("bad"), insert("c"))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[2], sqlite3.IntegrityError)
+    assert all(isinstance(r, int) for r in results[:2] + results[3:])
+    assert await values(store) == ["a", "b", "c"]
+
+
+async def test_close_writes_what_is_queued(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    store = await Store.open(path, SystemClock())
+    await store.run(lambda db: db.conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"))
+    async with HeldWriter(store) as held:
+        tasks = await queued(store, *(insert(f"v{n}") for n in range(5)))
+        closing = asyncio.ensure_future(store.close())
+        await asyncio.sleep(0)
+        held.release.set()
+        await closing
+    assert all(isinstance(n, int) for n in await asyncio.gather(*tasks))
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.run(insert("late"))
+    with sqlite3.connect(path) as db:
+        assert [r[0] for r in db.execute("SELECT v FROM t ORDER BY id")] == [f"v{n}" for n in range(5)]
+
+
+async def test_a_write_blocked_by_another_process_raises_to_its_caller(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    store = await Store.open(path, SystemClock(), busy_timeout_ms=100)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.mark_seen("telegram", "e1")
+        # Reads still work while the lock is held elsewhere (WAL).
+        assert await store.channel_preset("telegram", "1") is None
+        other.execute("ROLLBACK")
+        assert await store.mark_seen("telegram", "e1") is True  # and writes once it is released
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_reads_do_not_wait_behind_writes(store: Store) -> None:
+    await store.run(insert("committed"))
+    async with HeldWriter(store):
+        waiting = await queued(store, insert("queued"))
+        # The writer is busy and a write is queued behind it; a read is answered meanwhile.
+        assert await asyncio.wait_for(values(store), 30) == ["committed"]
+        assert not waiting[0].done()
+    await waiting[0]
+    assert await values(store) == ["committed", "queued"]
+
+
+async def test_a_cancelled_caller_does_not_stop_its_write(store: Store) -> None:
+    async with HeldWriter(store):
+        [task] = await queued(store, insert("kept"))
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await store.run(lambda db: [r[0] for r in db.conn.execute("SELECT v FROM t")]) == ["kept"]
+
+
+async def test_the_reader_cannot_write(store: Store) -> None:
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        await store.read(insert("x"))

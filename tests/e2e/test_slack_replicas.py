@@ -1,12 +1,18 @@
-"""Two real `moa-gateway run` replicas on one PostgreSQL database, Slack in HTTP mode on two
-ports (what a load balancer spreads Slack's requests over) against the fake Slack Web API: the
-same signed event, and the same slash command, delivered to both replicas (Slack's retry after
-a slow ack, landing on the other replica) are each answered once."""
+"""Two real `moa-gateway run` replicas on one PostgreSQL database against the fake Slack:
+
+- HTTP mode on two ports (what a load balancer spreads Slack's requests over): the same signed
+  event, and the same slash command, delivered to both replicas (Slack's retry after a slow ack,
+  landing on the other replica) are each answered once;
+- Socket Mode, one connection per replica (Slack spreads an app's events over up to 10): events
+  spread over both connections are each answered once, by the replica that got them; the same
+  event, and the same slash command, delivered on both connections are answered once; every
+  envelope is acknowledged on the connection it came on."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -23,7 +29,8 @@ from tests.fakes.slack_server import BOT_USER_ID, FakeSlack, command_body, event
 CHANNEL = "C0000000001"
 MEMBER_ID = "U0000000001"
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-SLACK_ENV = {"E2E_SLACK_BOT_TOKEN": "xoxb-e2e", "E2E_SLACK_SIGNING_SECRET": SECRET}
+SLACK_ENV = {"E2E_SLACK_BOT_TOKEN": "xoxb-e2e", "E2E_SLACK_SIGNING_SECRET": SECRET,
+             "E2E_SLACK_APP_TOKEN": "xapp-e2e"}
 
 
 @pytest.fixture
@@ -31,6 +38,20 @@ async def slack():
     server = await FakeSlack(users={MEMBER_ID: "Alice"}).start()
     yield server
     await server.stop()
+
+
+def replica_config(folder: Path, provider, slack: FakeSlack, database: str, intake: dict) -> Path:
+    config = folder / "moa-gateway.toml"
+    config.write_text(_toml({
+        "gateway": {"database": database, "default_preset": "default", "lease_s": 3.0},
+        "providers.fake": {"api": "openai", "base_url": provider.openai_base, "api_key_env": KEY_ENV,
+                           "max_retries": 0},
+        "presets.default": {"references": ["fake:ref-a", "fake:ref-b"], "aggregator": "fake:agg",
+                            "reference_timeout": 15, "tools": []},
+        "slack": {"bot_token_env": "E2E_SLACK_BOT_TOKEN", "base_url": slack.base_url, "edit_interval_s": 0.2,
+                  "allowed_chats": [CHANNEL], **intake},
+    }), encoding="utf-8")
+    return config
 
 
 @pytest.fixture
@@ -43,21 +64,32 @@ async def two_replicas(tmp_path: Path, provider, slack, pg_database, monkeypatch
         folder = tmp_path / f"replica{index}"
         folder.mkdir()
         port = free_port()
-        config = folder / "moa-gateway.toml"
-        config.write_text(_toml({
-            "gateway": {"database": pg_database, "default_preset": "default", "lease_s": 3.0},
-            "providers.fake": {"api": "openai", "base_url": provider.openai_base, "api_key_env": KEY_ENV,
-                               "max_retries": 0},
-            "presets.default": {"references": ["fake:ref-a", "fake:ref-b"], "aggregator": "fake:agg",
-                                "reference_timeout": 15, "tools": []},
-            "slack": {"bot_token_env": "E2E_SLACK_BOT_TOKEN", "signing_secret_env": "E2E_SLACK_SIGNING_SECRET",
-                      "base_url": slack.base_url, "http_host": "127.0.0.1", "http_port": port,
-                      "http_path": "/slack/events", "edit_interval_s": 0.2, "allowed_chats": [CHANNEL]},
-        }), encoding="utf-8")
+        config = replica_config(folder, provider, slack, pg_database, {
+            "signing_secret_env": "E2E_SLACK_SIGNING_SECRET", "http_host": "127.0.0.1", "http_port": port,
+            "http_path": "/slack/events"})
         processes.append(GatewayProcess(config, f"replica{index}"))
         urls.append(f"http://127.0.0.1:{port}/slack/events")
     await start_all(processes)
     yield urls, processes
+    for process in processes:
+        await process.kill()
+
+
+@pytest.fixture
+async def two_socket_replicas(tmp_path: Path, provider, slack, pg_database, monkeypatch):
+    """Two replicas in Socket Mode: each opens its own connection to the fake Slack."""
+    for name, value in SLACK_ENV.items():
+        monkeypatch.setenv(name, value)
+    truncate_all(pg_database)
+    processes = []
+    for index in range(2):
+        folder = tmp_path / f"replica{index}"
+        folder.mkdir()
+        config = replica_config(folder, provider, slack, pg_database, {"app_token_env": "E2E_SLACK_APP_TOKEN"})
+        processes.append(GatewayProcess(config, f"replica{index}"))
+    await start_all(processes)
+    await slack.wait_connections(2, timeout=20)
+    yield processes
     for process in processes:
         await process.kill()
 
@@ -103,3 +135,54 @@ async def test_the_same_event_and_command_on_both_replicas_are_answered_once(two
     assert len(posted("asked: /moa a command for both")) == 1  # the command's root message, once too
     assert len(provider.for_model("agg")) == 2
     assert pg_rows(pg_database, "SELECT status FROM turns") == [("done",), ("done",)]
+
+
+async def test_socket_mode_on_two_replicas_answers_each_event_once(two_socket_replicas, provider, slack,
+                                                                  pg_database):
+    processes = two_socket_replicas
+    first, second = slack.connections
+
+    def answer(request) -> Reply:
+        asked = re.search(r"please answer (\w+)", json.dumps(request.body["messages"]))
+        return Reply(text=f"Answer to {asked.group(1).upper() if asked else '?'}.")
+
+    provider.handler("agg", answer)
+    start = time.time()
+
+    def mention(n: int, mark: str) -> dict:
+        return {"type": "app_mention", "user": MEMBER_ID, "text": f"<@{BOT_USER_ID}> please answer {mark}",
+                "ts": f"{start + n / 100:.6f}", "channel": CHANNEL}
+
+    # Four events, spread over the two connections in turn, as Slack does.
+    spread = [await slack.push_event(mention(n, f"spread{n}"), event_id=f"EvSpread{n}") for n in range(4)]
+    # One event delivered on both connections (a redelivery landing on the other replica), and
+    # a slash command too; the second copy of the event is Slack's retry of it.
+    twice = mention(9, "twice")
+    both = await asyncio.gather(
+        slack.push_event(twice, event_id="EvTwice", connection=first),
+        slack.push_event(twice, event_id="EvTwice", connection=second, retry_attempt=1),
+        slack.push_command("please answer command", user_id=MEMBER_ID, channel_id=CHANNEL, trigger_id="trig-two",
+                           connection=first),
+        slack.push_command("please answer command", user_id=MEMBER_ID, channel_id=CHANNEL, trigger_id="trig-two",
+                           connection=second))
+    marks = [f"SPREAD{n}" for n in range(4)] + ["TWICE", "COMMAND"]
+
+    def posted(mark: str) -> list[dict]:
+        return [m for channel in slack.messages.values() for m in channel if f"Answer to {mark}." in m["text"]]
+
+    def explain() -> str:
+        return f"{slack.messages.get(CHANNEL)}\n" + "\n".join(p.tail() for p in processes)
+
+    await wait_until(lambda: all(posted(mark) for mark in marks), "every answer", explain=explain)
+    await wait_until(lambda: len(pg_rows(pg_database, "SELECT id FROM deliveries WHERE status = 'sent'")) == 6,
+                     "every ledger row sent", explain=explain)
+    await asyncio.sleep(1.0)  # a second answer, if any, would have come by now
+    assert {mark: len(posted(mark)) for mark in marks} == dict.fromkeys(marks, 1)
+    assert len(provider.for_model("agg")) == 6
+    assert pg_rows(pg_database, "SELECT status FROM turns") == [("done",)] * 6
+    # Every envelope was acknowledged, on the connection it came on.
+    envelopes = [*zip(spread, [first, second] * 2, strict=True), *zip(both, [first, second] * 2, strict=True)]
+    acks = {envelope: slack.ack_for(envelope) for envelope, _ in envelopes}
+    assert {envelope: ack.connection if ack else None for envelope, ack in acks.items()} == dict(envelopes)
+    # The spread events were run by the replica that received them: both replicas ran turns.
+    assert pg_rows(pg_database, "SELECT COUNT(DISTINCT lease_owner) FROM turns") == [(2,)]

@@ -7,9 +7,12 @@ websocket, speaking Slack's wire format so the real slack-sdk / slack-bolt can b
 - `rate_limit(method, times, retry_after)` answers the next calls of a method with
   429 + Retry-After; `delay(method, seconds)` records the call, then answers late (a client
   timeout after the message was posted).
-- Socket Mode: `apps.connections.open` hands out ws://127.0.0.1:PORT/socket; the socket sends
-  `hello`, then the envelopes pushed with `push_event` / `push_command`, and records acks with
-  their time.
+- Socket Mode, as Slack runs it for an app with several connections (up to 10, one per gateway
+  replica): each `apps.connections.open` hands out its own URL, ws://127.0.0.1:PORT/socket?ticket=cN
+  (the connection is named `cN`); each socket gets `hello`, then envelopes pushed with
+  `push_event` / `push_command` — spread over the open connections in turn, or sent on the
+  connection named (`connection=`), so the same event can be delivered on two connections, as a
+  redelivery does. Acks are recorded with their time and the connection they came on.
 - `sign(secret, body)` builds the headers of a signed HTTP-mode request.
 """
 
@@ -88,6 +91,7 @@ class Ack:
     envelope_id: str
     payload: dict[str, Any] | None
     at: float
+    connection: str = ""  # the ticket of the socket it came on
 
 
 @dataclass
@@ -111,8 +115,10 @@ class FakeSlack:
         self._limits: dict[str, list[float]] = {}  # method -> [remaining, retry_after]
         self._delays: dict[str, list[float]] = {}  # method -> [remaining, seconds]
         self._changed = asyncio.Event()
-        self._ws: web.WebSocketResponse | None = None
-        self._ws_ready = asyncio.Event()
+        # Open Socket Mode connections by ticket, in the order they connected.
+        self._sockets: dict[str, web.WebSocketResponse] = {}
+        self._tickets = itertools.count(1)
+        self._turn = itertools.count()  # spreads envelopes over the connections
         self._runner: web.AppRunner | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -162,8 +168,8 @@ class FakeSlack:
         return self
 
     async def stop(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
+        for ws in list(self._sockets.values()):
+            await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -213,10 +219,11 @@ class FakeSlack:
         retry_attempt: int = 0,
         retry_reason: str = "",
         envelope_id: str | None = None,
+        connection: str | None = None,
     ) -> str:
-        """Send one Socket Mode envelope to the connected app; returns its envelope_id."""
-        await asyncio.wait_for(self._ws_ready.wait(), timeout=5)
-        assert self._ws is not None
+        """Send one Socket Mode envelope on `connection` (a ticket; by default the open
+        connections take turns); returns its envelope_id."""
+        ws = await self._socket_for(connection)
         envelope_id = envelope_id or f"env-{next(self._ids)}"
         envelope: dict[str, Any] = {
             "envelope_id": envelope_id,
@@ -227,26 +234,46 @@ class FakeSlack:
         if kind == "events_api":
             envelope["retry_attempt"] = retry_attempt
             envelope["retry_reason"] = retry_reason
-        await self._ws.send_str(json.dumps(envelope))
+        await ws.send_str(json.dumps(envelope))
         return envelope_id
 
+    @property
+    def connections(self) -> list[str]:
+        """Tickets of the open Socket Mode connections, oldest first."""
+        return list(self._sockets)
+
+    async def wait_connections(self, count: int, timeout: float = 5.0) -> list[str]:
+        """Wait until at least `count` Socket Mode connections are open; their tickets."""
+        return await self.wait_for(lambda: self.connections if len(self._sockets) >= count else None, timeout)
+
+    async def _socket_for(self, connection: str | None) -> web.WebSocketResponse:
+        if connection is not None:
+            await self.wait_for(lambda: connection in self._sockets)
+            return self._sockets[connection]
+        await self.wait_connections(1)
+        tickets = self.connections
+        return self._sockets[tickets[next(self._turn) % len(tickets)]]
+
     async def push_event(
-        self, event: dict[str, Any], *, event_id: str, retry_attempt: int = 0, retry_reason: str = ""
+        self, event: dict[str, Any], *, event_id: str, retry_attempt: int = 0, retry_reason: str = "",
+        connection: str | None = None,
     ) -> str:
         return await self.push(
             "events_api",
             event_body(event, event_id=event_id),
             retry_attempt=retry_attempt,
             retry_reason=retry_reason or ("timeout" if retry_attempt else ""),
+            connection=connection,
         )
 
     async def push_command(
-        self, text: str, *, user_id: str = "U1", channel_id: str = "C1", trigger_id: str = "trig-1"
+        self, text: str, *, user_id: str = "U1", channel_id: str = "C1", trigger_id: str = "trig-1",
+        connection: str | None = None,
     ) -> str:
         body = command_body(
             text, user_id=user_id, channel_id=channel_id, trigger_id=trigger_id, base=self.base_url
         )
-        return await self.push("slash_commands", body)
+        return await self.push("slash_commands", body, connection=connection)
 
     def ack_for(self, envelope_id: str) -> Ack | None:
         return next((a for a in self.acks if a.envelope_id == envelope_id), None)
@@ -312,7 +339,7 @@ class FakeSlack:
         }
 
     def _m_apps_connections_open(self, p: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket"}
+        return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket?ticket=c{next(self._tickets)}"}
 
     def _blocks(self, p: dict[str, Any]) -> Any:
         blocks = p.get("blocks")
@@ -443,27 +470,31 @@ class FakeSlack:
     # --- Socket Mode ---------------------------------------------------------------------
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ticket = request.query.get("ticket") or f"c{next(self._tickets)}"
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
-        self._ws = ws
+        self._sockets[ticket] = ws
+        self._touch()
         await ws.send_str(
             json.dumps(
                 {
                     "type": "hello",
-                    "num_connections": 1,
+                    "num_connections": len(self._sockets),
                     "debug_info": {"host": "fake", "approximate_connection_time": 3600},
                     "connection_info": {"app_id": APP_ID},
                 }
             )
         )
-        self._ws_ready.set()
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            if "envelope_id" in data:
-                self.acks.append(Ack(data["envelope_id"], data.get("payload"), time.monotonic()))
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                data = json.loads(msg.data)
+                if "envelope_id" in data:
+                    self.acks.append(Ack(data["envelope_id"], data.get("payload"), time.monotonic(), ticket))
+                    self._touch()
+        finally:
+            if self._sockets.get(ticket) is ws:
+                del self._sockets[ticket]
                 self._touch()
-        if self._ws is ws:
-            self._ws_ready.clear()
         return ws

@@ -29,7 +29,7 @@ from gateway.costs.reports import (
     ranked,
     spend_of,
 )
-from gateway.costs.rollups import totals
+from gateway.costs.rollups import total, totals
 from gateway.costs.values import Tokens, Totals
 from gateway.storage import Storage, to_iso
 
@@ -158,17 +158,27 @@ async def build_digest(
     overall = sum((t for _, _, t in mix), Totals())
     refs = {status: t.calls for (role, status), t in fold(mix, lambda g: (g[1], g[4])).items() if role == "reference"}
     by_chat = await totals(store, period, ("platform", "chat_id"))
-    by_user = await totals(store, period, ("platform", "user_id"))
-    users = ranked([spend_of(f"{p}:{u}", t, t.turns) for _, (p, u), t in by_user])[:top_users]
+    # Users are ranked on dollars and calls alone (every user of the period: the widest read),
+    # then the top ones' full sums are sought user by user.
+    by_user = await totals(store, period, ("platform", "user_id"), dollars_only=True)
+    top = ranked([spend_of(f"{p}:{u}", t, 0) for _, (p, u), t in by_user])[:top_users]
+    users = []
+    for s in top:
+        platform, user_id = s.key.split(":", 1)
+        t = await total(store, start, end, platform=platform, user_id=user_id)
+        users.append(spend_of(s.key, t, t.turns))
 
-    turns = failed_turns = 0
-    for status, count in await store.query(
-        "SELECT status, COUNT(*) FROM turns /*sqlite: INDEXED BY idx_turns_started_status*/ "
-        "WHERE started_at >= ? AND started_at < ? AND status != 'refused' GROUP BY status",
-        [to_iso(start), to_iso(end)],
-    ):
-        turns += count
-        failed_turns += count if status in ("failed", "interrupted") else 0
+    # Turns started in the period: all of them (time index alone), less the refused; the failed
+    # and interrupted ones sought by status (few). Never each turn's status read.
+    statuses = ("refused", "failed", "interrupted")
+    counted = (await store.query(
+        "SELECT (SELECT COUNT(*) FROM turns /*sqlite: INDEXED BY idx_turns_started_at*/ "
+        "WHERE started_at >= ? AND started_at < ?)"
+        + "".join(", (SELECT COUNT(*) FROM turns /*sqlite: INDEXED BY idx_turns_status_started*/ "
+                  "WHERE status = ? AND started_at >= ? AND started_at < ?)" for _ in statuses),
+        [to_iso(start), to_iso(end), *(v for s in statuses for v in (s, to_iso(start), to_iso(end)))],
+    ))[0]
+    turns, failed_turns = int(counted[0]) - int(counted[1]), int(counted[2]) + int(counted[3])
 
     daily = [DaySpend(days[n], f"{provider}:{model}", t.dollars)
              for n, (provider, model), t in await totals(store, local_days, ("provider", "model"), dollars_only=True)]

@@ -286,3 +286,19 @@ def m009_cost_rollups(db: Database) -> None:
 
     for statement in (*M009_ROLLUPS, *BACKFILL):
         db.execute(statement)
+
+
+# A period's turn counts (digest: started, refused, failed or interrupted): the whole period is
+# counted on idx_turns_started_at, the few refused and failed ones sought by status, instead of
+# reading every turn's status in the period (idx_turns_started_status, which only that served).
+M010_TURN_COUNTS = (
+    "CREATE INDEX idx_turns_status_started ON turns (status, started_at)",
+    "DROP INDEX idx_turns_started_status",
+)
+
+
+@migrations()
+def m010_turn_status_counts(db: Database) -> None:
+    """Turn counts by status seek the status (gateway.costs.digest)."""
+    for statement in M010_TURN_COUNTS:
+        db.execute(statement)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from psycopg import AsyncConnection
 
-from gateway.storage.migrations import M009_ROLLUPS
+from gateway.storage.migrations import M009_ROLLUPS, M010_TURN_COUNTS
 from gateway.storage.rollups import BACKFILL
 
 MIGRATION_SET = "moa_gateway"
@@ -114,6 +114,7 @@ STEPS: list[tuple[str, Sequence[str]]] = [
     )),
     # The same DDL as SQLite's step, then the rollups built from the rows already stored.
     ("m009_cost_rollups", (*M009_ROLLUPS, *BACKFILL)),
+    ("m010_turn_status_counts", M010_TURN_COUNTS),
 ]
 
 

@@ -118,7 +118,7 @@ EXPECTED_COLUMNS = {
 EXPECTED_INDEXES = {
     "sessions": [["platform", "chat_id", "thread_id"]],
     "turns": [["session_id"], ["platform", "chat_id", "started_at"], ["platform", "user_id", "started_at"],
-              ["started_at"], ["id"], ["started_at", "status"]],
+              ["started_at"], ["id"], ["status", "started_at"]],
     "messages": [["session_id", "id"], ["turn_id"]],
     "model_calls": [["turn_id"], ["created_at"], ["platform", "chat_id", "created_at", "cost_usd"],
                     ["platform", "user_id", "created_at", "cost_usd"]],

@@ -83,28 +83,32 @@ class Ledger:
                                  deliver: bool = True, **turn) -> None:
         """Complete the turn with its ledger row in one transaction, then deliver that row.
 
-        The stored row never holds the reply handle; this in-process delivery still uses it."""
-        delivery_id = await self.store.complete_turn(turn_id, delivery=(storable(chat), kind, payload), **turn)
+        Delivered now, the row is stored as 'sending' already: one write between the answer and
+        its send instead of two (a crash before the send leaves it 'sending', as a crash during
+        the send would). The stored row never holds the reply handle; this delivery still uses it."""
+        delivery_id = await self.store.complete_turn(turn_id, delivery=(storable(chat), kind, payload),
+                                                     sending=deliver, **turn)
         if delivery_id is not None and deliver:
-            await self.deliver(Delivery(delivery_id, turn_id, chat, kind, payload, "pending"))
+            await self.deliver(Delivery(delivery_id, turn_id, chat, kind, payload, "pending"), marked=True)
 
     async def deliver_pending(self) -> None:
         for delivery in await self.store.pending_deliveries():
             await self.deliver(delivery)
 
-    async def deliver(self, delivery: Delivery) -> bool:
+    async def deliver(self, delivery: Delivery, *, marked: bool = False) -> bool:
         """Send one ledger entry. Edits of already-posted stream messages are idempotent, so an
-        entry left 'sending' by a crash is completed by editing them again."""
+        entry left 'sending' by a crash is completed by editing them again. `marked`: the row
+        was stored as 'sending' for this first attempt (`record_and_deliver`)."""
         adapter = self.adapters.get(delivery.chat.platform)
         if adapter is None or delivery.id in self._delivering:
             return False
         self._delivering.add(delivery.id)
         try:
-            return await self._deliver(adapter, delivery)
+            return await self._deliver(adapter, delivery, marked)
         finally:
             self._delivering.discard(delivery.id)
 
-    async def _deliver(self, adapter: Adapter, delivery: Delivery) -> bool:
+    async def _deliver(self, adapter: Adapter, delivery: Delivery, marked: bool) -> bool:
         payload = delivery.payload
         ids = tuple(payload.get("message_ids") or ())
         if delivery.kind == "answer":
@@ -112,7 +116,8 @@ class Ledger:
         else:
             item = Notice(payload["text"], payload.get("level", "info"))
         try:
-            await self.store.mark_delivery(delivery.id, "sending")
+            if not marked:
+                await self.store.mark_delivery(delivery.id, "sending")
             send_once = getattr(adapter, "send_once", None)
             if ids and delivery.kind == "answer":
                 sent = await adapter.edit(Sent(delivery.chat, ids), item)

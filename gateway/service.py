@@ -377,8 +377,10 @@ class Gateway:
 
     async def _enqueue(self, message: InboundMessage, ask: Ask) -> None:
         # Stored before it waits: a crash or shutdown while it queues cannot lose the question.
-        preset_name = ask.preset or await self.channel_default(message.platform, message.chat_id)
-        session_id = await self.store.active_session(message.platform, message.chat_id, message.thread_id)
+        # The preset and the session are looked up together (one trip to the store, not two).
+        session_id, preset_name = await asyncio.gather(
+            self.store.active_session(message.platform, message.chat_id, message.thread_id),
+            self._preset_of(message, ask))
         key = session_key(message)
         lane = self._lanes.setdefault(key, _Lane())
         # Decided before the write and counted in `storing`, so a second message arriving during
@@ -411,6 +413,9 @@ class Gateway:
             return
         if lane.worker is None or lane.worker.done():
             lane.worker = asyncio.create_task(self._drain(key, lane))
+
+    async def _preset_of(self, message: InboundMessage, ask: Ask) -> str:
+        return ask.preset or await self.channel_default(message.platform, message.chat_id)
 
     async def _prepare(self, message: InboundMessage, ask: Ask) -> Prepared:
         """The question with its attachments resolved (what was not used is told at once);

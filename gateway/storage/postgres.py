@@ -361,7 +361,7 @@ class PostgresStore:
 
     async def complete_turn(self, turn_id: int, *, status: str, answer: str | None, cost_usd: float | None,
                             messages: Sequence[Message], delivery: tuple[ChatRef, str, dict] | None,
-                            error: str | None = None) -> int | None:
+                            error: str | None = None, sending: bool = False) -> int | None:
         """Finish a turn in ONE statement (status, answer, produced messages, ledger row): one
         round trip, all or nothing. Fenced: a turn another replica took over (this one stalled
         past its lease) is left as that replica made it, and None is returned (nothing to send)."""
@@ -383,6 +383,8 @@ class PostgresStore:
         if delivery is not None:
             ledger = ledger_values(turn_id, *delivery, at, lease=(owner, until))
             del ledger["turn_id"]
+            if sending:  # ours by the lease just set: the fence of mark_delivery('sending') holds
+                ledger["status"] = "sending"
             parts.append(f"d AS (INSERT INTO deliveries (turn_id, {', '.join(ledger)}) "
                          f"SELECT t.id, {', '.join(['%s'] * len(ledger))} FROM t RETURNING id)")
             params += list(ledger.values())

@@ -290,13 +290,17 @@ class Store:
         messages: Sequence[Message],
         delivery: tuple[ChatRef, str, dict] | None,
         error: str | None = None,
+        sending: bool = False,
     ) -> int | None:
         """Finish a turn in ONE transaction: its status and answer, the assistant and tool
-        messages it produced, and (when `delivery` is given) a pending ledger row, whose id is
-        returned. Either all of it is stored or none."""
+        messages it produced, and (when `delivery` is given) a ledger row, whose id is returned:
+        pending, or 'sending' with `sending=True` (the caller sends it next). Either all of it is
+        stored or none."""
         require(status, TURN_STATUSES, "turn status")
         at = self._now()
         ledger = ledger_values(turn_id, *delivery, at, lease=self._lease()) if delivery is not None else None
+        if ledger is not None and sending:
+            ledger["status"] = "sending"
 
         def work(db: sqlite_utils.Database) -> int | None:
             turn = turn_columns(db, turn_id)

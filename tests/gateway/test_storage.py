@@ -429,6 +429,18 @@ async def test_complete_turn_is_all_or_nothing(sqlite_store: Store) -> None:
     await store.run(lambda d: d.execute("DROP TRIGGER no_ledger"))
 
 
+async def test_a_turn_completed_for_sending_stores_its_ledger_row_as_sending(store: Storage) -> None:
+    session = await store.active_session("telegram", "1", None)
+    turn_id = await start(store, session, chat_id="1")
+    delivery_id = await store.complete_turn(turn_id, status="done", answer="a", cost_usd=None,
+                                            messages=[Message("assistant", "a")],
+                                            delivery=(ChatRef("telegram", "1"), "answer", {"text": "a"}), sending=True)
+    [row] = await store.pending_deliveries()  # a crash now: sent again, as one cut while sending
+    assert (row.id, row.status) == (delivery_id, "sending")
+    await store.mark_delivery(row.id, "sent", ["7"])
+    assert await store.pending_deliveries() == []
+
+
 async def test_delivery_ledger(store: Storage, clock: FakeClock) -> None:
     session = await store.active_session("discord", "G1", "T5")
     ids = []

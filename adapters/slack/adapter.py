@@ -4,7 +4,9 @@ Inbound: `/moa` slash command, `app_mention`, DMs and replies in the bot's threa
 `InboundMessage`s by `normalize` and handed to the gateway in background tasks, so Slack is
 acknowledged at once (slash commands within its 3-second window; events before any work, so
 Slack has no reason to retry). A retried event carries the same `event_id`; the gateway
-de-duplicates it.
+de-duplicates it. A reply without a mention in a thread under a person's message is the bot's
+when the bot posted there: known here if this process did; otherwise (another replica, or
+before a restart) Slack is asked with conversations.replies, and a "no" is remembered briefly.
 
 A slash command has no message to thread under: when `reply_in_thread` is set, the adapter
 posts a short root message ("<@user> asked: …") and uses its ts as the thread, so the summary,
@@ -84,6 +86,9 @@ _GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_clos
 _BAD_BLOCKS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long"})
 _MARKER_EVENT = "moa_delivery"  # message metadata naming the ledger row a message belongs to
 _REMEMBERED = 2000  # bounded caches: last payload per message, threads the bot answered in
+# A thread Slack said the bot has not posted in is not asked about again for this long (the bot
+# may answer there later, mentioned on another replica).
+_NOT_BOT_THREAD_S = 30.0
 
 
 class _Bounded(OrderedDict[Any, Any]):
@@ -158,6 +163,7 @@ class SlackAdapter:
         self._roots = _Bounded()
         self._last: _Bounded = _Bounded()  # "channel:ts" -> fingerprint of what it shows
         self._bot_threads: _Bounded = _Bounded()  # (channel, thread_ts) the bot answered in
+        self._not_bot_threads: _Bounded = _Bounded()  # (channel, thread_ts) -> when Slack said no
         self._user_names: _Bounded = _Bounded()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -281,6 +287,47 @@ class SlackAdapter:
         )
         if message is not None:
             self._spawn(self._deliver(message))
+        elif (thread := self._unknown_thread(body)) is not None:
+            # A reply in a thread this process has not answered in: another replica (or this
+            # one before a restart) may have. Slack knows; ask it, off Bolt's listener.
+            self._spawn(self._deliver_if_bot_thread(body, thread))
+
+    def _unknown_thread(self, body: dict[str, Any]) -> tuple[str, str] | None:
+        """(channel, thread_ts) of an event that would be a reply to the bot had the bot posted
+        in its thread; None for any other event."""
+        event = body.get("event") or {}
+        if not event.get("thread_ts"):
+            return None
+        thread = (str(event.get("channel", "")), str(event["thread_ts"]))
+        assumed = inbound_from_event(body, bot_user_id=self.bot_user_id,
+                                     reply_in_thread=self.settings.reply_in_thread, bot_threads=(thread,))
+        return thread if assumed is not None else None
+
+    async def _deliver_if_bot_thread(self, body: dict[str, Any], thread: tuple[str, str]) -> None:
+        if not await self._bot_posted_in(thread):
+            return
+        self._bot_threads.remember(thread)
+        message = inbound_from_event(body, bot_user_id=self.bot_user_id,
+                                     reply_in_thread=self.settings.reply_in_thread, bot_threads=self._bot_threads)
+        if message is not None:
+            await self._deliver(message)
+
+    async def _bot_posted_in(self, thread: tuple[str, str]) -> bool:
+        now = self._clock()
+        said_no = self._not_bot_threads.get(thread)
+        if said_no is not None and (now - said_no).total_seconds() < _NOT_BOT_THREAD_S:
+            return False
+        try:
+            resp = await self.client.conversations_replies(channel=thread[0], ts=thread[1], limit=200)
+        except (SlackApiError, aiohttp.ClientError, OSError) as error:  # TimeoutError is an OSError
+            log.info("slack: cannot read thread %s in %s (%s); its reply is not taken as one to the bot",
+                     thread[1], thread[0], reason(error))
+            return False
+        posted = any(m.get("user") == self.bot_user_id or (self.bot_id and m.get("bot_id") == self.bot_id)
+                     for m in resp.get("messages") or ())
+        if not posted:
+            self._not_bot_threads.remember(thread, now)
+        return posted
 
     async def _on_command(self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any]) -> None:
         await ack()  # first, within Slack's 3 s; the turn runs after, in the background

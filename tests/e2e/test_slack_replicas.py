@@ -186,3 +186,37 @@ async def test_socket_mode_on_two_replicas_answers_each_event_once(two_socket_re
     assert {envelope: ack.connection if ack else None for envelope, ack in acks.items()} == dict(envelopes)
     # The spread events were run by the replica that received them: both replicas ran turns.
     assert pg_rows(pg_database, "SELECT COUNT(DISTINCT lease_owner) FROM turns") == [(2,)]
+
+
+async def test_socket_mode_a_reply_in_the_bots_thread_reaches_the_other_replica(two_socket_replicas, provider,
+                                                                                slack, pg_database):
+    """The bot answered a mention in a thread under the person's message (so Slack's
+    `parent_user_id` is the person's); a reply there without a mention, delivered to the other
+    replica, is still a reply to the bot: answered in that thread, with the thread's history."""
+    processes = two_socket_replicas
+    first, second = slack.connections
+
+    def answer(request) -> Reply:
+        asked = re.findall(r"please answer (\w+)", json.dumps(request.body["messages"]))
+        return Reply(text=f"Answer to {asked[-1].upper() if asked else '?'}.")
+
+    provider.handler("agg", answer)
+    root = f"{time.time():.6f}"
+    await slack.push_event({"type": "app_mention", "user": MEMBER_ID, "text": f"<@{BOT_USER_ID}> please answer root",
+                            "ts": root, "channel": CHANNEL}, event_id="EvRoot", connection=first)
+
+    def in_thread(mark: str) -> list[dict]:
+        return [m for m in slack.thread(CHANNEL, root) if f"Answer to {mark}." in m["text"]]
+
+    def explain() -> str:
+        return f"{slack.messages.get(CHANNEL)}\n" + "\n".join(p.tail() for p in processes)
+
+    await wait_until(lambda: bool(in_thread("ROOT")), "the answer in the thread", explain=explain)
+    reply = {"type": "message", "user": MEMBER_ID, "text": "please answer followup", "ts": f"{time.time():.6f}",
+             "thread_ts": root, "parent_user_id": MEMBER_ID, "channel": CHANNEL, "channel_type": "channel"}
+    await slack.push_event(reply, event_id="EvFollowup", connection=second)
+    await wait_until(lambda: bool(in_thread("FOLLOWUP")), "the follow-up answered in the thread", explain=explain)
+    followup = provider.for_model("agg")[-1].body["messages"]
+    assert "Answer to ROOT." in json.dumps(followup)  # the thread's history came with it
+    assert pg_rows(pg_database, "SELECT COUNT(DISTINCT session_id), COUNT(DISTINCT lease_owner) FROM turns") == [
+        (1, 2)]

@@ -13,6 +13,7 @@ from datetime import date
 
 MAX_SERIES = 8  # more models than this are folded into "other" to keep the legend readable
 MAX_TICKS = 16
+HALF_BAR = 0.4  # half a bar's width, in days
 LABEL_CHARS = 30  # a longer model name is shortened in the legend, which has a fixed width
 
 
@@ -32,6 +33,7 @@ def spend_chart_png(days: Sequence[date], series: Mapping[str, Sequence[float]],
     Every series has one value per day. With no days or no spend the chart says so.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
     for name, values in series.items():
@@ -51,12 +53,18 @@ def spend_chart_png(days: Sequence[date], series: Mapping[str, Sequence[float]],
     if not days or not any(any(v for v in values) for values in folded.values()):
         axes.text(0.5, 0.5, "No spend in this period", ha="center", va="center", transform=axes.transAxes)
     else:
+        # One PolyCollection of rectangles per model, not `axes.bar`: bar makes an artist per day
+        # and model (728 over 90 days), each added, bounded and drawn on its own (most of the time).
         bottom = [0.0] * len(days)
-        for name, values in folded.items():
+        for n, (name, values) in enumerate(folded.items()):
             label = name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "…"
-            axes.bar(positions, values, bottom=bottom, label=label, width=0.8)
+            boxes = [[(x - HALF_BAR, b), (x + HALF_BAR, b), (x + HALF_BAR, b + v), (x - HALF_BAR, b + v)]
+                     for x, b, v in zip(positions, bottom, values, strict=True)]
+            axes.add_collection(PolyCollection(boxes, facecolors=f"C{n % 10}", edgecolors="none", label=label),
+                                autolim=False)
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+        axes.set_xlim(-0.5 - HALF_BAR / 4, len(days) - 0.5 + HALF_BAR / 4)
         axes.set_ylim(0, max(bottom) * 1.1)
     crowded = len(days) > 6
     # At most MAX_TICKS labelled days (every k-th): 90 labels overlap, and each costs layout time.

@@ -1,7 +1,8 @@
 """Benchmark: cost reports and the digest over 1,000,000 model-call rows.
 
 Fills a fresh SQLite file through the real Store (in its DB thread, one executemany per table
-and batch, then the cost rollups by the same backfill as migration m009)
+and batch), or with `--database` an empty PostgreSQL database (COPY), then the cost rollups by
+the same backfill as migration m009,
 with 200,000 turns of 5 calls each (4 references + 1 aggregator) spread over 90 days, 50 chats
 on three platforms, 500 users, 3 presets, 8 models, 3% unpriced calls, 5% failed or timed-out
 references. Then times, median of 5 runs each:
@@ -20,7 +21,7 @@ one, `/moa cost` under 20 ms, the chart under 150 ms. Prints peak RSS.
 No ANALYZE after the fill: the gateway never runs it, so these are the plans it gets (the
 plans with a big history's statistics are checked in tests/gateway/test_cost_plans.py).
 
-    python bench/bench_costs.py [--rows 1000000] [--db PATH] [--json]
+    python bench/bench_costs.py [--rows 1000000] [--db PATH | --database postgresql://...] [--json]
 (--json: the figures as one JSON object, on the last line)
 """
 
@@ -34,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,7 +48,7 @@ from gateway.costs.budgets import check_budget  # noqa: E402
 from gateway.costs.digest import build_digest, digest_chart_png  # noqa: E402
 from gateway.costs.reports import cost_report  # noqa: E402
 from gateway.costs.schedule import cron_trigger, due_period, previous_fire  # noqa: E402
-from gateway.storage import Store, to_iso  # noqa: E402
+from gateway.storage import Store, open_store, to_iso  # noqa: E402
 from gateway.storage.rollups import BACKFILL  # noqa: E402
 
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
@@ -80,58 +81,85 @@ class Budgets:
     per_chat_usd_month: float | None = 100.0
 
 
-TURN_SQL = (
-    "INSERT INTO turns (id, session_id, platform, chat_id, thread_id, user_id, user_name, event_id, message_id, "
-    "preset, prompt, status, started_at, finished_at) VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-CALL_SQL = (
-    "INSERT INTO model_calls (turn_id, role, step, idx, provider, model, status, latency_ms, input, cache_read, "
-    "cache_write, output, reasoning, usage_source, cost_usd, cost_source, created_at, platform, chat_id, user_id, "
-    "preset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+TURN_COLUMNS = ("id, session_id, platform, chat_id, thread_id, user_id, user_name, event_id, message_id, preset, "
+                "prompt, status, started_at, finished_at")
+CALL_COLUMNS = ("turn_id, role, step, idx, provider, model, status, latency_ms, input, cache_read, cache_write, "
+                "output, reasoning, usage_source, cost_usd, cost_source, created_at, platform, chat_id, user_id, preset")
 
 
-def fill(db, rows: int, seed: int = 7, batch: int = 20_000) -> None:  # type: ignore[no-untyped-def]
-    """Insert sessions, turns and `rows` model calls (in the DB thread), in batches so that the
+def sessions() -> list[tuple[object, ...]]:
+    return [(n + 1, p, c, to_iso(NOW - timedelta(days=DAYS))) for n, (p, c) in enumerate(CHATS)]
+
+
+def batches(rows: int, seed: int = 7, batch: int = 20_000) -> Iterator[tuple[list[tuple[object, ...]], list[tuple[object, ...]]]]:
+    """The turns and `rows` model calls to store, in batches (turn rows, call rows), so that the
     benchmark's own memory stays small."""
     rng = random.Random(seed)
     turns = rows // 5
     first = NOW - timedelta(days=DAYS)
     step = (NOW - first).total_seconds() / turns
+    for low in range(1, turns + 1, batch):
+        turn_rows, call_rows = [], []
+        for t in range(low, min(low + batch, turns + 1)):
+            chat = rng.randrange(len(CHATS))
+            platform, chat_id = CHATS[chat]
+            user_id = f"u{chat * USERS_PER_CHAT + rng.randrange(USERS_PER_CHAT)}"
+            preset = PRESETS[rng.randrange(3)]
+            at = first + timedelta(seconds=t * step)
+            started = to_iso(at)
+            finished = to_iso(at + timedelta(seconds=20))
+            turn_rows.append((t, chat + 1, platform, chat_id, "", user_id, f"name-{user_id}", str(t), str(t),
+                              preset, "q", "failed" if rng.random() < 0.01 else "done", started, finished))
+            refs = rng.sample(REFERENCE_MODELS, 4)
+            for idx, (provider, model) in enumerate([*refs, AGGREGATORS[rng.randrange(2)]]):
+                role = "reference" if idx < 4 else "aggregator"
+                roll = rng.random()
+                status = "failed" if role == "reference" and roll < 0.03 else (
+                    "timeout" if role == "reference" and roll < 0.05 else "ok")
+                cost = None if rng.random() < 0.03 else rng.uniform(0.0001, 0.02)
+                call_rows.append((t, role, 0, idx if role == "reference" else 0, provider, model, status,
+                                  900, rng.randrange(2000), rng.randrange(500), 0, rng.randrange(800), 0,
+                                  "reported", cost, "price_table" if cost is not None else "unknown",
+                                  finished, platform, chat_id, user_id, preset))
+        yield turn_rows, call_rows
+
+
+def fill(db, rows: int) -> None:  # type: ignore[no-untyped-def]
+    """SQLite: the rows by executemany in the DB thread, then the rollups as migration m009
+    builds them from rows already stored."""
     conn = db.conn
+    marks = ", ".join("?" * len(CALL_COLUMNS.split(", ")))
     with db.atomic():
-        conn.executemany(
-            "INSERT INTO sessions (id, platform, chat_id, thread_id, started_at) VALUES (?, ?, ?, '', ?)",
-            [(n + 1, p, c, to_iso(first)) for n, (p, c) in enumerate(CHATS)],
-        )
-        for low in range(1, turns + 1, batch):
-            turn_rows, call_rows = [], []
-            for t in range(low, min(low + batch, turns + 1)):
-                chat = rng.randrange(len(CHATS))
-                platform, chat_id = CHATS[chat]
-                user_id = f"u{chat * USERS_PER_CHAT + rng.randrange(USERS_PER_CHAT)}"
-                preset = PRESETS[rng.randrange(3)]
-                at = first + timedelta(seconds=t * step)
-                started = to_iso(at)
-                finished = to_iso(at + timedelta(seconds=20))
-                turn_rows.append((t, chat + 1, platform, chat_id, user_id, f"name-{user_id}", str(t), str(t),
-                                  preset, "q", "failed" if rng.random() < 0.01 else "done", started, finished))
-                refs = rng.sample(REFERENCE_MODELS, 4)
-                for idx, (provider, model) in enumerate([*refs, AGGREGATORS[rng.randrange(2)]]):
-                    role = "reference" if idx < 4 else "aggregator"
-                    roll = rng.random()
-                    status = "failed" if role == "reference" and roll < 0.03 else (
-                        "timeout" if role == "reference" and roll < 0.05 else "ok")
-                    cost = None if rng.random() < 0.03 else rng.uniform(0.0001, 0.02)
-                    call_rows.append((t, role, 0, idx if role == "reference" else 0, provider, model, status,
-                                      900, rng.randrange(2000), rng.randrange(500), 0, rng.randrange(800), 0,
-                                      "reported", cost, "price_table" if cost is not None else "unknown",
-                                      finished, platform, chat_id, user_id, preset))
-            conn.executemany(TURN_SQL, turn_rows)
-            conn.executemany(CALL_SQL, call_rows)
-        # The rollups of the rows, as migration m009 builds them from rows already stored.
+        conn.executemany("INSERT INTO sessions (id, platform, chat_id, thread_id, started_at) VALUES (?, ?, ?, '', ?)",
+                         sessions())
+        for turn_rows, call_rows in batches(rows):
+            conn.executemany(f"INSERT INTO turns ({TURN_COLUMNS}) VALUES ({', '.join('?' * 14)})", turn_rows)
+            conn.executemany(f"INSERT INTO model_calls ({CALL_COLUMNS}) VALUES ({marks})", call_rows)
         for statement in BACKFILL:
             db.execute(statement)
+
+
+def fill_postgres(url: str, rows: int) -> None:
+    """PostgreSQL: the rows by COPY, the rollups by m009's backfill, then VACUUM ANALYZE (what
+    autovacuum does to a database this size soon after; index-only scans need the visibility map)."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy("COPY sessions (id, platform, chat_id, started_at) FROM STDIN") as copy:
+                for row in sessions():
+                    copy.write_row(row)
+            for turn_rows, call_rows in batches(rows):
+                with cur.copy(f"COPY turns ({TURN_COLUMNS}) FROM STDIN") as copy:
+                    for row in turn_rows:
+                        copy.write_row(row)
+                with cur.copy(f"COPY model_calls ({CALL_COLUMNS}) FROM STDIN") as copy:
+                    for row in call_rows:
+                        copy.write_row(row)
+            for statement in BACKFILL:
+                cur.execute(statement)
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE")
 
 
 async def median_of(runs: int, fn: Callable[[], Awaitable[object]]) -> tuple[float, float, object]:
@@ -153,24 +181,33 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--db", help="SQLite file to create (default: a temporary one)")
+    parser.add_argument("--database", help="an empty PostgreSQL database to fill instead (postgresql://...)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object, last")
     args = parser.parse_args()
 
     workdir = tempfile.TemporaryDirectory()
-    path = Path(args.db) if args.db else Path(workdir.name) / "bench.db"
-    if path.exists():
-        raise SystemExit(f"{path} exists; give a new path")
-    store = await Store.open(path, FixedClock())
     print(f"RSS before filling {rss_mb():.0f} MiB")
     began = time.perf_counter()
-    await store.run(lambda db: fill(db, args.rows))
+    if args.database:
+        store = await open_store(args.database, FixedClock())
+        if (await store.query("SELECT COUNT(*) FROM model_calls"))[0][0]:
+            raise SystemExit("the database has model calls already; give an empty one")
+        await asyncio.to_thread(fill_postgres, args.database, args.rows)
+        where = "PostgreSQL"
+    else:
+        path = Path(args.db) if args.db else Path(workdir.name) / "bench.db"
+        if path.exists():
+            raise SystemExit(f"{path} exists; give a new path")
+        store = await Store.open(path, FixedClock())
+        await store.run(lambda db: fill(db, args.rows))
+        where = f"SQLite file {path.stat().st_size / 2**20:.0f} MiB"
     fill_s = time.perf_counter() - began
-    count = await store.run(lambda db: db.execute("SELECT COUNT(*) FROM model_calls").fetchone()[0])
+    count = (await store.query("SELECT COUNT(*) FROM model_calls"))[0][0]
     rss_after_fill = rss_mb()
-    size_mb = path.stat().st_size / 2**20
     print(f"filled {count:,} model_calls + {count // 5:,} turns in {fill_s:.1f} s "
-          f"({count / fill_s:,.0f} rows/s); file {size_mb:.0f} MiB")
+          f"({count / fill_s:,.0f} rows/s); {where}")
+    measured_backend = "postgresql" if args.database else "sqlite"
 
     trigger = cron_trigger("0 9 * * 1", TZ)
     period = due_period(trigger, None, NOW)
@@ -202,10 +239,10 @@ async def main() -> None:
     async def budget():  # type: ignore[no-untyped-def]
         return await check_budget(store, budgets, None, platform, chat_id, user_id, NOW, TZ)
 
-    in_period = await store.run(lambda db: db.execute(
-        "SELECT COUNT(*) FROM model_calls WHERE created_at >= ? AND created_at < ?",
-        [to_iso(start), to_iso(end)]).fetchone()[0])
+    in_period = (await store.query("SELECT COUNT(*) FROM model_calls WHERE created_at >= ? AND created_at < ?",
+                                   [to_iso(start), to_iso(end)]))[0][0]
     measured = Figures("bench_costs")
+    measured["backend"] = measured_backend
     measured["rows"] = count
     figures = [
         (f"weekly digest ({in_period:,} rows in period)", weekly_digest),

@@ -279,7 +279,10 @@ async def main() -> None:
              ("/moa cost < 20 ms", "cost_month_ms", 20.0), ("chart < 150 ms", "chart_ms", 150.0)]
     for goal, key, limit in goals:
         wall, cpu = measured[key], measured[key.replace("_ms", "_cpu_ms") if key.endswith("_ms") else key + "_cpu"]
-        verdict = "met" if max(wall, cpu) < limit else ("met in CPU time" if cpu < limit else "MISSED")  # type: ignore[operator]
+        if measured_backend == "postgresql":  # the server's CPU time is not the process's: wall only
+            verdict = "met" if wall < limit else "MISSED"  # type: ignore[operator]
+        else:
+            verdict = "met" if max(wall, cpu) < limit else ("met in CPU time" if cpu < limit else "MISSED")  # type: ignore[operator]
         print(f"goal: {goal}: {wall:.1f} wall, {cpu:.1f} CPU: {verdict}")
     chat_report = results[figures[1][0]][0]  # type: ignore[index]
     print(f"check: weekly digest ${digest.dollars:,.2f} over {digest.calls:,} calls, "  # type: ignore[attr-defined]

@@ -130,18 +130,15 @@ def _raw_values(turns: bool) -> tuple[str, ...]:
             "m.input", "m.cache_read", "m.cache_write", "m.output", "m.reasoning")
 
 
-def _signed(values: Sequence[str], keep: Sequence[int]) -> str:
-    return ", ".join(f"p.sign * {values[n]} AS c{n}" for n in keep)
+def _signed(values: Sequence[str], keep: Sequence[int], sign: int) -> str:
+    return ", ".join(f"-({values[n]}) AS c{n}" if sign < 0 else f"{values[n]} AS c{n}" for n in keep)
 
 
-def _piece_row(p: Piece) -> str:
-    # Literals, not parameters: our own fixed-width digits (PostgreSQL cannot type parameters in
-    # VALUES), and one statement however many pieces.
+def _bounds(p: Piece) -> list[str]:
+    """A piece's [lo, hi) as the column compares it: created_at, or a day or hour bucket."""
     if p.source == "raw":
-        lo, hi = to_iso(p.start), to_iso(p.end)
-    else:
-        lo, hi = _bucket(p.start, p.source), _bucket(p.end, p.source)
-    return f"('{lo}', '{hi}', {p.interval}, {p.sign})"
+        return [to_iso(p.start), to_iso(p.end)]
+    return [_bucket(p.start, p.source), _bucket(p.end, p.source)]
 
 
 def _rollup_index(scope: dict[str, str]) -> str:
@@ -170,45 +167,40 @@ async def totals(
     (their cost is a lookup per row); `dollars_only` sums calls and dollars alone (the rest is
     0: series want no more); `having_dollars` keeps only groups spending that much.
 
-    One statement: the pieces (`pieces`) are VALUES lists, one per source, joined with the
-    rollups' key index (grain, span, bucket) or scope index (grain, span, platform, chat or user,
-    bucket), and with model_calls' time or scope index. CROSS JOIN makes SQLite loop over the
-    pieces outside (it keeps that order; PostgreSQL reads it as a plain join)."""
+    One statement: a UNION ALL of one SELECT per piece (`pieces`), each an index range of the
+    rollups' key index (grain, span, bucket) or scope index (grain, span, platform, chat or
+    user, bucket), or of model_calls' time or scope index."""
     scope = {c: v for c, v in (("platform", platform), ("chat_id", chat_id), ("user_id", user_id)) if v is not None}
     grain = grain_for(set(group) | set(scope))
     plan = pieces(intervals, hourly="hour" in SPANS[grain])
     if not plan:
         return []
     keep = (0, 3) if dollars_only else tuple(range(len(_SUM_COLUMNS)))
+    # One SELECT per piece, its bounds parameters: each planner then sees one index range (with
+    # a join to a VALUES list of pieces, PostgreSQL cannot estimate a range per outer row and reads
+    # a grain and span of every day instead; SQLite may build a Bloom filter over the whole table).
     parts: list[str] = []
     params: list[Any] = []
-    ctes: list[str] = []
-    for source in ("day", "hour", "raw"):
-        ps = [p for p in plan if p.source == source]
-        if not ps:
-            continue
-        ctes.append(f"{source}s (lo, hi, iv, sign) AS (VALUES {', '.join(_piece_row(p) for p in ps)})")
-        if source == "raw":
-            hint = "" if scope else " /*sqlite: INDEXED BY idx_model_calls_created_at*/"
+    raw_hint = "" if scope else " /*sqlite: INDEXED BY idx_model_calls_created_at*/"
+    where_scope = "".join(f" AND {{t}}.{c} = ?" for c in scope)
+    for p in plan:
+        if p.source == "raw":
             parts.append(
-                f"SELECT p.iv AS iv, {''.join(f'm.{c}, ' for c in group)}{_signed(_raw_values(turns), keep)} "
-                f"FROM raws p CROSS JOIN model_calls m{hint} WHERE m.created_at >= p.lo AND m.created_at < p.hi"
-                + "".join(f" AND m.{c} = ?" for c in scope))
+                f"SELECT {p.interval} AS iv, {''.join(f'm.{c}, ' for c in group)}"
+                f"{_signed(_raw_values(turns), keep, p.sign)} FROM model_calls m{raw_hint} "
+                "WHERE m.created_at >= ? AND m.created_at < ?" + where_scope.format(t="m"))
+            params += [*_bounds(p), *scope.values()]
         else:
-            # The span is a literal, so rollups join the pieces by a bucket range alone: with an
-            # equality join (`r.span = p.source`) SQLite may build a Bloom filter on (grain, span),
-            # which reads the whole table first.
             parts.append(
-                f"SELECT p.iv AS iv, {''.join(f'r.{c}, ' for c in group)}"
-                f"{_signed([f'r.{c}' for c in _SUM_COLUMNS], keep)} FROM {source}s p CROSS JOIN cost_rollups r "
-                f"/*sqlite: INDEXED BY {_rollup_index(scope)}*/ WHERE r.grain = ? AND r.span = '{source}' "
-                "AND r.bucket >= p.lo AND r.bucket < p.hi" + "".join(f" AND r.{c} = ?" for c in scope))
-            params.append(grain)
-        params += [*scope.values()]
+                f"SELECT {p.interval} AS iv, {''.join(f'r.{c}, ' for c in group)}"
+                f"{_signed([f'r.{c}' for c in _SUM_COLUMNS], keep, p.sign)} FROM cost_rollups r "
+                f"/*sqlite: INDEXED BY {_rollup_index(scope)}*/ WHERE r.grain = ? AND r.span = '{p.source}' "
+                "AND r.bucket >= ? AND r.bucket < ?" + where_scope.format(t="r"))
+            params += [grain, *_bounds(p), *scope.values()]
     cols = "".join(f"{c}, " for c in group)
     outer = ", ".join(f"SUM(c{n})" for n in keep)
     having = " HAVING SUM(c3) >= ?" if having_dollars is not None else ""
-    sql = (f"WITH {', '.join(ctes)} SELECT iv, {cols}{outer} FROM ({' UNION ALL '.join(parts)}) AS x "
+    sql = (f"SELECT iv, {cols}{outer} FROM ({' UNION ALL '.join(parts)}) AS x "
            f"GROUP BY {', '.join(['iv', *group])}{having}")
     if having_dollars is not None:
         params.append(having_dollars)

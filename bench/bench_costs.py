@@ -18,6 +18,11 @@ CPU time (`time.process_time`, every thread: the store's DB thread does the SQL)
 machine disturbs less. Goals (issue #14): the all-rows digest under 1 s and within 3x the weekly
 one, `/moa cost` under 20 ms, the chart under 150 ms. Prints peak RSS.
 
+On PostgreSQL the process's CPU time leaves out the server's (judge by wall time there), and
+JIT (on by default) compiles the series statements of a long digest (a SELECT per piece, 270
+over 90 days): seconds of compiling for tens of milliseconds of work. To measure without it,
+give the URL `?options=-c%20jit%3Doff` (a gateway can be configured the same way).
+
 No ANALYZE after the fill: the gateway never runs it, so these are the plans it gets (the
 plans with a big history's statistics are checked in tests/gateway/test_cost_plans.py).
 

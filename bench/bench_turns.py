@@ -6,8 +6,8 @@ Run:  python bench/bench_turns.py            (about two minutes on 2 cores)
       python bench/bench_turns.py --loop asyncio|uvloop   (default: as `moa-gateway run` chooses,
                                              uvloop when installed: pip install -e '.[fast]')
 
-The fake provider runs in a separate process and answers after the latency its model name
-carries. Two latency profiles:
+The fake provider runs in a separate process (on uvloop when installed, named in the output)
+and answers after the latency its model name carries. Two latency profiles:
   - stress:  references 300 ms, aggregator 200 ms (streamed): critical path 500 ms. Far shorter
              than real models, so the engine's own CPU shows as plainly as it can.
   - typical: references 3 s, aggregator 2 s: critical path 5 s, still short for models that
@@ -70,6 +70,11 @@ def start_fake() -> tuple[subprocess.Popen, str]:
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     url = process.stdout.readline().strip()
     return process, url
+
+
+def fake_loop(process: subprocess.Popen) -> str:
+    """The event loop the fake provider runs on (its second line: uvloop when installed)."""
+    return process.stdout.readline().strip().removeprefix("event loop: ")
 
 
 def make_engine(url: str, refs: int, http: httpx.AsyncClient, profile: Profile = STRESS) -> MoaEngine:
@@ -199,6 +204,8 @@ async def main(quick: bool, as_json: bool, loop_name: str) -> None:
     figures["event_loop"] = loop_name
     print(f"event loop: {loop_name}")
     process, url = start_fake()
+    figures["fake_event_loop"] = fake_loop(process)
+    print(f"fake provider's event loop: {figures['fake_event_loop']}")
     try:
         settle_heap()
         await run_profile(url, STRESS, figures, full=True, fake_pid=process.pid)

@@ -2,8 +2,10 @@
 
 Model names carry their latency: `ref3-300` answers after 300 ms. Answers are precomputed real
 Chat Completions bodies (SSE when the request streams, JSON otherwise), written by a bare asyncio
-protocol so the load generator costs far less CPU than the system under test. Prints its base URL,
-then serves until stdin closes.
+protocol so the load generator costs far less CPU than the system under test. It runs on uvloop
+when that is installed (the load generator shares the machine's cores with the process under
+test; the wire format is the same either way). Prints its base URL, then the event loop it runs
+on ("event loop: ..."), then serves until stdin closes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ import json
 import re
 import sys
 
+try:
+    import uvloop
+except ImportError:  # the [fast] extra is not installed
+    uvloop = None
+
+LOOP_NAME = "asyncio" if uvloop is None else "uvloop"
 MODEL = re.compile(rb'"model":\s*"([^"]+)"')
+LENGTH = re.compile(rb"content-length:\s*(\d+)")
 STREAM = re.compile(rb'"stream":\s*true')
 WORDS = "advice " * 120
 
@@ -50,7 +59,7 @@ class Server(asyncio.Protocol):
             if head_end < 0:
                 return
             head = self.buffer[:head_end].lower()
-            length = int(re.search(rb"content-length:\s*(\d+)", head).group(1))
+            length = int(LENGTH.search(head).group(1))
             if len(self.buffer) < head_end + 4 + length:
                 return
             body = self.buffer[head_end + 4: head_end + 4 + length]
@@ -77,9 +86,11 @@ async def main() -> None:
     server = await loop.create_server(Server, "127.0.0.1", 0, backlog=4096)
     port = server.sockets[0].getsockname()[1]
     print(f"http://127.0.0.1:{port}", flush=True)
+    print(f"event loop: {LOOP_NAME}", flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
     server.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=None if uvloop is None else uvloop.new_event_loop) as runner:
+        runner.run(main())

@@ -387,7 +387,8 @@ def retry_after_seconds(value: str, clock: Clock) -> float | None:
 def _with_usage(completion: Completion, request: CompletionRequest) -> Completion:
     """Replace missing (or all-zero) usage by an estimate from text length."""
     usage = completion.usage
-    completion = replace(completion, model=completion.model or request.model)
+    if not completion.model:  # a copy only when something changes: replace() is slow at scale
+        completion = replace(completion, model=request.model)
     if usage.source == "reported" and (usage.input or usage.cache_read or usage.cache_write or usage.output):
         return completion
     estimate = Usage(

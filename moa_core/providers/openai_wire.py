@@ -164,10 +164,11 @@ class StreamAccumulator:
 
     def feed(self, event: ServerEvent) -> str:
         """Take one event; return its text delta ("" if none)."""
-        if event.data.strip() == "[DONE]":
+        data = event.data
+        if "[DONE]" in data and data.strip() == "[DONE]":  # no stripped copy of every chunk
             self.finished = True
             return ""
-        chunk = orjson.loads(event.data)
+        chunk = orjson.loads(data)
         if not isinstance(chunk, dict):
             raise ValueError("stream chunk is not a JSON object")
         if chunk.get("error"):  # OpenRouter and others report mid-stream failures this way

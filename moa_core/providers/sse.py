@@ -55,11 +55,19 @@ class SseDecoder:
                 # "\r" may be the first half of a CRLF: keep that line until the next chunk.
                 self._pending = lines.pop() + b"\r"
         events: list[ServerEvent] = []
+        data = self._data
         for line in lines:
-            if line[:6] == b"data: ":  # most lines of a model stream: no need to split the field
-                self._data.append(line[6:].decode("utf-8", "replace"))
+            # Most lines of a model stream are `data: ...` or the blank line after it: handled
+            # here, without a call per line.
+            if line[:6] == b"data: ":
+                data.append(line[6:].decode("utf-8", "replace"))
+            elif not line and data:
+                events.append(ServerEvent(self._event, "\n".join(data)))
+                self._event, self._data = None, []
+                data = self._data
             else:
                 self._line(line, events)
+                data = self._data
         return events
 
     def close(self) -> list[ServerEvent]:

@@ -30,6 +30,7 @@ counts. "First" means the lowest id: rows of one turn are booked one transaction
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 KEY = ("platform", "chat_id", "user_id", "preset", "role", "provider", "model", "status")
@@ -60,6 +61,18 @@ def prior_models_sql(count: int) -> str:
             f"WHERE turn_id IN ({', '.join('?' * count)})")
 
 
+# Per grain: its spans (with their bucket widths) and how its key values are picked from a row's
+# full key plus a trailing '' (the columns a grain does not keep) — itemgetters, since this runs
+# for every booked call in the writer's thread, which shares the interpreter with the event loop.
+_FULL_KEY = itemgetter(*KEY)
+_TOKEN_COUNTS = itemgetter(*TOKENS)
+_PLAN = tuple(
+    (grain, tuple((span, SPAN_WIDTH[span]) for span in SPANS[grain]),
+     itemgetter(*(KEY.index(c) if c in kept else len(KEY) for c in KEY)))
+    for grain, kept in GRAINS.items()
+)
+
+
 def rollup_rows(rows: Sequence[Mapping[str, Any]], prior: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
     """The upsert parameters for call rows about to be inserted in this order (`call_values`
     dicts), given what `prior_models_sql` found stored for their turns: one tuple per rollup row
@@ -73,16 +86,16 @@ def rollup_rows(rows: Sequence[Mapping[str, Any]], prior: Iterable[Sequence[Any]
         which = (row["role"], row["provider"], row["model"])
         cost = row["cost_usd"]
         sums = (1, 0 if models else 1, 0 if which in models else 1, float(cost or 0.0),
-                1 if cost is None and row["status"] != "skipped" else 0, *(int(row[t]) for t in TOKENS))
+                1 if cost is None and row["status"] != "skipped" else 0, *map(int, _TOKEN_COUNTS(row)))
         models.add(which)
-        for grain, kept in GRAINS.items():
-            values = tuple(row[c] if c in kept else "" for c in KEY)
-            for span in SPANS[grain]:
-                key = (grain, span, row["created_at"][: SPAN_WIDTH[span]], *values)
-                if key in out:
-                    out[key] = [a + b for a, b in zip(out[key], sums, strict=True)]
-                else:
-                    out[key] = list(sums)
+        full = (*_FULL_KEY(row), "")
+        created = row["created_at"]
+        for grain, spans, pick in _PLAN:
+            values = pick(full)
+            for span, width in spans:
+                key = (grain, span, created[:width], *values)
+                old = out.get(key)
+                out[key] = list(sums) if old is None else [a + b for a, b in zip(old, sums, strict=True)]
     # In key order: two PostgreSQL transactions upserting shared rows lock them in one order.
     return [(*key, *sums) for key, sums in sorted(out.items())]
 

@@ -14,6 +14,7 @@ text of fixed width, so comparing the text compares the times.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from gateway.storage.contract import turn_row as _turn_row
 from gateway.storage.sqlite_connect import (
     BUSY_TIMEOUT_MS,
     DatabaseBusy,
+    RollupSums,
     connect_reader,
     connect_writer,
     dict_rows,
@@ -82,11 +84,12 @@ class Store:
     # are always of a process that has ended (see the contract).
     takeover_every_s = 60.0
 
-    def __init__(self, writer: DbThread, reader: DbThread, clock: Clock, path: Path,
+    def __init__(self, writer: DbThread, reader: DbThread, sums: RollupSums, clock: Clock, path: Path,
                  lease_s: float = DEFAULT_LEASE_S):
-        # Use `Store.open`.
+        # Use `Store.open`. `sums` belongs to the writer's batches (touched in its thread only).
         self._writer = writer
         self._reader = reader
+        self._sums = sums
         self._clock = clock
         self.path = path
         self._closed = False
@@ -98,7 +101,9 @@ class Store:
                    busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Store:
         """Open or create the database file and apply pending migrations."""
         path = Path(path)
-        writer = DbThread("moa-db", lambda: connect_writer(str(path), busy_timeout_ms), run_writes)
+        sums = RollupSums()
+        writer = DbThread("moa-db", lambda: connect_writer(str(path), busy_timeout_ms),
+                          functools.partial(run_writes, deferred=sums))
         await writer.start()
         # Opened once the writer has migrated the file and put it in WAL mode.
         reader = DbThread("moa-db-read", lambda: connect_reader(str(path), busy_timeout_ms), run_reads)
@@ -107,7 +112,7 @@ class Store:
         except BaseException:
             await writer.stop()
             raise
-        return cls(writer, reader, clock, path, lease_s)
+        return cls(writer, reader, sums, clock, path, lease_s)
 
     async def close(self) -> None:
         """Stop taking calls; what was already queued is written (and committed) first."""
@@ -126,6 +131,13 @@ class Store:
         if self._closed:
             raise RuntimeError("store is closed")
         return await self._writer.submit(fn)
+
+    async def _write(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """`run` for the store's own write functions (they do not read the cost rollups, so the
+        batch's summed rollup upserts need not be written before them)."""
+        if self._closed:
+            raise RuntimeError("store is closed")
+        return await self._writer.submit(fn, private=True)
 
     async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         """Run `fn(db)` in the reader thread (a read-only connection) and return its result: it
@@ -164,7 +176,7 @@ class Store:
             found = find_open_session(db, platform, chat_id, thread)
             return found if found is not None else open_session(db, platform, chat_id, thread, at)
 
-        return await self.run(work)
+        return await self._write(work)
 
     async def new_session(self, platform: str, chat_id: str, thread_id: str | None) -> int:
         """Close the open session of this chat and thread (if any) and open another."""
@@ -178,7 +190,7 @@ class Store:
             )
             return open_session(db, platform, chat_id, thread, at)
 
-        return await self.run(work)
+        return await self._write(work)
 
     async def history(self, session_id: int, limit: int = 500) -> list[Message]:
         """The last `limit` messages of a session, oldest first (a started turn's prompt included)."""
@@ -226,7 +238,7 @@ class Store:
                 insert_row(db.conn, "messages", _message_row(session_id, turn_id, user, at))
             return turn_id
 
-        return await self.run(work)
+        return await self._write(work)
 
     async def begin_turn(self, turn_id: int) -> None:
         """A queued turn starts: marked running, its user message stored, in one transaction."""
@@ -247,7 +259,7 @@ class Store:
             user = Message("user", prompt, images=images_from_json(images))
             insert_row(db.conn, "messages", _message_row(session_id, turn_id, user, at))
 
-        await self.run(work)
+        await self._write(work)
 
     async def record_calls(self, turn_id: int, calls: Sequence[CallRecord]) -> None:
         """Store model calls of a turn, with the turn's chat, user and preset copied onto each."""
@@ -257,9 +269,9 @@ class Store:
 
         def work(db: sqlite_utils.Database) -> None:
             turn = turn_columns(db, turn_id)
-            insert_calls(db, [_call_row(turn, call, at) for call in calls])
+            insert_calls(db, [_call_row(turn, call, at) for call in calls], self._sums)
 
-        await self.run(work)
+        await self._write(work)
 
     async def book_calls(self, calls: Sequence[tuple[int, CallRecord]]) -> None:
         """Store model calls of one or more turns, given as (turn id, call), in ONE transaction:
@@ -276,9 +288,9 @@ class Store:
                 if turn_id not in turns:
                     turns[turn_id] = turn_columns(db, turn_id)
                 rows.append(_call_row(turns[turn_id], call, at))
-            insert_calls(db, rows)
+            insert_calls(db, rows, self._sums)
 
-        await self.run(work)
+        await self._write(work)
 
     async def complete_turn(
         self,
@@ -311,7 +323,7 @@ class Store:
             insert_rows(db.conn, "messages", [_message_row(turn["session_id"], turn_id, m, at) for m in messages])
             return None if ledger is None else insert_row(db.conn, "deliveries", ledger)
 
-        return await self.run(work)
+        return await self._write(work)
 
     async def mark_turn(self, turn_id: int, status: str, error: str | None = None) -> None:
         """Set a turn's status (e.g. `interrupted` after a crash); stamps `finished_at` unless running."""
@@ -324,7 +336,7 @@ class Store:
                 (status, error, at, turn_id),
             )
 
-        await self.run(work)
+        await self._write(work)
 
     async def unfinished_turns(self) -> list[TurnRow]:
         """Turns still queued or running, oldest first: after a restart, the ones a crash cut."""
@@ -347,7 +359,7 @@ class Store:
                                 [(owner, until, r["id"]) for r in rows])
             return [_turn_row(r) for r in rows]
 
-        return await self.run(work)
+        return await self._write(work)
 
     async def renew_leases(self) -> int:
         """Extend this store's leases (kept alike on both backends; no other process reads them)."""
@@ -360,7 +372,7 @@ class Store:
                                    "AND status IN ('pending', 'sending')", (until, owner)).rowcount
             return turns + sent
 
-        return await self.run(work)
+        return await self._write(work)
 
     async def recent_turn_costs(self, platform: str, user_id: str, preset: str, limit: int = 5) -> list[float]:
         """Known dollars of this user's last `limit` finished turns with `preset` (any chat),
@@ -402,7 +414,7 @@ class Store:
             if cursor.rowcount != 1:
                 raise KeyError(f"no delivery {delivery_id}")
 
-        await self.run(work)
+        await self._write(work)
 
     async def pending_deliveries(self) -> list[Delivery]:
         """Ledger rows not yet sent (pending, or sending when a crash came), oldest first."""
@@ -426,7 +438,7 @@ class Store:
             )
             return cursor.rowcount == 1
 
-        return await self.run(work)
+        return await self._write(work)
 
     async def prune_seen(self, before: datetime) -> int:
         """Forget event ids seen before `before`; returns how many were dropped."""
@@ -435,7 +447,7 @@ class Store:
         def work(db: sqlite_utils.Database) -> int:
             return db.conn.execute("DELETE FROM seen_events WHERE seen_at < ?", (cutoff,)).rowcount
 
-        return await self.run(work)
+        return await self._write(work)
 
     async def channel_preset(self, platform: str, chat_id: str) -> str | None:
         """The default preset an admin set for this chat, or None."""
@@ -465,7 +477,7 @@ class Store:
                 (platform, chat_id, preset, by_user, at),
             )
 
-        await self.run(work)
+        await self._write(work)
 
     async def refusal_notice_due(self, platform: str, chat_id: str, interval_s: float) -> bool:
         """True at most once per `interval_s` per chat; a True answer records the time."""
@@ -485,7 +497,7 @@ class Store:
             )
             return True
 
-        return await self.run(work)
+        return await self._write(work)
 
     async def busy_elsewhere(self, session_id: int) -> bool:
         return False  # one process per file: the gateway's lanes already see every turn
@@ -516,13 +528,13 @@ class Store:
         not failed): whoever gets True sends it."""
         require(status, DIGEST_STATUSES, "digest status")
         values = [to_iso(end), to_iso(start), status, to_iso(at), to_iso(at)]
-        return await self.run(lambda db: db.conn.execute(CLAIM_DIGEST, values).rowcount == 1)
+        return await self._write(lambda db: db.conn.execute(CLAIM_DIGEST, values).rowcount == 1)
 
     async def finish_digest(self, end: datetime, status: str, at: datetime, dollars: float | None,
                             error: str | None) -> None:
         require(status, DIGEST_STATUSES, "digest status")
         values = [status, to_iso(at), dollars, error, to_iso(end)]
-        await self.run(lambda db: db.conn.execute(FINISH_DIGEST, values))
+        await self._write(lambda db: db.conn.execute(FINISH_DIGEST, values))
 
 
 @dataclass(slots=True)

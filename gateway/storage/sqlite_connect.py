@@ -112,12 +112,56 @@ def find_open_session(db: sqlite_utils.Database, platform: str, chat_id: str, th
     return row[0] if row else None
 
 
-def insert_calls(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> None:
-    """Model-call rows and their cost rollups, in the caller's transaction (one or none)."""
+def insert_calls(db: sqlite_utils.Database, rows: list[dict[str, Any]], sums: RollupSums | None = None) -> None:
+    """Model-call rows and their cost rollups, in the caller's transaction (one or none): the
+    rollup upserts written now, or left in `sums` for the end of the writer's batch."""
     turn_ids = sorted({row["turn_id"] for row in rows})
     prior = db.conn.execute(rollups.prior_models_sql(len(turn_ids)), turn_ids).fetchall()
     insert_rows(db.conn, "model_calls", rows)
-    db.conn.executemany(rollups.UPSERT, rollups.rollup_rows(rows, prior))
+    upserts = rollups.rollup_rows(rows, prior)
+    if sums is None:
+        db.conn.executemany(rollups.UPSERT, upserts)
+    else:
+        sums.add(upserts)
+
+
+_KEYS = len(rollups.COLUMNS) - len(rollups.SUMS)  # grain, span, bucket and the key columns
+
+
+class RollupSums:
+    """The rollup upserts of a writer batch's jobs, summed per rollup row and written once at the
+    end of the batch's transaction (`gateway.storage.sqlite_threads.Deferred`): a busy gateway
+    books many turns of one preset, model and hour per batch. Touched by the writer thread only.
+    The "first call" sums are decided per job, as before (`rollup_rows` reads the rows stored
+    so far, the batch's earlier jobs' included); only their writing waits."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Any, ...]] = []
+        self._sums: dict[tuple[Any, ...], list[Any]] = {}
+
+    def add(self, upserts: list[tuple[Any, ...]]) -> None:
+        self._staged.extend(upserts)
+
+    def keep(self) -> None:
+        sums = self._sums
+        for row in self._staged:
+            key, values = row[:_KEYS], row[_KEYS:]
+            old = sums.get(key)
+            sums[key] = list(values) if old is None else [a + b for a, b in zip(old, values, strict=True)]
+        self._staged.clear()
+
+    def drop(self) -> None:
+        self._staged.clear()
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        if self._sums:
+            # In key order, as `rollup_rows` gives them.
+            conn.executemany(rollups.UPSERT, [(*key, *values) for key, values in sorted(self._sums.items())])
+            self._sums.clear()
+
+    def reset(self) -> None:
+        self._staged.clear()
+        self._sums.clear()
 
 
 def turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:
@@ -131,4 +175,4 @@ def turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:
 
 
 __all__ = ["BUSY_TIMEOUT_MS", "DatabaseBusy", "connect_reader", "connect_writer", "dict_rows", "find_open_session",
-           "insert_calls", "insert_row", "insert_rows", "open_session", "turn_columns"]
+           "insert_calls", "insert_row", "insert_rows", "open_session", "RollupSums", "turn_columns"]

@@ -17,6 +17,10 @@ caller that was told "done" can act on it: the write is durable (WAL, synchronou
 process crash loses nothing committed).
 
 Jobs must not end the transaction themselves (COMMIT, ROLLBACK, VACUUM, changing journal_mode).
+A batch may also carry `Deferred` work its jobs leave for its end (the store's cost-rollup
+upserts, summed over the batch: one upsert per rollup row instead of one per job and row),
+written in the same transaction just before COMMIT — or before a job that is not the store's own
+(`private`), which may read what the deferred work writes.
 The reader's connection is `query_only`; WAL lets it read the last commit while the writer
 writes, so a report or a history read never waits behind a batch of writes.
 """
@@ -28,7 +32,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlite_utils
 
@@ -37,12 +41,30 @@ T = TypeVar("T")
 # A batch stops growing here, so the first job of a long queue is not kept waiting for the last.
 MAX_BATCH = 512
 
-Job = tuple[Callable[[sqlite_utils.Database], Any], asyncio.Future]
+# A job: its function, its future, and whether it is the store's own (`private`: it does not
+# read what `Deferred` work writes, so that work need not be written before it).
+Job = tuple[Callable[[sqlite_utils.Database], Any], asyncio.Future, bool]
 # Per job of a batch: (future, error or None, value).
 Outcome = tuple[asyncio.Future, BaseException | None, Any]
 RunBatch = Callable[[sqlite_utils.Database, list[Job]], list[Outcome]]
 
 _STOP = None  # queued by close(): the thread finishes what is before it, then ends
+
+
+class Deferred(Protocol):
+    """Work a batch's jobs leave for the end of its transaction."""
+
+    def keep(self) -> None:
+        """The job that just ran stands: what it left is kept."""
+
+    def drop(self) -> None:
+        """The job that just ran was rolled back: what it left is dropped."""
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        """Write what is kept, in the open transaction."""
+
+    def reset(self) -> None:
+        """The transaction is gone: forget everything."""
 
 
 class DbThread:
@@ -71,11 +93,11 @@ class DbThread:
         self._thread.start()
         await opened
 
-    def submit(self, fn: Callable[[sqlite_utils.Database], T]) -> asyncio.Future[T]:
+    def submit(self, fn: Callable[[sqlite_utils.Database], T], *, private: bool = False) -> asyncio.Future[T]:
         """Queue `fn(db)`; the future holds its result once its batch is done."""
         assert self._loop is not None, "start() first"
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((fn, future))
+        self._queue.put((fn, future, private))
         return future
 
     async def stop(self) -> None:
@@ -114,7 +136,7 @@ class DbThread:
                     try:
                         outcomes = self._run_batch(db, batch)
                     except BaseException as error:  # a bug here must not leave callers waiting
-                        outcomes = [(future, error, None) for _, future in batch]
+                        outcomes = [(future, error, None) for _, future, _ in batch]
                     self._call(_settle, outcomes)
                 if stop:
                     break
@@ -145,7 +167,7 @@ def _settle(outcomes: list[Outcome]) -> None:
 def run_reads(db: sqlite_utils.Database, jobs: list[Job]) -> list[Outcome]:
     """Reads, one after another, each with its own result or error."""
     outcomes: list[Outcome] = []
-    for fn, future in jobs:
+    for fn, future, _ in jobs:
         try:
             outcomes.append((future, None, fn(db)))
         except BaseException as error:
@@ -153,7 +175,7 @@ def run_reads(db: sqlite_utils.Database, jobs: list[Job]) -> list[Outcome]:
     return outcomes
 
 
-def run_writes(db: sqlite_utils.Database, jobs: list[Job]) -> list[Outcome]:
+def run_writes(db: sqlite_utils.Database, jobs: list[Job], deferred: Deferred | None = None) -> list[Outcome]:
     """Writes in one transaction, a SAVEPOINT per job (see the module docstring)."""
     conn = db.conn
     results: list[tuple[BaseException | None, Any]] = [(None, None)] * len(jobs)
@@ -168,11 +190,22 @@ def run_writes(db: sqlite_utils.Database, jobs: list[Job]) -> list[Outcome]:
         done: list[int] = []
         again: list[int] = []
         for position, i in enumerate(pending):
+            fn, _, private = jobs[i]
+            if deferred is not None and not private:
+                try:
+                    deferred.flush(conn)
+                except BaseException as error:  # as a failed COMMIT: this transaction's jobs fail
+                    for j in done:
+                        results[j] = (error, None)
+                    again, done = pending[position:], []
+                    break
             conn.execute("SAVEPOINT moa_job")
             try:
-                value = jobs[i][0](db)
+                value = fn(db)
             except BaseException as error:
                 results[i] = (error, None)
+                if deferred is not None:
+                    deferred.drop()
                 if conn.in_transaction:
                     conn.execute("ROLLBACK TO moa_job")
                     conn.execute("RELEASE moa_job")
@@ -182,6 +215,8 @@ def run_writes(db: sqlite_utils.Database, jobs: list[Job]) -> list[Outcome]:
                 done = []
                 break
             results[i] = (None, value)
+            if deferred is not None:
+                deferred.keep()
             if not conn.in_transaction:
                 # The job ended the transaction itself (against the rule above; e.g. legacy code
                 # that commits): what ran so far stands, the rest runs in a fresh transaction.
@@ -191,6 +226,8 @@ def run_writes(db: sqlite_utils.Database, jobs: list[Job]) -> list[Outcome]:
             done.append(i)
         if done:
             try:
+                if deferred is not None:
+                    deferred.flush(conn)
                 conn.execute("COMMIT")
             except BaseException as error:
                 _rollback(conn)
@@ -198,8 +235,10 @@ def run_writes(db: sqlite_utils.Database, jobs: list[Job]) -> list[Outcome]:
                     results[i] = (error, None)
         else:
             _rollback(conn)
+        if deferred is not None:
+            deferred.reset()
         pending = again
-    return [(future, *results[i]) for i, (_, future) in enumerate(jobs)]
+    return [(future, *results[i]) for i, (_, future, _) in enumerate(jobs)]
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -207,4 +246,4 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-__all__ = ["MAX_BATCH", "DbThread", "run_reads", "run_writes"]
+__all__ = ["MAX_BATCH", "DbThread", "Deferred", "run_reads", "run_writes"]

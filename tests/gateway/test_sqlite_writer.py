@@ -1,6 +1,7 @@
 """The SQLite store's writer and reader threads: writes queued together commit as one
 transaction, a failing write fails alone, close() writes what is queued, errors reach their
-caller, and reads do not wait behind writes."""
+caller, reads do not wait behind writes, and a batch's cost rollups are upserted once per
+rollup row."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import sqlite_utils
 
 from gateway.storage import Store
 from moa_core.clock import SystemClock
+from moa_core.values import CallRecord, Cost, Usage
+from tests.gateway.test_cost_rollups import assert_reconciled
 
 
 class HeldWriter:
@@ -165,3 +168,49 @@ async def test_a_cancelled_caller_does_not_stop_its_write(store: Store) -> None:
 async def test_the_reader_cannot_write(store: Store) -> None:
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         await store.read(insert("x"))
+
+
+# Cost rollups summed over a batch --------------------------------------------------------
+
+
+CALL = CallRecord("reference", 0, 0, "p", "m", "ok", 5, Usage(10, 0, 0, 5), Cost(0.001, "config"))
+
+
+async def started_turns(store: Store, count: int) -> list[int]:
+    session = await store.active_session("telegram", "1", None)
+    return [await store.start_turn(session_id=session, platform="telegram", chat_id="1", thread_id=None,
+                                   user_id="u", user_name="U", event_id=f"e{n}", message_id=f"m{n}",
+                                   preset="p", prompt="q") for n in range(count)]
+
+
+async def test_the_rollups_of_a_batch_are_upserted_once_per_rollup_row(store: Store) -> None:
+    turns = await started_turns(store, 10)
+    statements: list[str] = []
+    await store.run(lambda db: db.conn.set_trace_callback(statements.append))
+    async with HeldWriter(store):
+        booked = [asyncio.ensure_future(store.book_calls([(t, CALL)])) for t in turns]
+        booked.append(asyncio.ensure_future(store.book_calls([(424242, CALL)])))  # an unknown turn fails
+        await asyncio.sleep(0)
+        statements.clear()
+    results = await asyncio.gather(*booked, return_exceptions=True)
+    assert results[:10] == [None] * 10 and isinstance(results[10], KeyError)
+    upserts = [s for s in statements if s.startswith("INSERT INTO cost_rollups")]
+    # One chat, user, preset and model in one hour: 7 rollup rows (call; mix, chat and user by
+    # day and by hour), each written once for the ten turns.
+    assert len(upserts) == 7
+    assert await assert_reconciled(store) == 7
+    [calls, turn_count] = (await store.query(
+        "SELECT calls, turns FROM cost_rollups WHERE grain = 'call' AND span = 'day'"))[0]
+    assert (calls, turn_count) == (10, 10)
+
+
+async def test_a_write_of_anyone_but_the_store_sees_the_batch_rollups_so_far(store: Store) -> None:
+    [turn] = await started_turns(store, 1)
+    async with HeldWriter(store):
+        booked = asyncio.ensure_future(store.book_calls([(turn, CALL)]))
+        seen = asyncio.ensure_future(store.run(
+            lambda db: db.conn.execute("SELECT COALESCE(SUM(calls), 0) FROM cost_rollups WHERE grain = 'call'")
+            .fetchone()[0]))
+        await asyncio.sleep(0)
+    await booked
+    assert await seen == 1

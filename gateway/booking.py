@@ -41,18 +41,31 @@ class CallBook:
         self._on_booked = on_booked
         self._queue: list[tuple[int, CallRecord]] = []
         self._unbooked: Counter[int] = Counter()  # per turn: records queued or being written
+        self._queued: Counter[int] = Counter()  # per turn: records not yet handed to the store
+        self._handed = asyncio.Event()  # set (and replaced) whenever queued records are handed over
         self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def writes_in_order(self) -> bool:
+        return bool(getattr(self._store, "writes_in_order", False))
 
     def book(self, turn_id: int, record: CallRecord) -> None:
         """Queue one call's row; returns at once (never blocks the turn)."""
         self._queue.append((turn_id, record))
         self._unbooked[turn_id] += 1
+        self._queued[turn_id] += 1
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="moa-call-book")
 
     async def _write(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
+            for turn_id, _ in batch:
+                self._queued[turn_id] -= 1
+                if self._queued[turn_id] <= 0:
+                    del self._queued[turn_id]
+            handed, self._handed = self._handed, asyncio.Event()
+            handed.set()  # the store takes the batch below, before this task next yields
             try:
                 await self._store.book_calls(batch)
             except Exception:
@@ -74,6 +87,14 @@ class CallBook:
         while (self._unbooked.get(turn_id, 0) if turn_id is not None else self._unbooked) and self._writer:
             await asyncio.shield(self._writer)
 
+    async def handed_over(self, turn_id: int) -> None:
+        """Wait until the rows queued so far of `turn_id` are handed to the store, not written:
+        enough before a write that must come after them on a store whose writes commit in the
+        order they were made (`writes_in_order`: SQLite's one writer)."""
+        while self._queued.get(turn_id, 0) and self._writer is not None and not self._writer.done():
+            handed = self._handed
+            await handed.wait()
+
     def unbooked(self, turn_id: int) -> int:
         """Records of this turn not yet written (tests, diagnostics)."""
         return self._unbooked.get(turn_id, 0)
@@ -92,7 +113,9 @@ async def run_booked_turn(
     """`engine.run_turn` with every call booked under `turn_id` as it ends.
 
     However the turn ends (answer, provider error, a bug, cancellation), the calls made so far
-    are written before this returns or raises."""
+    are written before this returns or raises — or, on a store whose writes commit in order
+    (SQLite), handed to it: the turn's completion, which the caller writes next and waits for,
+    then commits with them or after them, and the wait for their own write is saved."""
 
     async def booked(event: Event) -> None:
         if isinstance(event, CallFinished):
@@ -103,7 +126,10 @@ async def run_booked_turn(
     try:
         return await engine.run_turn(preset, conversation, session=session, on_event=booked)
     finally:
-        await book.settle(turn_id)
+        if book.writes_in_order:
+            await book.handed_over(turn_id)
+        else:
+            await book.settle(turn_id)
 
 
 

@@ -187,6 +187,9 @@ class Storage(Protocol):
     replica: str  # this store's lease owner id
     lease_s: float
     takeover_every_s: float  # how often the gateway should look for rows whose owner is gone
+    # True when a write made after another commits with it or after it (SQLite's one writer):
+    # a caller may then hand a write over and wait only for a later one (gateway.booking).
+    writes_in_order: bool
 
     async def close(self) -> None: ...
 

@@ -137,6 +137,7 @@ class PostgresStore:
     """The storage contract on a PostgreSQL database shared by every replica."""
 
     backend = "postgresql"
+    writes_in_order = False  # a pool of connections: writes made one after another may commit in any order
 
     def __init__(self, pool: AsyncConnectionPool, clock: Clock, url: str, lease_s: float = DEFAULT_LEASE_S):
         # Use `PostgresStore.open`.

@@ -79,6 +79,7 @@ class Store:
     embedded backend of `gateway.storage.contract.Storage`)."""
 
     backend = "sqlite"
+    writes_in_order = True  # one writer thread, FIFO, batches committed one after another
 
     # One process per file: the ledger retry loop's pace of old, and leases other stores wrote
     # are always of a process that has ended (see the contract).

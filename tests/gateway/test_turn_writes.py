@@ -3,12 +3,15 @@ send, and that each write it acted on was stored first."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 
 from adapters.contract import Answer
 from tests.fakes.provider_server import Reply
 from tests.fakes.recording_adapter import RecordingAdapter
 from tests.gateway.gateway_kit import make_gateway
+from tests.gateway.test_cost_rollups import assert_reconciled
 
 
 class LedgerWatcher(RecordingAdapter):
@@ -54,3 +57,35 @@ async def test_an_answer_is_completed_and_marked_sending_in_one_write_before_it_
     assert adapter.status_at_send == ["sending"]  # durable before the platform had it
     assert marks == ["sent"]  # no second write between completing the turn and sending
     assert await gw.store.pending_deliveries() == []
+
+
+async def test_on_sqlite_a_turn_is_completed_without_waiting_for_its_last_call_to_be_written(fake, http, tmp_path):
+    fake.reply("ref-a", Reply(text="A"))
+    fake.reply("ref-b", Reply(text="B"))
+    fake.reply("agg", Reply(text="The answer."))
+    gw, chat = await make_gateway(fake, http, tmp_path)
+    assert gw.store.writes_in_order
+    release = threading.Event()
+    book, complete = gw.book.book, gw.store.complete_turn
+    unbooked_at_completion: list[int] = []
+
+    def booking(turn_id, record):
+        if record.role == "aggregator":  # the writer is kept busy from now until the completion
+            asyncio.ensure_future(gw.store.run(lambda db: release.wait(30)))
+        book(turn_id, record)
+
+    async def completing(turn_id, **kwargs):
+        unbooked_at_completion.append(gw.book.unbooked(turn_id))
+        release.set()
+        return await complete(turn_id, **kwargs)
+
+    gw.book.book = booking  # type: ignore[method-assign]
+    gw.store.complete_turn = completing  # type: ignore[method-assign]
+    await chat.push(chat.message("/moa a question"))
+    await asyncio.wait_for(gw.idle(), 60)  # waiting for the row first would never get here
+    assert unbooked_at_completion == [1]  # the aggregator's row was queued, not yet written
+    assert [a.text for a in chat.final_answers()] == ["The answer."]
+    # Written in the writer's order: the row before the completion that followed it.
+    rows = await gw.store.query("SELECT role FROM model_calls ORDER BY id")
+    assert [r[0] for r in rows] == ["reference", "reference", "aggregator"]
+    assert await assert_reconciled(gw.store) > 0

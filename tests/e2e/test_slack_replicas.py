@@ -69,10 +69,12 @@ async def two_replicas(tmp_path: Path, provider, slack, pg_database, monkeypatch
             "http_path": "/slack/events"})
         processes.append(GatewayProcess(config, f"replica{index}"))
         urls.append(f"http://127.0.0.1:{port}/slack/events")
-    await start_all(processes)
-    yield urls, processes
-    for process in processes:
-        await process.kill()
+    try:
+        await start_all(processes)
+        yield urls, processes
+    finally:
+        for process in processes:
+            await process.kill()
 
 
 @pytest.fixture
@@ -87,11 +89,13 @@ async def two_socket_replicas(tmp_path: Path, provider, slack, pg_database, monk
         folder.mkdir()
         config = replica_config(folder, provider, slack, pg_database, {"app_token_env": "E2E_SLACK_APP_TOKEN"})
         processes.append(GatewayProcess(config, f"replica{index}"))
-    await start_all(processes)
-    await slack.wait_connections(2, timeout=20)
-    yield processes
-    for process in processes:
-        await process.kill()
+    try:
+        await start_all(processes)
+        await slack.wait_connections(2, timeout=20)
+        yield processes
+    finally:  # also when they did not start or connect: no process is left behind
+        for process in processes:
+            await process.kill()
 
 
 async def post(url: str, body: str, content_type: str, **extra: str) -> int:

@@ -53,6 +53,7 @@ from gateway.storage.contract import (
     turn_row,
     turn_values,
 )
+from gateway.storage.turn_wakeups import TurnWakeups, notify_sql
 from moa_core.clock import Clock
 from moa_core.values import CallRecord, ImagePart, Message
 
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 
 POOL_MAX = 16
 CONNECT_TIMEOUT_S = 10.0
+# A turn waiting behind another re-checks this often while notifications arrive (they wake it
+# at once; this only covers one that was lost), and every `poll_s` while they do not.
+WAKEUP_FALLBACK_POLL_S = 1.0
 
 
 class StorageUnavailable(RuntimeError):
@@ -151,6 +155,8 @@ class PostgresStore:
         self.takeover_every_s = max(0.2, lease_s / 4)
         self._renewer: asyncio.Task | None = None
         self._conninfo = url
+        self._wakeups: TurnWakeups | None = None  # listening from the first wait_turns_ahead
+        self.wakeup_fallback_poll_s = WAKEUP_FALLBACK_POLL_S
         # Turns asked to run that start_turn stored queued (see there); begun by wait_turns_ahead.
         self._deferred: set[int] = set()
 
@@ -191,6 +197,8 @@ class PostgresStore:
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
+        if self._wakeups is not None:
+            await self._wakeups.close()
         self._closed = True
         await self._pool.close()
 
@@ -389,7 +397,9 @@ class PostgresStore:
             parts.append(f"d AS (INSERT INTO deliveries (turn_id, {', '.join(ledger)}) "
                          f"SELECT t.id, {', '.join(['%s'] * len(ledger))} FROM t RETURNING id)")
             params += list(ledger.values())
-        select = "SELECT (SELECT id FROM t), " + ("(SELECT id FROM d)" if delivery is not None else "NULL")
+        # The turns waiting behind this one, on any replica, are woken when it commits.
+        select = ("SELECT (SELECT id FROM t), " + ("(SELECT id FROM d)" if delivery is not None else "NULL")
+                  + f", {notify_sql('t')}")
         row = await self._one(f"WITH {', '.join(parts)} {select}", params)
         assert row is not None
         if row[0] is None:
@@ -406,9 +416,11 @@ class PostgresStore:
         if status != "running":
             self._deferred.discard(turn_id)
         at = None if status == "running" else self._now()
-        await self._rowcount(
-            "UPDATE turns SET status = %s, error = COALESCE(%s::text, error), finished_at = %s "
-            "WHERE id = %s AND lease_owner = %s", [status, error, at, turn_id, self.replica])
+        update = ("UPDATE turns SET status = %s, error = COALESCE(%s::text, error), finished_at = %s "
+                  "WHERE id = %s AND lease_owner = %s")
+        if status != "running":  # as in complete_turn: the turns waiting behind it are woken
+            update = f"WITH t AS ({update} RETURNING id, session_id) SELECT {notify_sql('t')}"
+        await self._rowcount(update, [status, error, at, turn_id, self.replica])
 
     async def unfinished_turns(self) -> list[TurnRow]:
         """Turns still queued or running, oldest first."""
@@ -534,15 +546,29 @@ class PostgresStore:
 
     async def wait_turns_ahead(self, session_id: int, turn_id: int, poll_s: float = 0.1) -> None:
         """Ids of a session's turns are taken under its row lock (`start_turn`), so id order is
-        the order turns reached the database and every lower id is visible here. A turn that
-        `start_turn` stored queued though it was asked to run is begun before this returns."""
+        the order turns reached the database and every lower id is visible here. The wait ends
+        when the turn ahead finishes, on any replica: its NOTIFY wakes this one (see
+        `turn_wakeups`); the database is re-checked every `wakeup_fallback_poll_s` anyway, and
+        every `poll_s` while notifications are not arriving. A turn that `start_turn` stored
+        queued though it was asked to run is begun before this returns."""
+        if self._wakeups is None:
+            self._wakeups = TurnWakeups(self._conninfo)
+        wakeups = self._wakeups
+        await wakeups.start()
         while True:
-            row = await self._one(
-                "SELECT EXISTS (SELECT 1 FROM turns WHERE session_id = %s AND id < %s "
-                "AND status IN ('queued', 'running'))", [session_id, turn_id])
-            if not (row and row[0]):
-                break
-            await asyncio.sleep(poll_s)
+            woken = wakeups.waiter(session_id)  # before the check: a finish after it is not missed
+            try:
+                row = await self._one(
+                    "SELECT EXISTS (SELECT 1 FROM turns WHERE session_id = %s AND id < %s "
+                    "AND status IN ('queued', 'running'))", [session_id, turn_id])
+                if not (row and row[0]):
+                    break
+                try:
+                    await asyncio.wait_for(woken.wait(), self.wakeup_fallback_poll_s if wakeups.listening else poll_s)
+                except TimeoutError:
+                    pass
+            finally:
+                wakeups.forget(session_id, woken)
         if turn_id in self._deferred:
             self._deferred.discard(turn_id)
             await self.begin_turn(turn_id)

@@ -280,3 +280,18 @@ async def test_a_row_sent_while_the_retry_loop_held_it_is_not_sent_again(pg_data
         assert await store.pending_deliveries() == []
     finally:
         await store.close()
+
+
+async def test_the_gateway_connects_with_jit_off_unless_the_url_sets_options(pg_database: str) -> None:
+    """JIT compiled a long digest's statements for seconds; the URL's own options still win."""
+    store = await open_store(pg_database, FakeClock(T0))
+    try:
+        assert await store.query("SHOW jit") == [("off",)]
+    finally:
+        await store.close()
+    separator = "&" if "?" in pg_database else "?"
+    store = await open_store(f"{pg_database}{separator}options=-c%20jit%3Don", FakeClock(T0))
+    try:
+        assert await store.query("SHOW jit") == [("on",)]
+    finally:
+        await store.close()

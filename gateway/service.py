@@ -59,7 +59,7 @@ from moa_core.events import (
     ToolCallFinished,
     ToolCallStarted,
 )
-from moa_core.values import ImagePart
+from moa_core.values import ImagePart, Message
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,9 @@ class _Waiting:
     queued: bool
     images: tuple[ImagePart, ...] = ()  # bytes of this question's images, held only in memory
     heard: str | None = None
+    # The session's history as the turn runs with it, when the store read it with the turn's
+    # own write (`start_turn_with_history`); None: read it when the turn starts.
+    history: list[Message] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +399,8 @@ class Gateway:
                     await self._book_unasked(message, preset_name, session_id, prepared)
                 if not prepared.empty:
                     ask = replace(ask, prompt=prepared.prompt)
-                    turn_id = await self.store.start_turn(
+                    # A turn that can run at once gets its history in the same trip to the store.
+                    turn_id, history = await self.store.start_turn_with_history(
                         session_id=session_id, platform=message.platform, chat_id=message.chat_id,
                         thread_id=message.thread_id, user_id=message.user_id, user_name=message.user_name,
                         event_id=message.event_id, message_id=message.message_id, preset=preset_name,
@@ -404,7 +408,7 @@ class Gateway:
                     )
                     await self.store.record_calls(turn_id, prepared.calls)
                     lane.waiting.append(_Waiting(message, ask, turn_id, preset_name, session_id, queued,
-                                                 prepared.images, prepared.heard))
+                                                 prepared.images, prepared.heard, history))
         finally:
             lane.storing -= 1
         if prepared.empty:
@@ -541,7 +545,7 @@ class Gateway:
                     stream.update(Answer(state["text"], final=False))
 
         try:
-            history = await self.store.history(session_id)
+            history = waiting.history if waiting.history is not None else await self.store.history(session_id)
             if waiting.images or self.attachments.settings.keep_images_in_history:
                 history = self.attachments.with_images(history, waiting.images)
             conversation = trim_history(history, self.config.gateway.context_chars)

@@ -206,6 +206,16 @@ class Storage(Protocol):
     async def start_turn(self, *, session_id: int, platform: str, chat_id: str, thread_id: str | None,
                          user_id: str, user_name: str, event_id: str, message_id: str, preset: str,
                          prompt: str, queued: bool = False, images: Sequence[ImagePart] = ()) -> int: ...
+    async def start_turn_with_history(self, *, session_id: int, platform: str, chat_id: str,
+                                      thread_id: str | None, user_id: str, user_name: str, event_id: str,
+                                      message_id: str, preset: str, prompt: str, queued: bool = False,
+                                      images: Sequence[ImagePart] = (),
+                                      limit: int = 500) -> tuple[int, list[Message] | None]:
+        """`start_turn`, and the session's `history(session_id, limit)` as the turn will run with
+        it, read in the same trip to the store — or None when it could still change before the
+        turn runs (a queued turn; on PostgreSQL always, since a turn of another replica may be
+        ahead: `wait_turns_ahead`), and the caller reads it then."""
+        ...
     async def begin_turn(self, turn_id: int) -> None: ...
     async def record_calls(self, turn_id: int, calls: Sequence[CallRecord]) -> None: ...
     async def book_calls(self, calls: Sequence[tuple[int, CallRecord]]) -> None:

@@ -292,6 +292,11 @@ class PostgresStore:
 
     # Turns and model calls ------------------------------------------------------------------
 
+    async def start_turn_with_history(self, *, limit: int = 500, **turn: Any) -> tuple[int, list[Message] | None]:
+        """`start_turn`; the history is read once the turn may run (a turn of another replica may
+        be ahead of it: see `wait_turns_ahead`)."""
+        return await self.start_turn(**turn), None
+
     async def start_turn(self, *, session_id: int, platform: str, chat_id: str, thread_id: str | None,
                          user_id: str, user_name: str, event_id: str, message_id: str, preset: str,
                          prompt: str, queued: bool = False, images: Sequence[ImagePart] = ()) -> int:

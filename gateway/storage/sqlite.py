@@ -196,12 +196,7 @@ class Store:
     async def history(self, session_id: int, limit: int = 500) -> list[Message]:
         """The last `limit` messages of a session, oldest first (a started turn's prompt included)."""
 
-        def work(db: sqlite_utils.Database) -> list[Message]:
-            cursor = db.conn.execute("SELECT * FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?",
-                                     (session_id, limit))
-            return [_message(row) for row in reversed(dict_rows(cursor))]
-
-        return await self.read(work)
+        return await self.read(lambda db: _read_history(db, session_id, limit))
 
     # Turns and model calls ------------------------------------------------------------------
 
@@ -225,12 +220,16 @@ class Store:
         transaction. A queued one (waiting behind another turn of its chat) is stored at once,
         so a crash cannot lose it, but its message only joins the session in `begin_turn`:
         the history keeps the order in which turns really ran."""
-        at = self._now()
-        turn = turn_values(
+        return await self._write(self._start_turn_work(
             session_id=session_id, platform=platform, chat_id=chat_id, thread_id=thread_id, user_id=user_id,
             user_name=user_name, event_id=event_id, message_id=message_id, preset=preset, prompt=prompt,
-            queued=queued, at=at, images=images, lease=self._lease(),
-        )
+            queued=queued, images=images))
+
+    def _start_turn_work(self, *, session_id: int, prompt: str, queued: bool = False,
+                         images: Sequence[ImagePart] = (), **fields: Any) -> Callable[[sqlite_utils.Database], int]:
+        at = self._now()
+        turn = turn_values(session_id=session_id, prompt=prompt, queued=queued, at=at, images=images,
+                           lease=self._lease(), **fields)
 
         def work(db: sqlite_utils.Database) -> int:
             turn_id = insert_row(db.conn, "turns", turn)
@@ -239,7 +238,21 @@ class Store:
                 insert_row(db.conn, "messages", _message_row(session_id, turn_id, user, at))
             return turn_id
 
-        return await self._write(work)
+        return work
+
+    async def start_turn_with_history(self, *, limit: int = 500, **turn: Any) -> tuple[int, list[Message] | None]:
+        """`start_turn` and, for a running turn, its session's history read in the same writer
+        job (one trip to the store instead of two before the engine starts). One process per
+        file: a turn stored running has no turn ahead of it (the gateway's lanes queue the
+        session's later messages behind it), so nothing writes to its session before it runs."""
+        work = self._start_turn_work(**turn)
+        session_id = turn["session_id"]
+
+        def with_history(db: sqlite_utils.Database) -> tuple[int, list[Message] | None]:
+            turn_id = work(db)
+            return turn_id, None if turn.get("queued") else _read_history(db, session_id, limit)
+
+        return await self._write(with_history)
 
     async def begin_turn(self, turn_id: int) -> None:
         """A queued turn starts: marked running, its user message stored, in one transaction."""
@@ -536,6 +549,12 @@ class Store:
         require(status, DIGEST_STATUSES, "digest status")
         values = [status, to_iso(at), dollars, error, to_iso(end)]
         await self._write(lambda db: db.conn.execute(FINISH_DIGEST, values))
+
+
+def _read_history(db: sqlite_utils.Database, session_id: int, limit: int) -> list[Message]:
+    cursor = db.conn.execute("SELECT * FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?",
+                             (session_id, limit))
+    return [_message(row) for row in reversed(dict_rows(cursor))]
 
 
 @dataclass(slots=True)

@@ -473,6 +473,26 @@ async def test_delivery_ledger(store: Storage, clock: FakeClock) -> None:
         await store.mark_delivery(12345, "sent")
 
 
+async def test_a_turn_started_with_its_history_reads_it_only_when_nothing_can_change_it(
+    store: Storage, clock: FakeClock
+) -> None:
+    session = await store.active_session("telegram", "1", None)
+    first = await start(store, session, prompt="first")
+    await store.complete_turn(first, status="done", answer="one", cost_usd=0.0,
+                              messages=[Message("assistant", "one")], delivery=None)
+    fields = dict(session_id=session, platform="telegram", chat_id="1", thread_id=None, user_id="u1",
+                  user_name="Ann", event_id="e2", message_id="m2", preset="default")
+    second, history = await store.start_turn_with_history(prompt="second", **fields)  # type: ignore[arg-type]
+    if store.backend == "sqlite":  # the same writer job: the turn's own question included
+        assert history == [Message("user", "first"), Message("assistant", "one"), Message("user", "second")]
+    else:  # a turn of another replica may be ahead of it: read once it may run
+        assert history is None
+    assert [m.content for m in await store.history(session)] == ["first", "one", "second"]
+    queued, history = await store.start_turn_with_history(prompt="later", queued=True, **fields)  # type: ignore[arg-type]
+    assert history is None  # a queued turn's history is read when it begins
+    assert [(t.id, t.status) for t in await store.unfinished_turns()] == [(second, "running"), (queued, "queued")]
+
+
 async def test_a_queued_turn_is_stored_at_once_and_joins_the_history_when_it_begins(
     store: Store, clock: FakeClock
 ) -> None:

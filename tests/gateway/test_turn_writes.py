@@ -89,3 +89,28 @@ async def test_on_sqlite_a_turn_is_completed_without_waiting_for_its_last_call_t
     rows = await gw.store.query("SELECT role FROM model_calls ORDER BY id")
     assert [r[0] for r in rows] == ["reference", "reference", "aggregator"]
     assert await assert_reconciled(gw.store) > 0
+
+
+async def test_a_turn_that_runs_at_once_gets_its_history_with_its_own_write(fake, http, tmp_path):
+    fake.reply("ref-a", Reply(text="A"), Reply(text="A2"))
+    fake.reply("ref-b", Reply(text="B"), Reply(text="B2"))
+    fake.reply("agg", Reply(text="First answer."), Reply(text="Second answer."))
+    gw, chat = await make_gateway(fake, http, tmp_path)
+    reads: list[int] = []
+    history = gw.store.history
+
+    async def spy(session_id, limit=500):
+        reads.append(session_id)
+        return await history(session_id, limit)
+
+    gw.store.history = spy  # type: ignore[method-assign]
+    await chat.push(chat.message("/moa first question"))
+    await gw.idle()
+    await chat.push(chat.message("/moa second question"))
+    await gw.idle()
+    assert reads == []  # read in the turn's own write, not in a trip of its own
+    first, second = (r.body["messages"] for r in fake.for_model("agg"))
+    assert [m["role"] for m in first] == ["user"]
+    assert [m["role"] for m in second] == ["user", "assistant", "user"]
+    assert second[1]["content"] == "First answer."
+    assert [a.text for a in chat.final_answers()] == ["First answer.", "Second answer."]

@@ -40,6 +40,7 @@ _DAY, _HOUR, _NOON = timedelta(days=1), timedelta(hours=1), timedelta(hours=12)
 _RAW_ONLY: ContextVar[bool] = ContextVar("cost_rollups_raw_only", default=False)
 # Smallest first: the narrowest grain that keeps the columns a query needs is read.
 _GRAIN_ORDER = ("chat", "user", "mix", "call")
+_NO_TOKENS = Tokens()
 _SUM_COLUMNS = ("calls", "turns", "model_turns", "dollars", "unpriced", "input", "cache_read", "cache_write",
                 "output", "reasoning")
 
@@ -204,15 +205,21 @@ async def totals(
            f"GROUP BY {', '.join(['iv', *group])}{having}")
     if having_dollars is not None:
         params.append(having_dollars)
+    width = len(group)
     out = []
+    if dollars_only:  # calls and dollars alone (a series: thousands of rows): nothing else to unpack
+        for row in await store.query(sql, params):
+            calls, dollars = row[1 + width], float(row[2 + width] or 0.0)
+            if calls:  # else everything in it was subtracted again: no calls
+                out.append((int(row[0]), tuple(row[1:1 + width]),
+                            Totals(int(calls), 0, 0, 0.0 if abs(dollars) < 1e-12 else dollars, 0, _NO_TOKENS)))
+        return out
     for row in await store.query(sql, params):
-        values: list[Any] = [0] * len(_SUM_COLUMNS)
-        for n, value in zip(keep, row[1 + len(group):], strict=True):
-            values[n] = value
+        values = row[1 + width:]
         if not values[0]:
             continue  # everything in it was subtracted again: no calls
         dollars = float(values[3] or 0.0)
-        out.append((int(row[0]), tuple(row[1:1 + len(group)]), Totals(
+        out.append((int(row[0]), tuple(row[1:1 + width]), Totals(
             int(values[0]), int(values[1] or 0), int(values[2] or 0), 0.0 if abs(dollars) < 1e-12 else dollars,
             int(values[4] or 0), Tokens(*(int(v or 0) for v in values[5:])))))
     return out

@@ -49,6 +49,7 @@ from gateway.history import trim_history
 from gateway.live import LiveMessage
 from gateway.presentation import reference_summary
 from gateway.storage import Delivery, Storage, TurnRow
+from gateway.storage.contract import Inbound
 from moa_core.clock import Clock
 from moa_core.engine import MoaEngine
 from moa_core.events import (
@@ -262,10 +263,19 @@ class Gateway:
             return
         if LONE_SURROGATE.search(message.user_name or ""):  # a name cannot be sent again: repair it
             message = replace(message, user_name=LONE_SURROGATE.sub("\ufffd", message.user_name))
-        if not await self.store.mark_seen(message.platform, message.event_id):
+        rules = self.access(message.platform)
+        inbound = None
+        if self._may_ask(message, command, rules):
+            # Most likely a question: its session and preset are looked up with the duplicate
+            # check, in one trip to the store instead of two before its turn is stored.
+            inbound = await self.store.begin_inbound(message.platform, message.event_id, message.chat_id,
+                                                     message.thread_id)
+            first = inbound.first
+        else:
+            first = await self.store.mark_seen(message.platform, message.event_id)
+        if not first:
             log.info("duplicate %s event %s ignored", message.platform, message.event_id)
             return
-        rules = self.access(message.platform)
         if not is_allowed(rules, message):
             if await self.store.refusal_notice_due(
                 message.platform, message.chat_id, self.config.gateway.refusal_notice_interval_s
@@ -296,10 +306,21 @@ class Gateway:
                     await self.notify(chat_ref(message), _EMPTY_TEXT)
                 return
             command = Ask(prompt=text)
-        await self._dispatch(message, command, rules)
+        await self._dispatch(message, command, rules, inbound=inbound)
+
+    def _may_ask(self, message: InboundMessage, command: Command | None, rules: AccessRules) -> bool:
+        """A message that goes straight to a turn if it is new (checked without the store): a
+        question without files, allowed, not too old, from an adapter that does not post for it
+        first (`accepted` may move it to another thread, so its session is looked up after)."""
+        return (
+            (command is None or isinstance(command, Ask)) and not message.attachments
+            and is_allowed(rules, message)
+            and self.clock.now() - message.sent_at <= timedelta(seconds=self.config.gateway.backlog_max_age_s)
+            and getattr(self.adapters.get(message.platform), "accepted", None) is None
+        )
 
     async def _dispatch(self, message: InboundMessage, command: Command, rules: AccessRules, *,
-                        in_lane: bool = False) -> None:
+                        in_lane: bool = False, inbound: Inbound | None = None) -> None:
         if not isinstance(command, Ask) and not in_lane:
             lane = self._lanes.get(session_key(message))
             if lane is not None and (lane.waiting or (lane.worker is not None and not lane.worker.done())):
@@ -322,7 +343,7 @@ class Gateway:
                                   "often half of a cut emoji), so it cannot be stored or sent to the models. "
                                   "Please send it again without it.", "error")
                 return
-            await self._enqueue(message, command)
+            await self._enqueue(message, command, inbound)
         elif isinstance(command, Help):
             text = help_text(list(presets))
             await self.notify(chat, f"{command.reason}\n\n{text}" if command.reason else text)
@@ -370,7 +391,9 @@ class Gateway:
 
     async def channel_default(self, platform: str, chat_id: str) -> str:
         """`/moa default P` (stored) > [channels."platform:chat"] > gateway.default_preset."""
-        stored = await self.store.channel_preset(platform, chat_id)
+        return self._default_preset(platform, chat_id, await self.store.channel_preset(platform, chat_id))
+
+    def _default_preset(self, platform: str, chat_id: str, stored: str | None) -> str:
         if stored and stored in self.config.engine.presets:
             return stored
         configured = self.config.channels.get(f"{platform}:{chat_id}")
@@ -378,12 +401,17 @@ class Gateway:
             return configured.preset
         return self.config.gateway.default_preset
 
-    async def _enqueue(self, message: InboundMessage, ask: Ask) -> None:
+    async def _enqueue(self, message: InboundMessage, ask: Ask, inbound: Inbound | None = None) -> None:
         # Stored before it waits: a crash or shutdown while it queues cannot lose the question.
-        # The preset and the session are looked up together (one trip to the store, not two).
-        session_id, preset_name = await asyncio.gather(
-            self.store.active_session(message.platform, message.chat_id, message.thread_id),
-            self._preset_of(message, ask))
+        if inbound is not None and inbound.looked_up and inbound.session_id is not None:
+            # Found with the duplicate check (`begin_inbound`): no trip to the store here.
+            session_id = inbound.session_id
+            preset_name = ask.preset or self._default_preset(message.platform, message.chat_id,
+                                                             inbound.channel_preset)
+        else:  # the preset and the session are looked up together (one trip to the store, not two)
+            session_id, preset_name = await asyncio.gather(
+                self.store.active_session(message.platform, message.chat_id, message.thread_id),
+                self._preset_of(message, ask))
         key = session_key(message)
         lane = self._lanes.setdefault(key, _Lane())
         # Decided before the write and counted in `storing`, so a second message arriving during

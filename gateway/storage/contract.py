@@ -150,6 +150,17 @@ class TurnRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Inbound:
+    """What `Storage.begin_inbound` found: whether the event is new, and (when `looked_up`) the
+    chat's open session, if one is open (none is opened), and its stored default preset."""
+
+    first: bool
+    looked_up: bool = False
+    session_id: int | None = None
+    channel_preset: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DigestState:
     """What the digest table says: whether any period is recorded, and the end of the last one
     not owed any more (baseline, sending or sent)."""
@@ -262,6 +273,11 @@ class Storage(Protocol):
 
     # Seen events, channel settings, refusal notices
     async def mark_seen(self, platform: str, event_id: str) -> bool: ...
+    async def begin_inbound(self, platform: str, event_id: str, chat_id: str, thread_id: str | None) -> Inbound:
+        """`mark_seen`, and for a new event the chat's open session and `channel_preset` looked up
+        in the same trip to the store (SQLite: one writer job). `looked_up=False`: the store did
+        not look them up (PostgreSQL), the caller asks `active_session` and `channel_preset`."""
+        ...
     async def prune_seen(self, before: datetime) -> int: ...
     async def channel_preset(self, platform: str, chat_id: str) -> str | None: ...
     async def set_channel_preset(self, platform: str, chat_id: str, preset: str | None, by_user: str) -> None: ...

@@ -37,6 +37,7 @@ from gateway.storage.contract import (
     Delivery,
     DigestState,
     HeldLock,
+    Inbound,
     LeaseLost,
     TurnRow,
     call_values,
@@ -520,6 +521,10 @@ class PostgresStore:
 
     async def prune_seen(self, before: datetime) -> int:
         return await self._rowcount("DELETE FROM seen_events WHERE seen_at < %s", [to_iso(before)])
+
+    async def begin_inbound(self, platform: str, event_id: str, chat_id: str, thread_id: str | None) -> Inbound:
+        """`mark_seen` alone (`looked_up=False`): the caller looks the session and preset up."""
+        return Inbound(first=await self.mark_seen(platform, event_id))
 
     async def channel_preset(self, platform: str, chat_id: str) -> str | None:
         row = await self._one(

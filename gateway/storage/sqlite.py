@@ -35,6 +35,7 @@ from gateway.storage.contract import (
     Delivery,
     DigestState,
     HeldLock,
+    Inbound,
     TurnRow,
     from_iso,
     images_from_json,
@@ -451,6 +452,26 @@ class Store:
                 (platform, event_id, at),
             )
             return cursor.rowcount == 1
+
+        return await self._write(work)
+
+    async def begin_inbound(self, platform: str, event_id: str, chat_id: str, thread_id: str | None) -> Inbound:
+        """`mark_seen` with the chat's open session (none is opened: a message that starts no turn
+        leaves no session) and stored preset looked up in the same writer job: one trip to the
+        store instead of two before a turn is stored."""
+        at, thread = self._now(), thread_key(thread_id)
+
+        def work(db: sqlite_utils.Database) -> Inbound:
+            cursor = db.conn.execute(
+                "INSERT OR IGNORE INTO seen_events (platform, event_id, seen_at) VALUES (?, ?, ?)",
+                (platform, event_id, at),
+            )
+            if cursor.rowcount != 1:
+                return Inbound(first=False)
+            row = db.conn.execute(
+                "SELECT preset FROM channel_settings WHERE platform = ? AND chat_id = ?", (platform, chat_id)
+            ).fetchone()
+            return Inbound(True, True, find_open_session(db, platform, chat_id, thread), row[0] if row else None)
 
         return await self._write(work)
 

@@ -473,6 +473,28 @@ async def test_delivery_ledger(store: Storage, clock: FakeClock) -> None:
         await store.mark_delivery(12345, "sent")
 
 
+async def test_begin_inbound_marks_the_event_seen_and_looks_up_without_opening_a_session(
+    store: Storage, clock: FakeClock
+) -> None:
+    first = await store.begin_inbound("telegram", "ev1", "-100", "t1")
+    assert first.first
+    assert not await store.mark_seen("telegram", "ev1")  # the same seen_events as mark_seen
+    assert not (await store.begin_inbound("telegram", "ev1", "-100", "t1")).first  # a duplicate
+    assert await store.query("SELECT COUNT(*) FROM sessions") == [(0,)]  # none opened for it
+    if store.backend == "sqlite":
+        assert (first.looked_up, first.session_id, first.channel_preset) == (True, None, None)
+    else:
+        assert not first.looked_up  # the caller looks them up itself
+    session = await store.active_session("telegram", "-100", "t1")
+    await store.set_channel_preset("telegram", "-100", "deep", "admin")
+    found = await store.begin_inbound("telegram", "ev2", "-100", "t1")
+    assert found.first
+    if store.backend == "sqlite":
+        assert (found.session_id, found.channel_preset) == (session, "deep")
+        other = await store.begin_inbound("telegram", "ev3", "-100", "t2")  # another thread: its own session
+        assert (other.session_id, other.channel_preset) == (None, "deep")
+
+
 async def test_a_turn_started_with_its_history_reads_it_only_when_nothing_can_change_it(
     store: Storage, clock: FakeClock
 ) -> None:

@@ -114,3 +114,37 @@ async def test_a_turn_that_runs_at_once_gets_its_history_with_its_own_write(fake
     assert [m["role"] for m in second] == ["user", "assistant", "user"]
     assert second[1]["content"] == "First answer."
     assert [a.text for a in chat.final_answers()] == ["First answer.", "Second answer."]
+
+
+async def test_a_question_in_an_open_session_is_checked_for_duplicates_with_its_lookups(fake, http, tmp_path):
+    fake.reply("deep-ref", Reply(text="R1"), Reply(text="R2"))
+    fake.reply("deep-agg", Reply(text="First answer."), Reply(text="Second answer."))
+    gw, chat = await make_gateway(fake, http, tmp_path)
+    await gw.store.set_channel_preset("fakechat", "c1", "deep", "admin")
+    await chat.push(chat.message("/moa first question"))  # a new chat: its session is opened apart
+    await gw.idle()
+    trips: list[str] = []
+
+    def spying(name: str):
+        real = getattr(gw.store, name)
+
+        def spy(*args):
+            trips.append(name)
+            return real(*args)
+        return spy
+
+    for name in ("mark_seen", "active_session", "channel_preset"):
+        setattr(gw.store, name, spying(name))
+    second = chat.message("/moa second question")
+    await chat.push(second)
+    await gw.idle()
+    assert trips == []  # seen, session and preset in one trip (begin_inbound)
+    await chat.push(second)  # the same event again: no second turn
+    await gw.idle()
+    assert [a.text for a in chat.final_answers()] == ["First answer.", "Second answer."]
+    turns = await gw.store.query("SELECT preset, session_id, prompt FROM turns ORDER BY id")
+    assert [t[0] for t in turns] == ["deep", "deep"]  # the stored default, both ways
+    assert turns[0][1] == turns[1][1]
+    assert [t[2] for t in turns] == ["first question", "second question"]
+    history = fake.for_model("deep-agg")[1].body["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "user"]

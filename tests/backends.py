@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -47,6 +48,20 @@ def as_url(conninfo: str) -> str:
                      if k not in ("user", "host", "port", "dbname"))
     return f"postgresql://{auth}{parts.get('host', '')}{port}/{parts.get('dbname', '')}" + (
         f"?{query}" if query else "")
+
+
+@contextmanager
+def scratch_schema(url: str, prefix: str = "s") -> Iterator[str]:
+    """An empty schema of the URL's database, as a URL whose search_path is that schema (what
+    `[gateway] database` takes); dropped with everything in it afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        yield as_url(with_database(url, conninfo_to_dict(url)["dbname"], options=f"-csearch_path={name}"))
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
 def _unavailable(reason: str) -> None:

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from adapters.contract import ChatRef
 from gateway.storage import Store
 from gateway.storage.postgres import PostgresStore
 from moa_core.values import CallRecord, Cost, Message, Usage
-from tests.backends import as_url, with_database
+from tests.backends import scratch_schema
 from tests.fakes.clock import FakeClock
 from tests.gateway.test_cost_rollups import assert_reconciled
 
@@ -31,13 +28,8 @@ TABLES = ("sessions", "turns", "messages", "model_calls", "deliveries", "seen_ev
 @pytest.fixture
 def empty_target(pg_database: str):
     """An empty schema of the test database, as the URL `--to` takes."""
-    name = f"m_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-    dbname = psycopg.conninfo.conninfo_to_dict(pg_database)["dbname"]
-    yield as_url(with_database(pg_database, dbname, options=f"-csearch_path={name}"))
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+    with scratch_schema(pg_database, "m") as url:
+        yield url
 
 
 async def fill(path: Path, turns: int) -> None:

@@ -11,17 +11,15 @@ waits with `wait_turns_ahead`, and a queued one is begun with `begin_turn`.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from gateway.storage.postgres import PostgresStore
 from moa_core.values import Message
-from tests.backends import as_url, with_database
+from tests.backends import scratch_schema
 from tests.fakes.clock import FakeClock
 
 T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
@@ -30,13 +28,8 @@ T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
 @pytest.fixture
 def schema_url(pg_database: str):
     """An empty schema of its own (the trigger below must not reach other tests); dropped after."""
-    name = f"order_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-    dbname = psycopg.conninfo.conninfo_to_dict(pg_database)["dbname"]
-    yield as_url(with_database(pg_database, dbname, options=f"-csearch_path={name}"))
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+    with scratch_schema(pg_database, "order") as url:
+        yield url
 
 
 @dataclass

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import statistics
@@ -178,9 +179,40 @@ async def transport_cpu(url: str, transport: str, n: int = 1000) -> tuple[float,
     return cpu, wall
 
 
+async def fake_floor_ms(url: str, profile: Profile, repeats: int = 5) -> float:
+    """How late the fake provider alone answers one turn's path (a reference, then the aggregator)
+    to a bare socket with no client: its timers' lateness on this machine, which every turn
+    figure above includes; p50 over `repeats`."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+
+    async def ask(model: str) -> None:
+        body = json.dumps({"model": model, "messages": []}).encode()
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: fake\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n%b" % (len(body), body))
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                      if line.startswith(b"content-length:"))
+        await reader.readexactly(length)
+
+    lateness = []
+    try:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            await ask(f"ref0-{profile.reference_ms}")
+            await ask(f"agg-{profile.aggregator_ms}")
+            lateness.append((time.perf_counter() - started - profile.critical_s) * 1000)
+    finally:
+        writer.close()
+    return statistics.median(lateness)
+
+
 async def run_profile(url: str, profile: Profile, figures: Figures, *, full: bool, fake_pid: int) -> None:
     print(f"\n[{profile.name}] critical path: slowest reference {profile.reference_ms} ms "
           f"+ aggregator {profile.aggregator_ms} ms = {profile.critical_s * 1000:.0f} ms")
+    floor = figures[f"fake_floor_overhead_ms_{profile.name}"] = await fake_floor_ms(url, profile)
+    print(f"the fake provider alone (bare socket, no client): one turn's path p50 {floor:.1f} ms over it "
+          "(this machine's timer lateness, inside every figure below)")
     if full:
         for refs in (1, 4, 16):
             walls = await measure(url, refs, 1, 9, profile)

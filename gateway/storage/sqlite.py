@@ -446,14 +446,7 @@ class Store:
         """Remember an inbound event id; True the first time, False for a duplicate."""
         at = self._now()
 
-        def work(db: sqlite_utils.Database) -> bool:
-            cursor = db.conn.execute(
-                "INSERT OR IGNORE INTO seen_events (platform, event_id, seen_at) VALUES (?, ?, ?)",
-                (platform, event_id, at),
-            )
-            return cursor.rowcount == 1
-
-        return await self._write(work)
+        return await self._write(lambda db: _mark_seen(db, platform, event_id, at))
 
     async def begin_inbound(self, platform: str, event_id: str, chat_id: str, thread_id: str | None) -> Inbound:
         """`mark_seen` with the chat's open session (none is opened: a message that starts no turn
@@ -462,16 +455,10 @@ class Store:
         at, thread = self._now(), thread_key(thread_id)
 
         def work(db: sqlite_utils.Database) -> Inbound:
-            cursor = db.conn.execute(
-                "INSERT OR IGNORE INTO seen_events (platform, event_id, seen_at) VALUES (?, ?, ?)",
-                (platform, event_id, at),
-            )
-            if cursor.rowcount != 1:
+            if not _mark_seen(db, platform, event_id, at):
                 return Inbound(first=False)
-            row = db.conn.execute(
-                "SELECT preset FROM channel_settings WHERE platform = ? AND chat_id = ?", (platform, chat_id)
-            ).fetchone()
-            return Inbound(True, True, find_open_session(db, platform, chat_id, thread), row[0] if row else None)
+            return Inbound(True, True, find_open_session(db, platform, chat_id, thread),
+                           _channel_preset(db, platform, chat_id))
 
         return await self._write(work)
 
@@ -487,13 +474,7 @@ class Store:
     async def channel_preset(self, platform: str, chat_id: str) -> str | None:
         """The default preset an admin set for this chat, or None."""
 
-        def work(db: sqlite_utils.Database) -> str | None:
-            row = db.conn.execute(
-                "SELECT preset FROM channel_settings WHERE platform = ? AND chat_id = ?", (platform, chat_id)
-            ).fetchone()
-            return row[0] if row else None
-
-        return await self.read(work)
+        return await self.read(lambda db: _channel_preset(db, platform, chat_id))
 
     async def set_channel_preset(self, platform: str, chat_id: str, preset: str | None, by_user: str) -> None:
         """Set this chat's default preset; None clears it."""
@@ -570,6 +551,19 @@ class Store:
         require(status, DIGEST_STATUSES, "digest status")
         values = [status, to_iso(at), dollars, error, to_iso(end)]
         await self._write(lambda db: db.conn.execute(FINISH_DIGEST, values))
+
+
+def _mark_seen(db: sqlite_utils.Database, platform: str, event_id: str, at: str) -> bool:
+    """Remember an inbound event id: True the first time, False for a duplicate."""
+    cursor = db.conn.execute("INSERT OR IGNORE INTO seen_events (platform, event_id, seen_at) VALUES (?, ?, ?)",
+                             (platform, event_id, at))
+    return cursor.rowcount == 1
+
+
+def _channel_preset(db: sqlite_utils.Database, platform: str, chat_id: str) -> str | None:
+    row = db.conn.execute("SELECT preset FROM channel_settings WHERE platform = ? AND chat_id = ?",
+                          (platform, chat_id)).fetchone()
+    return row[0] if row else None
 
 
 def _read_history(db: sqlite_utils.Database, session_id: int, limit: int) -> list[Message]:

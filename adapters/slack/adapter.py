@@ -287,30 +287,27 @@ class SlackAdapter:
         )
         if message is not None:
             self._spawn(self._deliver(message))
-        elif (thread := self._unknown_thread(body)) is not None:
+        elif (unknown := self._unknown_thread(body)) is not None:
             # A reply in a thread this process has not answered in: another replica (or this
             # one before a restart) may have. Slack knows; ask it, off Bolt's listener.
-            self._spawn(self._deliver_if_bot_thread(body, thread))
+            self._spawn(self._deliver_if_bot_thread(*unknown))
 
-    def _unknown_thread(self, body: dict[str, Any]) -> tuple[str, str] | None:
+    def _unknown_thread(self, body: dict[str, Any]) -> tuple[tuple[str, str], InboundMessage] | None:
         """(channel, thread_ts) of an event that would be a reply to the bot had the bot posted
-        in its thread; None for any other event."""
+        in its thread, with the message it would then be; None for any other event."""
         event = body.get("event") or {}
         if not event.get("thread_ts"):
             return None
         thread = (str(event.get("channel", "")), str(event["thread_ts"]))
         assumed = inbound_from_event(body, bot_user_id=self.bot_user_id,
                                      reply_in_thread=self.settings.reply_in_thread, bot_threads=(thread,))
-        return thread if assumed is not None else None
+        return None if assumed is None else (thread, assumed)
 
-    async def _deliver_if_bot_thread(self, body: dict[str, Any], thread: tuple[str, str]) -> None:
+    async def _deliver_if_bot_thread(self, thread: tuple[str, str], message: InboundMessage) -> None:
         if not await self._bot_posted_in(thread):
             return
         self._bot_threads.remember(thread)
-        message = inbound_from_event(body, bot_user_id=self.bot_user_id,
-                                     reply_in_thread=self.settings.reply_in_thread, bot_threads=self._bot_threads)
-        if message is not None:
-            await self._deliver(message)
+        await self._deliver(message)
 
     async def _bot_posted_in(self, thread: tuple[str, str]) -> bool:
         now = self._clock()

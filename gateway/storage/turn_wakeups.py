@@ -2,8 +2,9 @@
 session (`PostgresStore.wait_turns_ahead`), over PostgreSQL's LISTEN/NOTIFY.
 
 The statement that finishes a turn also NOTIFYs `CHANNEL` with the turn's session id when a
-later turn of the session is unfinished (delivered when it commits, to every listening replica). Each store keeps one listening connection of its
-own, opened on the first wait, and wakes the waiters of that session. A notification can be
+later turn of the session is unfinished (delivered when it commits, to every listening replica).
+Each store keeps one listening connection of its own, opened on the first wait, and wakes the
+waiters of that session. A notification can be
 missed (while the listener reconnects, or a session lost in between), so a waiter re-checks the
 database anyway: slowly while the listener is up, as often as before while it is down.
 """
@@ -18,6 +19,8 @@ import psycopg
 log = logging.getLogger(__name__)
 
 CHANNEL = "moa_turn_done"
+RECONNECT_S = 1.0  # real time between tries to listen again
+START_WAIT_S = 2.0  # how long a first waiter waits for the listener before it polls
 
 
 def notify_sql(finished: str) -> str:
@@ -28,8 +31,6 @@ def notify_sql(finished: str) -> str:
     return (f"(SELECT pg_notify('{CHANNEL}', f.session_id::text) FROM {finished} f WHERE EXISTS "
             "(SELECT 1 FROM turns w WHERE w.session_id = f.session_id AND w.id > f.id "
             "AND w.status IN ('queued', 'running')))")
-RECONNECT_S = 1.0  # real time between tries to listen again
-START_WAIT_S = 2.0  # how long a first waiter waits for the listener before it polls
 
 
 class TurnWakeups:

@@ -160,8 +160,11 @@ async def budget_status(
             continue
         limit, source = limits[kind]
         scope = f"{platform}:{next(iter(who.values()))}"
-        sums = await spent(store, start, end, platform=platform, **who)
+        # What is held is read before what is spent: a call booked while the spend is read is
+        # then counted twice (refusing early), never dropped from both (its hold shrinks when
+        # its row is committed, which a spend read begun before the commit does not see).
         reserved, running = held.held(budget_scope(kind, scope)) if held is not None else (0.0, 0)
+        sums = await spent(store, start, end, platform=platform, **who)
         lines.append(BudgetLine(kind, scope, limit, sums.dollars, end, source, reserved, running,  # type: ignore[arg-type]
                                 sums.unpriced, sums.calls))
     return tuple(lines)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.storage import Storage
 from moa_core.engine import MoaEngine
@@ -44,6 +44,12 @@ class CallBook:
         self._queued: Counter[int] = Counter()  # per turn: records not yet handed to the store
         self._handed = asyncio.Event()  # set (and replaced) whenever queued records are handed over
         self._writer: asyncio.Task[None] | None = None
+        # Records are written in the order they were queued: numbered as queued, "settled up to
+        # n" says every record up to the n-th has had its write end (written, or failed).
+        self._numbered = 0
+        self._settled = 0
+        self._latest_of: dict[int, int] = {}  # per turn with records unbooked: its latest one's number
+        self._progressed = asyncio.Event()  # set (and replaced) whenever a batch's write ends
 
     @property
     def writes_in_order(self) -> bool:
@@ -52,6 +58,8 @@ class CallBook:
     def book(self, turn_id: int, record: CallRecord) -> None:
         """Queue one call's row; returns at once (never blocks the turn)."""
         self._queue.append((turn_id, record))
+        self._numbered += 1
+        self._latest_of[turn_id] = self._numbered
         self._unbooked[turn_id] += 1
         self._queued[turn_id] += 1
         if self._writer is None or self._writer.done():
@@ -79,13 +87,27 @@ class CallBook:
                     self._unbooked[turn_id] -= 1
                     if self._unbooked[turn_id] <= 0:
                         del self._unbooked[turn_id]
+                        del self._latest_of[turn_id]
+                self._settled += len(batch)
+                progressed, self._progressed = self._progressed, asyncio.Event()
+                progressed.set()
 
     async def settle(self, turn_id: int | None = None) -> None:
-        """Wait until the rows queued so far (of `turn_id`, or of every turn) are written.
+        """Wait until the rows queued so far (of `turn_id`, or of every turn) are written —
+        not rows queued after this call: the summary waits for the references' rows, never for
+        the aggregator's that end while it waits.
 
-        Safe in a task being cancelled: the write itself is shielded and always completes."""
-        while (self._unbooked.get(turn_id, 0) if turn_id is not None else self._unbooked) and self._writer:
-            await asyncio.shield(self._writer)
+        Safe in a task being cancelled: the write runs in the writer task, which a cancelled
+        waiter leaves alone."""
+        await self.settled_so_far(turn_id)
+
+    def settled_so_far(self, turn_id: int | None = None) -> Awaitable[None]:
+        """`settle`, for the rows queued when this is called (not when it is awaited)."""
+        return self._settled_through(self._latest_of.get(turn_id, 0) if turn_id is not None else self._numbered)
+
+    async def _settled_through(self, number: int) -> None:
+        while self._settled < number and self._writer is not None and not self._writer.done():
+            await self._progressed.wait()
 
     async def handed_over(self, turn_id: int) -> None:
         """Wait until the rows queued so far of `turn_id` are handed to the store, not written:

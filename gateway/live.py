@@ -2,13 +2,15 @@
 
 Used for the progress line and the streamed answer: updates only set the latest value; a
 background flusher edits with whatever is latest, so a slow or rate-limited platform never stalls
-the engine and intermediate states are coalesced.
+the engine and intermediate states are coalesced. `not_before` holds the message's first post
+until what must appear above it in the chat (the batched summary) has been posted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from adapters.contract import Adapter, ChatRef, Outbound, Sent
 
@@ -16,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class LiveMessage:
-    def __init__(self, adapter: Adapter, chat: ChatRef, interval: float | None = None):
+    def __init__(self, adapter: Adapter, chat: ChatRef, interval: float | None = None, *,
+                 not_before: Callable[[], Awaitable[None]] | None = None):
         self._adapter = adapter
         self._chat = chat
         self._interval = adapter.limits.edit_interval_s if interval is None else interval
@@ -25,6 +28,7 @@ class LiveMessage:
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._not_before = not_before
         self.sent: Sent | None = None
 
     def update(self, item: Outbound) -> None:
@@ -51,6 +55,9 @@ class LiveMessage:
             return
         try:
             if self.sent is None:
+                if self._not_before is not None:
+                    await self._not_before()
+                    item = self._latest  # it may have grown while waiting
                 self.sent = await self._adapter.send(self._chat, item)
             elif self._adapter.limits.supports_edit:
                 self.sent = await self._adapter.edit(self.sent, item)

@@ -16,13 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
-from adapters.contract import (
-    Adapter,
-    Answer,
-    ChatRef,
-    InboundMessage,
-    Progress,
-)
+from adapters.contract import Adapter, ChatRef, InboundMessage
 from gateway.access import is_admin, is_allowed, is_trigger
 from gateway.attachments import AttachmentIntake, Prepared
 from gateway.booking import CallBook, Reservations, run_booked_turn
@@ -46,20 +40,11 @@ from gateway.commands import (
 from gateway.config import AccessRules, Config
 from gateway.delivery import Ledger
 from gateway.history import trim_history
-from gateway.live import LiveMessage
-from gateway.presentation import reference_summary
 from gateway.storage import Delivery, Storage, TurnRow
 from gateway.storage.contract import Inbound
+from gateway.turn_display import TurnDisplay
 from moa_core.clock import Clock
 from moa_core.engine import MoaEngine
-from moa_core.events import (
-    Event,
-    ReferenceFinished,
-    ReferencesDone,
-    TextDelta,
-    ToolCallFinished,
-    ToolCallStarted,
-)
 from moa_core.values import ImagePart, Message
 
 log = logging.getLogger(__name__)
@@ -540,81 +525,31 @@ class Gateway:
             await self.store.begin_turn(turn_id)
         preset = self.config.engine.presets[preset_name]
         channel = self.config.channels.get(f"{message.platform}:{message.chat_id}")
-        summary_mode = (channel.summary if channel and channel.summary else None) or preset.summary
-        progress = LiveMessage(adapter, chat) if self.config.gateway.progress and preset.enabled and preset.references else None
-        stream = LiveMessage(adapter, chat)
-        state = {"summary_sent": False, "step": None, "text": "", "done": 0}
-
-        async def on_event(event: Event) -> None:
-            if isinstance(event, ReferenceFinished) and progress is not None:
-                state["done"] += 1
-                progress.update(Progress("references", state["done"], event.result.count, event.result.label))
-            elif isinstance(event, ReferencesDone):
-                if progress is not None:
-                    await progress.close(Progress("aggregating", len(event.results), len(event.results),
-                                                  preset.aggregator.label))
-                if not state["summary_sent"] and summary_mode != "off" and event.results:
-                    state["summary_sent"] = True
-                    await self.book.settle(turn_id)  # dollars the chat is shown are already booked
-                    await adapter.send(chat, reference_summary(preset_name, summary_mode, event.results,
-                                                                     heard=waiting.heard))
-            elif isinstance(event, ToolCallStarted):
-                if progress is not None:  # the progress line names the tool while it runs
-                    await progress.close(Progress("tool", 0, 0, event.call.name))
-                if self.config.gateway.stream:
-                    stream.update(Answer(f"{state['text']}\n\n_using {event.call.name}…_".strip(), final=False))
-            elif isinstance(event, ToolCallFinished) and progress is not None:
-                await progress.close(Progress("aggregating", 0, 0, preset.aggregator.label))
-            elif isinstance(event, TextDelta):
-                if state["step"] != event.step:
-                    state["step"], state["text"] = event.step, ""
-                state["text"] += event.text
-                if self.config.gateway.stream and preset.stream:
-                    stream.update(Answer(state["text"], final=False))
-
+        stream = self.config.gateway.stream
+        display = TurnDisplay(
+            adapter, chat, preset_name=preset_name, aggregator_label=preset.aggregator.label,
+            summary_mode=(channel.summary if channel and channel.summary else None) or preset.summary,
+            show_progress=bool(self.config.gateway.progress and preset.enabled and preset.references),
+            stream_tool_use=stream, stream_text=stream and preset.stream, heard=waiting.heard,
+            settled_so_far=lambda: self.book.settled_so_far(turn_id))
         try:
             history = waiting.history if waiting.history is not None else await self.store.history(session_id)
             if waiting.images or self.attachments.settings.keep_images_in_history:
                 history = self.attachments.with_images(history, waiting.images)
             conversation = trim_history(history, self.config.gateway.context_chars)
             result = await run_booked_turn(self.engine, self.book, turn_id, preset_name, conversation,
-                                           session=session_key(message), on_event=on_event)
+                                           session=session_key(message), on_event=display.on_event)
         except asyncio.CancelledError:
-            await self._close_quietly(progress, stream)
-            await self._mark_incomplete(stream, state["text"])
+            await display.cut(shutdown=True)
             await self._interrupt_at_shutdown(turn_id, chat, ask.prompt)
             raise
         except Exception as error:
             log.exception("turn %s failed", turn_id)
-            await self._close_quietly(progress, stream)
-            await self._mark_incomplete(stream, state["text"])
+            await display.cut(shutdown=False)
             await self._fail_turn(turn_id, chat, error)
             return
-        await self._close_quietly(progress)
-        await stream.close()
-        if result.error:
-            await self._mark_incomplete(stream, state["text"])
-        await self.ledger.record_result(turn_id, chat, result, stream.sent, footer=self.config.gateway.footer)
-
-    @staticmethod
-    async def _mark_incomplete(stream: LiveMessage, text: str) -> None:
-        """A streamed part stays in the chat when its turn is cut (an aggregator failure, an
-        error, shutdown): say in that same message that it stops short."""
-        if stream.sent is None or not text.strip():
-            return
-        try:
-            await stream.close(Answer(f"{text.rstrip()}\n\n{_INCOMPLETE_MARK}", final=True))
-        except Exception:  # the notice that follows still tells the chat
-            log.warning("could not mark a cut answer as incomplete", exc_info=True)
-
-    @staticmethod
-    async def _close_quietly(*lives: LiveMessage | None) -> None:
-        for live in lives:
-            if live is not None:
-                try:
-                    await live.close()
-                except Exception:
-                    log.warning("closing a live message failed", exc_info=True)
+        sent = await display.finish(incomplete=bool(result.error))
+        await self.ledger.record_result(turn_id, chat, result, sent, footer=self.config.gateway.footer)
 
     # ----- delivery --------------------------------------------------------------------------
 
@@ -639,7 +574,6 @@ class Gateway:
 
 _BARE_MOA = re.compile(rf"/moa(@\w+)?(\s+\+(?P<preset>{PRESET_NAME}))?", re.IGNORECASE)
 _EMPTY_TEXT = "Your message is empty. Send me a question, or /moa help to see what I can do."
-_INCOMPLETE_MARK = "⚠️ _Incomplete: the answer was cut off here._"
 
 
 def _recovered_message(turn: TurnRow) -> InboundMessage:

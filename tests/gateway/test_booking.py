@@ -113,3 +113,39 @@ async def test_calls_ending_together_are_written_in_one_transaction(tmp_path):
     assert len(await rows(store)) == 12
     assert {r["chat_id"] for r in await rows(store)} == {"c0", "c1", "c2"}
     await store.close()
+
+
+async def test_settling_waits_for_the_rows_queued_so_far_not_for_later_ones(tmp_path):
+    # The summary waits for the references' rows; the aggregator's row, booked while it
+    # waits, must not hold it up (nor the turn's completion behind the summary).
+    store = await Store.open(tmp_path / "s.db", SystemClock())
+    turn_id = await store.start_turn(session_id=await store.active_session("p", "c", None), platform="p",
+                                     chat_id="c", thread_id=None, user_id="u", user_name="U", event_id="e",
+                                     message_id="1", preset="default", prompt="q")
+    held = asyncio.Event()
+    original = store.book_calls
+
+    async def second_write_held(calls):
+        if any(record.role == "aggregator" for _, record in calls):
+            await held.wait()
+        await original(calls)
+
+    store.book_calls = second_write_held  # type: ignore[method-assign]
+    book = CallBook(store)
+    reference = CallRecord("reference", 1, 0, "fake", "m", "ok", 5, Usage(10, output=2), Cost(0.001, "config"))
+    book.book(turn_id, reference)
+    book.book(turn_id, reference)
+    references_booked = book.settled_so_far(turn_id)
+    await asyncio.sleep(0)  # the references' rows are handed to the store before the aggregator ends
+    book.book(turn_id, CallRecord("aggregator", 1, 0, "fake", "agg", "ok", 5, Usage(10, output=2),
+                                  Cost(0.001, "config")))
+    await asyncio.wait_for(references_booked, 5)  # not behind the held aggregator row
+    assert [r["role"] for r in await rows(store)] == ["reference", "reference"]
+    assert book.unbooked(turn_id) == 1
+    settling_all = asyncio.ensure_future(book.settle(turn_id))
+    await asyncio.sleep(0.05)
+    assert not settling_all.done()  # the turn's every row: the aggregator's too
+    held.set()
+    await asyncio.wait_for(settling_all, 5)
+    assert [r["role"] for r in await rows(store)] == ["reference", "reference", "aggregator"]
+    await store.close()

@@ -22,6 +22,7 @@ from gateway.config import BudgetSettings
 from gateway.costs.budgets import check_budget
 from gateway.costs.digest import build_digest
 from gateway.costs.reports import cost_report, cost_table
+from gateway.costs.rollups import totals
 from gateway.storage import Store
 from tests.fakes.clock import FakeClock
 from tests.gateway.test_cost_rollups import T0, book_randomly
@@ -133,3 +134,24 @@ async def test_a_chat_or_a_user_is_sought_in_the_rollups(store: Store) -> None:
         for line in rollup_reads:
             assert f"{column}=?" in line, line
 
+
+
+async def test_a_series_of_local_days_is_one_select_per_span(store: Store) -> None:
+    """A series (the chart's days, the users' days) lists its one-bucket pieces, so its statement
+    does not grow a SELECT per day: PostgreSQL planned 274 of them over 90 days in ~12 ms."""
+    recorder = Recorder(store)
+    start = T0 - timedelta(days=1)
+    for group in (("provider", "model"), ("platform", "user_id")):
+        counts = []
+        for length in (3, 90):
+            recorder.statements.clear()
+            days = [((start + timedelta(days=n)).astimezone(BERLIN), (start + timedelta(days=n + 1)).astimezone(BERLIN))
+                    for n in range(length)]
+            await totals(store, days, group, dollars_only=True, having_dollars=0.001)
+            [(sql, _)] = recorder.statements
+            counts.append(sql.count("SELECT "))
+        assert counts[0] == counts[1] <= 5, counts
+    for sql, plan in await recorder.plans():
+        assert_no_history_scan(sql, plan)
+        rollup_reads = [line for line in plan if re.match(r"SEARCH r\b", line)]
+        assert rollup_reads and all("bucket=?" in line for line in rollup_reads), plan

@@ -41,7 +41,6 @@ from gateway.config import AccessRules, Config
 from gateway.delivery import Ledger
 from gateway.history import trim_history
 from gateway.storage import Delivery, Storage, TurnRow
-from gateway.storage.contract import Inbound
 from gateway.turn_display import TurnDisplay
 from moa_core.clock import Clock
 from moa_core.engine import MoaEngine
@@ -249,16 +248,11 @@ class Gateway:
         if LONE_SURROGATE.search(message.user_name or ""):  # a name cannot be sent again: repair it
             message = replace(message, user_name=LONE_SURROGATE.sub("\ufffd", message.user_name))
         rules = self.access(message.platform)
-        inbound = None
-        if self._may_ask(message, command, rules):
-            # Most likely a question: its session and preset are looked up with the duplicate
-            # check, in one trip to the store instead of two before its turn is stored.
-            inbound = await self.store.begin_inbound(message.platform, message.event_id, message.chat_id,
-                                                     message.thread_id)
-            first = inbound.first
-        else:
-            first = await self.store.mark_seen(message.platform, message.event_id)
-        if not first:
+        ask = self._plain_question(message, command, rules)
+        if ask is not None:  # checked for duplicates with the turn's own write: one trip to the store
+            await self._enqueue(message, ask, unseen=True)
+            return
+        if not await self.store.mark_seen(message.platform, message.event_id):
             log.info("duplicate %s event %s ignored", message.platform, message.event_id)
             return
         if not is_allowed(rules, message):
@@ -291,21 +285,37 @@ class Gateway:
                     await self.notify(chat_ref(message), _EMPTY_TEXT)
                 return
             command = Ask(prompt=text)
-        await self._dispatch(message, command, rules, inbound=inbound)
+        await self._dispatch(message, command, rules)
 
-    def _may_ask(self, message: InboundMessage, command: Command | None, rules: AccessRules) -> bool:
-        """A message that goes straight to a turn if it is new (checked without the store): a
-        question without files, allowed, not too old, from an adapter that does not post for it
-        first (`accepted` may move it to another thread, so its session is looked up after)."""
-        return (
-            (command is None or isinstance(command, Ask)) and not message.attachments
+    def _plain_question(self, message: InboundMessage, command: Command | None, rules: AccessRules) -> Ask | None:
+        """The question, when the message goes straight to a turn if it is new (checked without
+        the store): a valid question without files, allowed, not too old, from an adapter that
+        does not post for it first (`accepted` may move it to another thread)."""
+        if command is None:
+            command = Ask(prompt=message.text.strip())
+        if not (
+            isinstance(command, Ask) and command.prompt and not message.attachments
             and is_allowed(rules, message)
             and self.clock.now() - message.sent_at <= timedelta(seconds=self.config.gateway.backlog_max_age_s)
             and getattr(self.adapters.get(message.platform), "accepted", None) is None
-        )
+        ):
+            return None
+        return command if self._refusal(command) is None else None
+
+    def _refusal(self, ask: Ask) -> str | None:
+        """Why this question cannot be asked, or None."""
+        presets = self.config.engine.presets
+        if ask.preset is not None and ask.preset not in presets:
+            return f"Unknown preset '{ask.preset}'. Presets: {', '.join(presets)}."
+        if len(ask.prompt) > 100_000:
+            return "That prompt is too long (over 100,000 characters)."
+        if LONE_SURROGATE.search(ask.prompt):
+            return ("That message contains a broken character (a lone UTF-16 surrogate, often half of a "
+                    "cut emoji), so it cannot be stored or sent to the models. Please send it again without it.")
+        return None
 
     async def _dispatch(self, message: InboundMessage, command: Command, rules: AccessRules, *,
-                        in_lane: bool = False, inbound: Inbound | None = None) -> None:
+                        in_lane: bool = False) -> None:
         if not isinstance(command, Ask) and not in_lane:
             lane = self._lanes.get(session_key(message))
             if lane is not None and (lane.waiting or (lane.worker is not None and not lane.worker.done())):
@@ -317,18 +327,11 @@ class Gateway:
         admin = is_admin(rules, message)
         presets = self.config.engine.presets
         if isinstance(command, Ask):
-            if command.preset is not None and command.preset not in presets:
-                await self.notify(chat, f"Unknown preset '{command.preset}'. Presets: {', '.join(presets)}.", "error")
+            refusal = self._refusal(command)
+            if refusal is not None:
+                await self.notify(chat, refusal, "error")
                 return
-            if len(command.prompt) > 100_000:
-                await self.notify(chat, "That prompt is too long (over 100,000 characters).", "error")
-                return
-            if LONE_SURROGATE.search(command.prompt):
-                await self.notify(chat, "That message contains a broken character (a lone UTF-16 surrogate, "
-                                  "often half of a cut emoji), so it cannot be stored or sent to the models. "
-                                  "Please send it again without it.", "error")
-                return
-            await self._enqueue(message, command, inbound)
+            await self._enqueue(message, command)
         elif isinstance(command, Help):
             text = help_text(list(presets))
             await self.notify(chat, f"{command.reason}\n\n{text}" if command.reason else text)
@@ -386,17 +389,10 @@ class Gateway:
             return configured.preset
         return self.config.gateway.default_preset
 
-    async def _enqueue(self, message: InboundMessage, ask: Ask, inbound: Inbound | None = None) -> None:
+    async def _enqueue(self, message: InboundMessage, ask: Ask, *, unseen: bool = False) -> None:
+        """Store the question's turn, then queue it in its session's lane. `unseen`: a plain
+        question whose event is not marked seen yet (`take_question` does it with the turn)."""
         # Stored before it waits: a crash or shutdown while it queues cannot lose the question.
-        if inbound is not None and inbound.looked_up and inbound.session_id is not None:
-            # Found with the duplicate check (`begin_inbound`): no trip to the store here.
-            session_id = inbound.session_id
-            preset_name = ask.preset or self._default_preset(message.platform, message.chat_id,
-                                                             inbound.channel_preset)
-        else:  # the preset and the session are looked up together (one trip to the store, not two)
-            session_id, preset_name = await asyncio.gather(
-                self.store.active_session(message.platform, message.chat_id, message.thread_id),
-                self._preset_of(message, ask))
         key = session_key(message)
         lane = self._lanes.setdefault(key, _Lane())
         # Decided before the write and counted in `storing`, so a second message arriving during
@@ -404,32 +400,59 @@ class Gateway:
         queued = not lane.idle() or self._turn_slots.locked()
         lane.storing += 1
         try:
-            # Several replicas: a turn of this session running on another one queues this one.
-            queued = queued or await self.store.busy_elsewhere(session_id)
-            async with lane.intake:
-                prepared = await self._prepare(message, ask)
-                if prepared.empty and prepared.calls:
-                    await self._book_unasked(message, preset_name, session_id, prepared)
-                if not prepared.empty:
-                    ask = replace(ask, prompt=prepared.prompt)
-                    # A turn that can run at once gets its history in the same trip to the store.
-                    turn_id, history = await self.store.start_turn_with_history(
-                        session_id=session_id, platform=message.platform, chat_id=message.chat_id,
-                        thread_id=message.thread_id, user_id=message.user_id, user_name=message.user_name,
-                        event_id=message.event_id, message_id=message.message_id, preset=preset_name,
-                        prompt=ask.prompt, queued=queued, images=prepared.images,
-                    )
-                    await self.store.record_calls(turn_id, prepared.calls)
-                    lane.waiting.append(_Waiting(message, ask, turn_id, preset_name, session_id, queued,
-                                                 prepared.images, prepared.heard, history))
+            if unseen:
+                async with lane.intake:
+                    waiting = await self._take(message, ask, queued)
+            else:
+                waiting = await self._store_question(message, ask, queued, lane)
+            if waiting is not None:
+                lane.waiting.append(waiting)
         finally:
             lane.storing -= 1
-        if prepared.empty:
+        if waiting is None:
             if lane.idle() and self._lanes.get(key) is lane:
                 del self._lanes[key]
             return
         if lane.worker is None or lane.worker.done():
             lane.worker = asyncio.create_task(self._drain(key, lane))
+
+    async def _take(self, message: InboundMessage, ask: Ask, queued: bool) -> _Waiting | None:
+        taken = await self.store.take_question(
+            platform=message.platform, event_id=message.event_id, chat_id=message.chat_id,
+            thread_id=message.thread_id, user_id=message.user_id, user_name=message.user_name,
+            message_id=message.message_id, prompt=ask.prompt, queued=queued,
+            preset_of=lambda stored: ask.preset or self._default_preset(message.platform, message.chat_id, stored))
+        if taken is None:
+            log.info("duplicate %s event %s ignored", message.platform, message.event_id)
+            return None
+        return _Waiting(message, ask, taken.turn_id, taken.preset, taken.session_id, taken.queued,
+                        history=taken.history)
+
+    async def _store_question(self, message: InboundMessage, ask: Ask, queued: bool, lane: _Lane) -> _Waiting | None:
+        """A question already marked seen (files to fetch, or a Slack thread): its session and
+        preset looked up, its files resolved, its turn stored."""
+        session_id, preset_name = await asyncio.gather(  # together: one trip to the store, not two
+            self.store.active_session(message.platform, message.chat_id, message.thread_id),
+            self._preset_of(message, ask))
+        # Several replicas: a turn of this session running on another one queues this one.
+        queued = queued or await self.store.busy_elsewhere(session_id)
+        async with lane.intake:
+            prepared = await self._prepare(message, ask)
+            if prepared.empty and prepared.calls:
+                await self._book_unasked(message, preset_name, session_id, prepared)
+            if prepared.empty:
+                return None
+            ask = replace(ask, prompt=prepared.prompt)
+            # A turn that can run at once gets its history in the same trip to the store.
+            turn_id, history = await self.store.start_turn_with_history(
+                session_id=session_id, platform=message.platform, chat_id=message.chat_id,
+                thread_id=message.thread_id, user_id=message.user_id, user_name=message.user_name,
+                event_id=message.event_id, message_id=message.message_id, preset=preset_name,
+                prompt=ask.prompt, queued=queued, images=prepared.images,
+            )
+            await self.store.record_calls(turn_id, prepared.calls)
+            return _Waiting(message, ask, turn_id, preset_name, session_id, queued,
+                            prepared.images, prepared.heard, history)
 
     async def _preset_of(self, message: InboundMessage, ask: Ask) -> str:
         return ask.preset or await self.channel_default(message.platform, message.chat_id)

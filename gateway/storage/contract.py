@@ -31,7 +31,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -150,14 +150,15 @@ class TurnRow:
 
 
 @dataclass(frozen=True, slots=True)
-class Inbound:
-    """What `Storage.begin_inbound` found: whether the event is new, and (when `looked_up`) the
-    chat's open session, if one is open (none is opened), and its stored default preset."""
+class TakenQuestion:
+    """What `Storage.take_question` stored: the turn, its session and preset, whether it was
+    stored queued, and the history it runs with (None: read it when it starts)."""
 
-    first: bool
-    looked_up: bool = False
-    session_id: int | None = None
-    channel_preset: str | None = None
+    turn_id: int
+    session_id: int
+    preset: str
+    queued: bool
+    history: list[Message] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,10 +274,16 @@ class Storage(Protocol):
 
     # Seen events, channel settings, refusal notices
     async def mark_seen(self, platform: str, event_id: str) -> bool: ...
-    async def begin_inbound(self, platform: str, event_id: str, chat_id: str, thread_id: str | None) -> Inbound:
-        """`mark_seen`, and for a new event the chat's open session and `channel_preset` looked up
-        in the same trip to the store (SQLite: one writer job). `looked_up=False`: the store did
-        not look them up (PostgreSQL), the caller asks `active_session` and `channel_preset`."""
+    async def take_question(self, *, platform: str, event_id: str, chat_id: str, thread_id: str | None,
+                            user_id: str, user_name: str, message_id: str, prompt: str,
+                            preset_of: Callable[[str | None], str], queued: bool = False,
+                            limit: int = 500) -> TakenQuestion | None:
+        """A new question taken in as few trips to the store as the backend allows (SQLite: one
+        writer job, one transaction): the event marked seen (None for a duplicate: nothing is
+        stored), the chat's open session (opened if there is none), the turn's preset
+        (`preset_of(the chat's stored default or None)`, called once) and the turn stored as
+        `start_turn_with_history` stores it. PostgreSQL: one trip per step, and the turn is also
+        `queued` when another replica has an unfinished turn of the session (`busy_elsewhere`)."""
         ...
     async def prune_seen(self, before: datetime) -> int: ...
     async def channel_preset(self, platform: str, chat_id: str) -> str | None: ...

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,8 +37,8 @@ from gateway.storage.contract import (
     Delivery,
     DigestState,
     HeldLock,
-    Inbound,
     LeaseLost,
+    TakenQuestion,
     TurnRow,
     call_values,
     delivery,
@@ -522,9 +522,21 @@ class PostgresStore:
     async def prune_seen(self, before: datetime) -> int:
         return await self._rowcount("DELETE FROM seen_events WHERE seen_at < %s", [to_iso(before)])
 
-    async def begin_inbound(self, platform: str, event_id: str, chat_id: str, thread_id: str | None) -> Inbound:
-        """`mark_seen` alone (`looked_up=False`): the caller looks the session and preset up."""
-        return Inbound(first=await self.mark_seen(platform, event_id))
+    async def take_question(self, *, platform: str, event_id: str, chat_id: str, thread_id: str | None,
+                            preset_of: Callable[[str | None], str], queued: bool = False, limit: int = 500,
+                            **turn: Any) -> TakenQuestion | None:
+        """One trip per step (see `Storage.take_question`); the history is read once the turn
+        may run (`wait_turns_ahead`)."""
+        if not await self.mark_seen(platform, event_id):
+            return None
+        session_id, stored = await asyncio.gather(self.active_session(platform, chat_id, thread_id),
+                                                  self.channel_preset(platform, chat_id))
+        # Several replicas: a turn of this session unfinished on another one queues this one.
+        queued = queued or await self.busy_elsewhere(session_id)
+        preset = preset_of(stored)
+        turn_id = await self.start_turn(session_id=session_id, platform=platform, chat_id=chat_id,
+                                        thread_id=thread_id, event_id=event_id, preset=preset, queued=queued, **turn)
+        return TakenQuestion(turn_id, session_id, preset, queued)
 
     async def channel_preset(self, platform: str, chat_id: str) -> str | None:
         row = await self._one(

@@ -35,7 +35,7 @@ from gateway.storage.contract import (
     Delivery,
     DigestState,
     HeldLock,
-    Inbound,
+    TakenQuestion,
     TurnRow,
     from_iso,
     images_from_json,
@@ -448,17 +448,28 @@ class Store:
 
         return await self._write(lambda db: _mark_seen(db, platform, event_id, at))
 
-    async def begin_inbound(self, platform: str, event_id: str, chat_id: str, thread_id: str | None) -> Inbound:
-        """`mark_seen` with the chat's open session (none is opened: a message that starts no turn
-        leaves no session) and stored preset looked up in the same writer job: one trip to the
-        store instead of two before a turn is stored."""
+    async def take_question(self, *, platform: str, event_id: str, chat_id: str, thread_id: str | None,
+                            preset_of: Callable[[str | None], str], queued: bool = False, limit: int = 500,
+                            **turn: Any) -> TakenQuestion | None:
+        """The duplicate check, the session (opened if none), the preset, the turn and (for a
+        turn that runs at once) its history, in one writer job: one trip to the store and one
+        transaction between a question's arrival and its engine run. One process per file: a
+        turn stored running has nothing of its session written before it runs (the gateway's
+        lanes queue later messages behind it), so the history read here is the one it runs with."""
         at, thread = self._now(), thread_key(thread_id)
 
-        def work(db: sqlite_utils.Database) -> Inbound:
+        def work(db: sqlite_utils.Database) -> TakenQuestion | None:
             if not _mark_seen(db, platform, event_id, at):
-                return Inbound(first=False)
-            return Inbound(True, True, find_open_session(db, platform, chat_id, thread),
-                           _channel_preset(db, platform, chat_id))
+                return None
+            session_id = find_open_session(db, platform, chat_id, thread)
+            if session_id is None:
+                session_id = open_session(db, platform, chat_id, thread, at)
+            preset = preset_of(_channel_preset(db, platform, chat_id))
+            turn_id = self._start_turn_work(session_id=session_id, platform=platform, chat_id=chat_id,
+                                            thread_id=thread_id, event_id=event_id, preset=preset,
+                                            queued=queued, **turn)(db)
+            return TakenQuestion(turn_id, session_id, preset, queued,
+                                 None if queued else _read_history(db, session_id, limit))
 
         return await self._write(work)
 

@@ -473,26 +473,63 @@ async def test_delivery_ledger(store: Storage, clock: FakeClock) -> None:
         await store.mark_delivery(12345, "sent")
 
 
-async def test_begin_inbound_marks_the_event_seen_and_looks_up_without_opening_a_session(
+async def test_take_question_checks_the_event_opens_the_session_and_stores_the_turn(
     store: Storage, clock: FakeClock
 ) -> None:
-    first = await store.begin_inbound("telegram", "ev1", "-100", "t1")
-    assert first.first
+    asked: list[str | None] = []
+
+    def preset_of(stored: str | None) -> str:
+        asked.append(stored)
+        return stored or "default"
+
+    fields = dict(platform="telegram", chat_id="-100", thread_id="t1", user_id="u1", user_name="Ann",
+                  message_id="m1", preset_of=preset_of)
+    first = await store.take_question(event_id="ev1", prompt="first", **fields)  # type: ignore[arg-type]
+    assert first is not None and (first.preset, first.queued) == ("default", False)
+    assert asked == [None]
+    assert first.session_id == await store.active_session("telegram", "-100", "t1")  # opened for it
     assert not await store.mark_seen("telegram", "ev1")  # the same seen_events as mark_seen
-    assert not (await store.begin_inbound("telegram", "ev1", "-100", "t1")).first  # a duplicate
-    assert await store.query("SELECT COUNT(*) FROM sessions") == [(0,)]  # none opened for it
-    if store.backend == "sqlite":
-        assert (first.looked_up, first.session_id, first.channel_preset) == (True, None, None)
-    else:
-        assert not first.looked_up  # the caller looks them up itself
-    session = await store.active_session("telegram", "-100", "t1")
+    assert await store.take_question(event_id="ev1", prompt="again", **fields) is None  # type: ignore[arg-type]
+    assert asked == [None]  # a duplicate stores nothing and asks for no preset
+    row = await store.turn(first.turn_id)
+    assert row is not None and (row.status, row.prompt, row.event_id, row.preset) == ("running", "first", "ev1",
+                                                                                     "default")
+    if store.backend == "sqlite":  # read in the same writer job: the turn's own question included
+        assert first.history == [Message("user", "first")]
+    else:  # a turn of another replica may be ahead of it: read once it may run
+        assert first.history is None
+    await store.complete_turn(first.turn_id, status="done", answer="one", cost_usd=0.0,
+                              messages=[Message("assistant", "one")], delivery=None)
     await store.set_channel_preset("telegram", "-100", "deep", "admin")
-    found = await store.begin_inbound("telegram", "ev2", "-100", "t1")
-    assert found.first
+    second = await store.take_question(event_id="ev2", prompt="second", **fields)  # type: ignore[arg-type]
+    assert second is not None and second.session_id == first.session_id and second.preset == "deep"
+    assert asked == [None, "deep"]
     if store.backend == "sqlite":
-        assert (found.session_id, found.channel_preset) == (session, "deep")
-        other = await store.begin_inbound("telegram", "ev3", "-100", "t2")  # another thread: its own session
-        assert (other.session_id, other.channel_preset) == (None, "deep")
+        assert second.history == [Message("user", "first"), Message("assistant", "one"), Message("user", "second")]
+    waiting = await store.take_question(event_id="ev3", prompt="later", queued=True, **fields)  # type: ignore[arg-type]
+    assert waiting is not None and waiting.queued and waiting.history is None
+    assert [(t.id, t.status) for t in await store.unfinished_turns()] == [(second.turn_id, "running"),
+                                                                         (waiting.turn_id, "queued")]
+    assert [m.content for m in await store.history(first.session_id)] == ["first", "one", "second"]
+    other = await store.take_question(event_id="ev4", prompt="elsewhere", **{**fields, "thread_id": "t2"})  # type: ignore[arg-type]
+    assert other is not None and other.session_id != first.session_id  # another thread: its own session
+
+
+async def test_on_sqlite_a_question_that_fails_to_store_is_not_marked_seen(tmp_path: Path) -> None:
+    # One writer job, one transaction: a failure after the duplicate check leaves the event
+    # unseen, so the platform's retry of it is answered. (PostgreSQL marks it in a trip of its own.)
+    def broken(stored: str | None) -> str:
+        raise RuntimeError("no preset")
+
+    store = await Store.open(tmp_path / "q.db", FakeClock())
+    fields = dict(platform="telegram", event_id="ev1", chat_id="1", thread_id=None, user_id="u1",
+                  user_name="Ann", message_id="m1", prompt="q")
+    with pytest.raises(RuntimeError):
+        await store.take_question(preset_of=broken, **fields)  # type: ignore[arg-type]
+    assert await store.query("SELECT COUNT(*) FROM turns") == [(0,)]
+    taken = await store.take_question(preset_of=lambda stored: "default", **fields)  # type: ignore[arg-type]
+    assert taken is not None
+    await store.close()
 
 
 async def test_a_turn_started_with_its_history_reads_it_only_when_nothing_can_change_it(

@@ -116,35 +116,49 @@ async def test_a_turn_that_runs_at_once_gets_its_history_with_its_own_write(fake
     assert [a.text for a in chat.final_answers()] == ["First answer.", "Second answer."]
 
 
-async def test_a_question_in_an_open_session_is_checked_for_duplicates_with_its_lookups(fake, http, tmp_path):
-    fake.reply("deep-ref", Reply(text="R1"), Reply(text="R2"))
-    fake.reply("deep-agg", Reply(text="First answer."), Reply(text="Second answer."))
+async def test_a_plain_question_reaches_the_engine_after_one_trip_to_the_store(fake, http, tmp_path):
+    fake.reply("deep-ref", Reply(text="R1"), Reply(text="R2"), Reply(text="R3"))
+    fake.reply("deep-agg", Reply(text="First answer."), Reply(text="Second answer."), Reply(text="Third answer."))
     gw, chat = await make_gateway(fake, http, tmp_path)
     await gw.store.set_channel_preset("fakechat", "c1", "deep", "admin")
-    await chat.push(chat.message("/moa first question"))  # a new chat: its session is opened apart
-    await gw.idle()
     trips: list[str] = []
 
     def spying(name: str):
         real = getattr(gw.store, name)
 
-        def spy(*args):
+        def spy(*args, **kwargs):
             trips.append(name)
-            return real(*args)
+            return real(*args, **kwargs)
         return spy
 
-    for name in ("mark_seen", "active_session", "channel_preset"):
+    for name in ("mark_seen", "active_session", "channel_preset", "busy_elsewhere", "start_turn",
+                 "start_turn_with_history", "history", "take_question"):
         setattr(gw.store, name, spying(name))
+    await chat.push(chat.message("/moa first question"))  # a new chat: its session opened in the same trip
+    await gw.idle()
     second = chat.message("/moa second question")
     await chat.push(second)
     await gw.idle()
-    assert trips == []  # seen, session and preset in one trip (begin_inbound)
+    await chat.push(chat.message("just a DM question", dm=True, chat="c1"))  # not a /moa command: the same
+    await gw.idle()
+    assert trips == ["take_question"] * 3  # seen, session, preset, turn and history: one writer job
     await chat.push(second)  # the same event again: no second turn
     await gw.idle()
-    assert [a.text for a in chat.final_answers()] == ["First answer.", "Second answer."]
+    assert [a.text for a in chat.final_answers()] == ["First answer.", "Second answer.", "Third answer."]
     turns = await gw.store.query("SELECT preset, session_id, prompt FROM turns ORDER BY id")
-    assert [t[0] for t in turns] == ["deep", "deep"]  # the stored default, both ways
-    assert turns[0][1] == turns[1][1]
-    assert [t[2] for t in turns] == ["first question", "second question"]
+    assert [t[0] for t in turns] == ["deep"] * 3  # the stored default
+    assert len({t[1] for t in turns}) == 1
+    assert [t[2] for t in turns] == ["first question", "second question", "just a DM question"]
     history = fake.for_model("deep-agg")[1].body["messages"]
     assert [m["role"] for m in history] == ["user", "assistant", "user"]
+
+
+async def test_a_question_the_gateway_refuses_is_marked_seen_and_told_once(fake, http, tmp_path):
+    gw, chat = await make_gateway(fake, http, tmp_path)
+    unknown = chat.message("/moa +nosuch what now?")
+    await chat.push(unknown)
+    await chat.push(unknown)  # a platform's retry: not told twice
+    await gw.idle()
+    assert [n for n in chat.notices() if "Unknown preset" in n] == [
+        "Unknown preset 'nosuch'. Presets: default, deep, solo."]
+    assert await gw.store.query("SELECT COUNT(*) FROM turns") == [(0,)]

@@ -68,16 +68,22 @@ class LiveMessage:
             # A failed intermediate update is not fatal: the next one (or the final) retries.
             log.warning("live update on %s failed", self._chat.platform, exc_info=True)
 
-    async def close(self, final: Outbound | None = None) -> Sent | None:
-        """Stop the flusher; show `final` (or the latest value) once more if it differs.
-
-        An update already being sent is awaited, never cancelled, so nothing is posted twice.
-        """
+    async def stop(self) -> Sent | None:
+        """Stop the flusher without showing anything more: what comes next replaces this
+        message anyway (the final answer's delivery edits it). A post under way is awaited."""
         self._stop.set()
         self._changed.set()
         if self._task is not None:
             await self._task
             self._task = None
+        return self.sent
+
+    async def close(self, final: Outbound | None = None) -> Sent | None:
+        """Stop the flusher; show `final` (or the latest value) once more if it differs.
+
+        An update already being sent is awaited, never cancelled, so nothing is posted twice.
+        """
+        await self.stop()
         if final is not None:
             self._latest = final
         await self._show()

@@ -128,12 +128,15 @@ class TurnDisplay:
                              "progress line")
 
     async def finish(self, *, incomplete: bool) -> Sent | None:
-        """The engine returned: end every post; the streamed message, if any, for the final answer."""
+        """The engine returned: end every post; the streamed message, if any, for the final
+        answer to edit (`incomplete`: an aggregator failure, what was streamed says it stops short)."""
         await self._posts.drain()
         await _close_quietly(self._progress)
-        await self._stream.close()
         if incomplete:
+            await self._stream.close()
             await self._mark_incomplete()
+        else:  # the final answer's delivery edits the streamed message: no edit before it
+            await self._stream.stop()
         return self._stream.sent
 
     async def cut(self, *, shutdown: bool) -> None:

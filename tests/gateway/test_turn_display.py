@@ -1,6 +1,7 @@
-"""The batched summary is posted beside the aggregator, not in front of it: posting it (a
-platform round trip, after the references' rows are booked) must not delay the aggregator's
-request, and nothing of the answer may overtake it in the chat."""
+"""A turn's chat side (gateway.turn_display): the batched summary is posted beside the
+aggregator, not in front of it (posting it, a platform round trip after the references' rows are
+booked, must not delay the aggregator's request), nothing of the answer overtakes it, and the
+final answer replaces the streamed text in one edit."""
 
 from __future__ import annotations
 
@@ -92,3 +93,20 @@ async def test_a_shutdown_while_the_summary_is_held_interrupts_the_turn_cleanly(
     assert any("interrupted by a shutdown" in n for n in chat.notices())
     turn = await gw.store.run(lambda db: list(db.query("select status from turns"))[0])
     assert turn["status"] == "interrupted"
+
+
+async def test_a_streamed_answer_is_finished_with_one_edit(fake, http, tmp_path):
+    # The final answer (with its footer) replaces the streamed text in one edit: the stream is
+    # not first edited to show the same complete text without it (a platform call per turn).
+    text = "A streamed answer that arrives in pieces."
+    fake.reply("agg", Reply(text=text, chunk_chars=4, chunk_delay=0.01))
+    # One edit per 5 s at most: the stream's first post shows the first pieces, and nothing
+    # more is shown before the turn ends.
+    gw, chat = await make_gateway(fake, http, tmp_path, adapter=RecordingAdapter(edit_interval_s=5))
+    await chat.push(chat.message("/moa what is MoA?"))
+    await gw.idle()
+    [answer_id] = {mid for op, _, item, mid in chat.log if isinstance(item, Answer)}
+    ops = [(op, item) for op, _, item, mid in chat.log if mid == answer_id]
+    assert ops[0][0] == "send" and not ops[0][1].final and ops[0][1].text != text  # it did stream
+    assert ops[-1][1].final and ops[-1][1].text == text and ops[-1][1].footer
+    assert [op for op, _ in ops] == ["send", "edit"]

@@ -24,6 +24,7 @@ from gateway.costs.digest import build_digest
 from gateway.costs.reports import cost_report, cost_table
 from gateway.costs.rollups import totals
 from gateway.storage import Store
+from gateway.storage.contract import sqlite_dialect
 from tests.fakes.clock import FakeClock
 from tests.gateway.test_cost_rollups import T0, book_randomly
 
@@ -155,3 +156,18 @@ async def test_a_series_of_local_days_is_one_select_per_span(store: Store) -> No
         assert_no_history_scan(sql, plan)
         rollup_reads = [line for line in plan if re.match(r"SEARCH r\b", line)]
         assert rollup_reads and all("bucket=?" in line for line in rollup_reads), plan
+
+
+async def test_each_rollup_range_sums_its_own_rows(store: Store) -> None:
+    """On SQLite a statement's outer GROUP BY regroups a row per group and part, not every rollup
+    row: SQLite hands each row of a UNION ALL up to it one at a time (the all-rows digest's users:
+    ~50 ms of CPU before, ~35 ms after, on bench_costs' 1M rows)."""
+    recorder = Recorder(store)
+    await build_digest(store, start=T0 - timedelta(days=1), end=T0 + timedelta(days=40), tz=BERLIN,
+                       budgets=BudgetSettings(per_user_usd_day=0.001, per_chat_usd_month=0.001))
+    parts = [part for sql, _ in recorder.statements if "cost_rollups" in sql
+             for part in sqlite_dialect(sql).split(" UNION ALL ")
+             if "FROM cost_rollups r" in part]  # a range of buckets (listed buckets: a row per group already)
+    assert len(parts) > 10
+    for part in parts:
+        assert "SUM(" in part.split(" FROM ")[0], part[:200]

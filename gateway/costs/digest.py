@@ -120,6 +120,16 @@ def _local_days(start: datetime, end: datetime, tz: ZoneInfo) -> tuple[date, ...
     return tuple(first + timedelta(days=n) for n in range((last - first).days + 1))
 
 
+def day_intervals(start: datetime, end: datetime, tz: ZoneInfo) -> list[tuple[datetime, datetime]]:
+    """Each local day of [start, end) as an interval (the digest's series: the chart's days, the
+    users' days): the first from its midnight (a user's day counts from there, also before the
+    period began), the last up to `end`."""
+    days = _local_days(start, end, tz)
+    midnights = [local_midnight(day, tz) for day in days]
+    return [(m, min(after, end)) for m, after in
+            zip(midnights, [*midnights[1:], local_midnight(days[-1] + timedelta(days=1), tz)], strict=True)]
+
+
 async def build_digest(
     store: Storage,
     *,
@@ -142,11 +152,7 @@ async def build_digest(
     previous_start = (previous_start or start - (end - start)).astimezone(tz)
     period = [(start, end)]
     days = _local_days(start, end, tz)
-    # Each local day of the period as an interval; the first from its midnight (a user's day
-    # counts from there, also before the period began), the last up to the period's end.
-    midnights = [local_midnight(day, tz) for day in days]
-    local_days = [(m, min(after, end)) for m, after in
-                  zip(midnights, [*midnights[1:], local_midnight(days[-1] + timedelta(days=1), tz)], strict=True)]
+    local_days = day_intervals(start, end, tz)
     month_start = period_bounds("month", end - _TICK, tz)[0]
     user_day_limit = getattr(budgets, "per_user_usd_day", None)
     chat_month_default = getattr(budgets, "per_chat_usd_month", None)
@@ -334,6 +340,7 @@ __all__ = [
     "DaySpend",
     "Digest",
     "build_digest",
+    "day_intervals",
     "digest_chart_png",
     "render_digest_text",
 ]

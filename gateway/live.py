@@ -24,6 +24,7 @@ class LiveMessage:
         self._chat = chat
         self._interval = adapter.limits.edit_interval_s if interval is None else interval
         self._latest: Outbound | None = None
+        self._make: Callable[[], Outbound] | None = None  # builds the latest value when it is shown
         self._shown: Outbound | None = None
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
@@ -32,10 +33,21 @@ class LiveMessage:
         self.sent: Sent | None = None
 
     def update(self, item: Outbound) -> None:
-        self._latest = item
+        self._latest, self._make = item, None
         self._changed.set()
         if self._task is None:
             self._task = asyncio.create_task(self._flush_loop())
+
+    def update_from(self, make: Callable[[], Outbound]) -> None:
+        """`update` with a value built only when it is shown: a streamed answer changes with
+        every piece of text, and is shown a few times a second at most."""
+        self._make = make
+        self._changed.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush_loop())
+
+    def _current(self) -> Outbound | None:
+        return self._make() if self._make is not None else self._latest
 
     async def _flush_loop(self) -> None:
         while not self._stop.is_set():
@@ -44,20 +56,21 @@ class LiveMessage:
             if self._stop.is_set():
                 return
             await self._show()
-            try:
-                await asyncio.wait_for(self._stop.wait(), self._interval)
+            try:  # the pause between edits; `close` ends it early
+                async with asyncio.timeout(self._interval):
+                    await self._stop.wait()
             except TimeoutError:
                 pass
 
     async def _show(self) -> None:
-        item = self._latest
+        item = self._current()
         if item is None or item == self._shown:
             return
         try:
             if self.sent is None:
                 if self._not_before is not None:
                     await self._not_before()
-                    item = self._latest  # it may have grown while waiting
+                    item = self._current()  # it may have grown while waiting
                 self.sent = await self._adapter.send(self._chat, item)
             elif self._adapter.limits.supports_edit:
                 self.sent = await self._adapter.edit(self.sent, item)
@@ -85,6 +98,6 @@ class LiveMessage:
         """
         await self.stop()
         if final is not None:
-            self._latest = final
+            self._latest, self._make = final, None
         await self._show()
         return self.sent

@@ -86,16 +86,23 @@ class TurnDisplay:
         self._summary_asked = False
         self._step: int | None = None
         self._references_done = 0
-        self.text = ""  # the answer streamed so far, of the current aggregator step
+        self._pieces: list[str] = []  # the answer streamed so far, of the current aggregator step
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    def _streamed(self) -> Answer:
+        return Answer("".join(self._pieces), final=False)
 
     async def on_event(self, event: Event) -> None:
         progress = self._progress
         if isinstance(event, TextDelta):
             if self._step != event.step:
-                self._step, self.text = event.step, ""
-            self.text += event.text
-            if self._stream_text:
-                self._stream.update(Answer(self.text, final=False))
+                self._step, self._pieces = event.step, []
+            self._pieces.append(event.text)
+            if self._stream_text:  # the text is joined only when the stream is next shown
+                self._stream.update_from(self._streamed)
         elif isinstance(event, ReferenceFinished) and progress is not None:
             self._references_done += 1
             progress.update(Progress("references", self._references_done, event.result.count, event.result.label))

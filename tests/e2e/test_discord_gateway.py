@@ -287,10 +287,10 @@ async def test_a_429_on_an_edit_is_waited_out_and_the_answer_is_complete(world: 
 
     world.models.handler("agg", held)
     await world.mention(CHANNEL, "why 42?")
-    # The aggregator is asked only after the progress line and the summary are out, so from here
-    # on every edit in the channel is an edit of the answer.
+    # The summary is posted after the progress line's last edit, so once it is out (and the
+    # aggregator, asked beside it, is held) every edit in the channel is an edit of the answer.
     async with asyncio.timeout(10):
-        while not world.models.for_model("agg"):
+        while not (world.models.for_model("agg") and any(m["embeds"] for m in fake.channel_messages(CHANNEL))):
             await asyncio.sleep(0.01)
     # More 429s in a row than discord.py waits out on its own (5): the adapter goes on after it.
     fake.inject_429("PATCH", rf"/channels/{CHANNEL}/messages/\d+", times=6, retry_after=0.02)

@@ -140,10 +140,10 @@ async def bench_sessions(directory: Path, url: str, figures: Figures, sessions: 
         engine_time.clear()
         messages = [adapter.message(f"/moa question {round_}-{i}", chat=f"chat{i}") for i in range(sessions)]
         adapter.answered.clear()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(adapter.push(m) for m in messages))
         await gateway.idle()
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         if round_ == 0:
             continue
         # Every message was pushed at `started` (pushing only enqueues); a turn's wall time runs
@@ -161,6 +161,7 @@ async def bench_sessions(directory: Path, url: str, figures: Figures, sessions: 
             "wall_p50": statistics.median(a - started for a in answered),
             "engine_p50": statistics.median(engine_time.values()), "all_answered": wall,
             "in_handlers_p50": statistics.median(in_handlers[k] for k in keys),
+            "cpu_per_round": cpu,  # the whole process: the loop, the writer and reader threads
         }
         for name, value in figures_of_round.items():
             per_round.setdefault(name, []).append(value * 1000)
@@ -172,13 +173,14 @@ async def bench_sessions(directory: Path, url: str, figures: Figures, sessions: 
     figures[f"added_in_handlers_p50_ms_{sessions}"] = med["in_handlers_p50"]
     figures[f"wall_p50_ms_{sessions}"] = med["wall_p50"]
     figures["engine_p50_ms"] = med["engine_p50"]
+    figures[f"cpu_ms_per_round_{sessions}"] = med["cpu_per_round"]
     figures["critical_path_ms"] = 500.0  # the slowest reference (300 ms) + the aggregator (200 ms)
     figures["rounds"] = rounds
     print(f"{sessions} sessions at once ({rounds} rounds, medians): all answered in {med['all_answered'] / 1000:.2f} s; "
           f"gateway-added time per turn p50 {med['added_p50']:.0f} ms, p95 {med['added_p95']:.0f} ms (engine p50 "
           f"{med['engine_p50']:.0f} ms, turn wall p50 {med['wall_p50']:.0f} ms); p50 before the engine starts "
           f"{med['before_p50']:.0f} ms, after it ends {med['after_p50']:.0f} ms, in its event handlers "
-          f"{med['in_handlers_p50']:.0f} ms")
+          f"{med['in_handlers_p50']:.0f} ms; process CPU per round {med['cpu_per_round']:.0f} ms")
     await gateway.shutdown(grace_s=1)
     await store.close()
     await http.aclose()

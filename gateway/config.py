@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.attachments import AttachmentSettings, TranscriptionSettings
+from gateway.config_reader import ConfigError, TableReader
 from gateway.mcp_config import mcp_servers, tool_entry_problem
 from moa_core.settings import (
     MOA_PROVIDER,
@@ -28,10 +29,6 @@ from moa_core.tools.mcp import McpServerSettings
 
 BUILTIN_TOOLS = ("fetch_url", "calculator", "current_time")
 PLATFORMS = ("telegram", "discord", "slack")
-
-
-class ConfigError(ValueError):
-    """The config file is missing or wrong; the message names the file and the key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,85 +110,6 @@ class Config:
     mcp: Mapping[str, McpServerSettings] = field(default_factory=dict)  # [mcp.NAME] tool servers
 
 
-class _Reader:
-    """Typed access to one table, with errors naming file and key."""
-
-    def __init__(self, path: Path, prefix: str, table: Any):
-        self.path, self.prefix = path, prefix
-        if not isinstance(table, dict):
-            raise self.error("", "must be a table")
-        self.table = table
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if name else self.prefix
-
-    def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {self.key(name)}: {message}")
-
-    def known(self, *names: str) -> None:
-        for name in self.table:
-            if name not in names:
-                raise self.error(name, f"unknown key (known keys: {', '.join(names)})")
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-        if name not in self.table:
-            return default
-        value = self.table[name]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and bool not in kinds:
-            raise self.error(name, f"must be {self._kind_name(kinds)}, not a boolean")
-        if not isinstance(value, kinds):
-            raise self.error(name, f"must be {self._kind_name(kinds)}, got {value!r}")
-        return value
-
-    def text(self, name: str, default: str | None = None, *, required: bool = False) -> Any:
-        value = self.get(name, str, default)
-        if required and (value is None or not str(value).strip()):
-            raise self.error(name, "is required")
-        return value
-
-    def number(self, name: str, default: float | None = None, *, minimum: float | None = None,
-               maximum: float | None = None, positive: bool = False) -> Any:
-        value = self.get(name, float, default)
-        if value is None:
-            return None
-        if positive and value <= 0:
-            raise self.error(name, f"must be greater than 0, got {value:g}")
-        if minimum is not None and value < minimum:
-            raise self.error(name, f"must be at least {minimum:g}, got {value:g}")
-        if maximum is not None and value > maximum:
-            raise self.error(name, f"must be at most {maximum:g}, got {value:g}")
-        return value
-
-    def integer(self, name: str, default: int | None = None, *, minimum: int = 1) -> Any:
-        value = self.get(name, int, default)
-        if value is not None and value < minimum:
-            raise self.error(name, f"must be at least {minimum}, got {value}")
-        return value
-
-    def flag(self, name: str, default: bool) -> bool:
-        return self.get(name, bool, default)
-
-    def strings(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        value = self.get(name, list, None)
-        if value is None:
-            return default
-        out = []
-        for item in value:
-            if isinstance(item, bool) or not isinstance(item, (str, int)):
-                raise self.error(name, f"must be a list of strings, got item {item!r}")
-            out.append(str(item))
-        return tuple(out)
-
-    @staticmethod
-    def _kind_name(kinds: tuple[type, ...]) -> str:
-        names = {str: "a string", float: "a number", int: "an integer", bool: "true or false",
-                 list: "a list", dict: "a table"}
-        return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
 def load_config(path: str | Path) -> Config:
     """Read and validate `path`; raises ConfigError naming the file and key."""
     path = Path(path)
@@ -208,23 +126,23 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(raw: dict, path: Path) -> Config:
-    root = _Reader(path, "", raw)
+    root = TableReader(path, "", raw)
     for name in raw:
         if name not in ("gateway", "providers", "presets", "engine", "tools", "channels", "budgets",
                         "digest", "attachments", "transcription", "mcp", *PLATFORMS):
             raise ConfigError(f"{path}: {name}: unknown section")
-    gateway = _relative_to(path.parent, _gateway(_Reader(path, "gateway", raw.get("gateway", {}))))
+    gateway = _relative_to(path.parent, _gateway(TableReader(path, "gateway", raw.get("gateway", {}))))
     providers = _providers(path, raw.get("providers"))
-    mcp = mcp_servers(_Reader(path, "mcp", raw.get("mcp", {})), lambda key, table: _Reader(path, key, table))
+    mcp = mcp_servers(TableReader(path, "mcp", raw.get("mcp", {})), lambda key, table: TableReader(path, key, table))
     presets = _presets(path, raw.get("presets"), providers, mcp)
     if gateway.default_preset not in presets:
         raise ConfigError(
             f"{path}: gateway.default_preset: names preset '{gateway.default_preset}', which is not "
             f"defined (defined: {', '.join(sorted(presets))})"
         )
-    engine_reader = _Reader(path, "engine", raw.get("engine", {}))
+    engine_reader = TableReader(path, "engine", raw.get("engine", {}))
     engine_reader.known("max_concurrent_references", "tool_result_budget")
-    tools = _tool_limits(_Reader(path, "tools", raw.get("tools", {})))
+    tools = _tool_limits(TableReader(path, "tools", raw.get("tools", {})))
     engine = EngineSettings(
         providers=providers,
         presets=presets,
@@ -235,26 +153,26 @@ def parse_config(raw: dict, path: Path) -> Config:
         tool_limits=tools,
     )
     platforms = {
-        name: _platform(_Reader(path, name, raw[name]), name) for name in PLATFORMS if name in raw
+        name: _platform(TableReader(path, name, raw[name]), name) for name in PLATFORMS if name in raw
     }
     channels = _channels(path, raw.get("channels", {}), presets)
-    budgets_reader = _Reader(path, "budgets", raw.get("budgets", {}))
+    budgets_reader = TableReader(path, "budgets", raw.get("budgets", {}))
     budgets_reader.known("per_user_usd_day", "per_chat_usd_month")
     budgets = BudgetSettings(
         per_user_usd_day=budgets_reader.number("per_user_usd_day", minimum=0),
         per_chat_usd_month=budgets_reader.number("per_chat_usd_month", minimum=0),
     )
-    digest = _digest(_Reader(path, "digest", raw["digest"]), gateway.timezone) if "digest" in raw else None
+    digest = _digest(TableReader(path, "digest", raw["digest"]), gateway.timezone) if "digest" in raw else None
     del root
-    attachments = _attachments(_Reader(path, "attachments", raw.get("attachments", {})))
+    attachments = _attachments(TableReader(path, "attachments", raw.get("attachments", {})))
     transcription = (
-        _transcription(_Reader(path, "transcription", raw["transcription"]), providers)
+        _transcription(TableReader(path, "transcription", raw["transcription"]), providers)
         if "transcription" in raw else None
     )
     return Config(path, gateway, engine, platforms, channels, budgets, digest, attachments, transcription, mcp)
 
 
-def _timezone(reader: _Reader, name: str, default: str) -> str:
+def _timezone(reader: TableReader, name: str, default: str) -> str:
     zone = reader.text(name, default)
     try:
         ZoneInfo(zone)
@@ -263,7 +181,7 @@ def _timezone(reader: _Reader, name: str, default: str) -> str:
     return zone
 
 
-def _gateway(r: _Reader) -> GatewaySettings:
+def _gateway(r: TableReader) -> GatewaySettings:
     d = GatewaySettings()
     r.known(*GatewaySettings.__slots__)
     return GatewaySettings(
@@ -309,12 +227,12 @@ _PROVIDER_KEYS = (
 def _providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
     if not table:
         raise ConfigError(f"{path}: providers: at least one [providers.NAME] section is required")
-    top = _Reader(path, "providers", table)
+    top = TableReader(path, "providers", table)
     out: dict[str, ProviderSettings] = {}
     for name, section in top.table.items():
         if name == MOA_PROVIDER:
             raise top.error(name, f"'{MOA_PROVIDER}' is reserved (moa:<preset> names a preset)")
-        r = _Reader(path, f"providers.{name}", section)
+        r = TableReader(path, f"providers.{name}", section)
         r.known(*_PROVIDER_KEYS)
         api = r.text("api", required=True)
         if api not in ("openai", "anthropic"):
@@ -352,7 +270,7 @@ _PRESET_KEYS = (
 )
 
 
-def _slot(r: _Reader, key: str, text: str, providers: Mapping[str, ProviderSettings], *,
+def _slot(r: TableReader, key: str, text: str, providers: Mapping[str, ProviderSettings], *,
           preset: str, role: str, max_tokens: int | None) -> Slot:
     try:
         slot = Slot.parse(text)
@@ -371,10 +289,10 @@ def _presets(path: Path, table: Any, providers: Mapping[str, ProviderSettings],
              mcp: Mapping[str, McpServerSettings]) -> dict[str, Preset]:
     if not table:
         raise ConfigError(f"{path}: presets: at least one [presets.NAME] section is required")
-    top = _Reader(path, "presets", table)
+    top = TableReader(path, "presets", table)
     out: dict[str, Preset] = {}
     for name, section in top.table.items():
-        r = _Reader(path, f"presets.{name}", section)
+        r = TableReader(path, f"presets.{name}", section)
         r.known(*_PRESET_KEYS)
         max_tokens = r.integer("max_tokens")
         ref_texts = r.strings("references")
@@ -427,7 +345,7 @@ def _presets(path: Path, table: Any, providers: Mapping[str, ProviderSettings],
     return out
 
 
-def _tool_limits(r: _Reader) -> ToolLimits:
+def _tool_limits(r: TableReader) -> ToolLimits:
     d = ToolLimits()
     r.known("timeout", "max_output_chars", "fetch_max_bytes", "fetch_allow_private",
             "fetch_allowed_hosts", "fetch_content_types")
@@ -457,7 +375,7 @@ _PLATFORM_KEYS: dict[str, dict[str, type]] = {
 }
 
 
-def _platform(r: _Reader, name: str) -> PlatformSection:
+def _platform(r: TableReader, name: str) -> PlatformSection:
     r.known(*_ACCESS_KEYS, *_PLATFORM_KEYS[name], "enabled")
     access = AccessRules(
         admins=frozenset(r.strings("admins")),
@@ -475,7 +393,7 @@ def _platform(r: _Reader, name: str) -> PlatformSection:
 
 
 def _channels(path: Path, table: Any, presets: Mapping[str, Preset]) -> dict[str, ChannelSettings]:
-    top = _Reader(path, "channels", table)
+    top = TableReader(path, "channels", table)
     out: dict[str, ChannelSettings] = {}
     for key, section in top.table.items():
         platform, sep, chat = key.partition(":")
@@ -483,7 +401,7 @@ def _channels(path: Path, table: Any, presets: Mapping[str, Preset]) -> dict[str
         if not sep or platform not in (*PLATFORMS, "terminal") or not chat:
             raise ConfigError(f"{path}: {label}: must be named \"platform:chat_id\" with platform one of "
                               f"{', '.join(PLATFORMS)}")
-        r = _Reader(path, label, section)
+        r = TableReader(path, label, section)
         r.known("preset", "budget_usd_month", "budget_usd_day_per_user", "summary")
         preset = r.text("preset")
         if preset is not None and preset not in presets:
@@ -500,7 +418,7 @@ def _channels(path: Path, table: Any, presets: Mapping[str, Preset]) -> dict[str
     return out
 
 
-def _attachments(r: _Reader) -> AttachmentSettings:
+def _attachments(r: TableReader) -> AttachmentSettings:
     d = AttachmentSettings()
     r.known(*AttachmentSettings.__slots__)
     allowed = r.strings("allowed_types", d.allowed_types)
@@ -517,7 +435,7 @@ def _attachments(r: _Reader) -> AttachmentSettings:
     )
 
 
-def _transcription(r: _Reader, providers: Mapping[str, ProviderSettings]) -> TranscriptionSettings:
+def _transcription(r: TableReader, providers: Mapping[str, ProviderSettings]) -> TranscriptionSettings:
     r.known("provider", "model", "price_per_minute")
     provider = r.text("provider", required=True)
     if provider not in providers:
@@ -533,7 +451,7 @@ def _transcription(r: _Reader, providers: Mapping[str, ProviderSettings]) -> Tra
     )
 
 
-def _digest(r: _Reader, default_zone: str) -> DigestSettings:
+def _digest(r: TableReader, default_zone: str) -> DigestSettings:
     from apscheduler.triggers.cron import CronTrigger  # validation only; heavy-ish import
 
     r.known("cron", "timezone", "send_to")

@@ -11,40 +11,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import timedelta
 
 from adapters.contract import Adapter, ChatRef, InboundMessage
 from gateway.access import is_admin, is_allowed, is_trigger
 from gateway.attachments import AttachmentIntake, Prepared
 from gateway.booking import CallBook, Reservations, run_booked_turn
+from gateway.chat_commands import answer_command
 from gateway.commands import (
     LONE_SURROGATE,
     PRESET_NAME,
     Ask,
     Command,
     Help,
-    ListPresets,
-    NewSession,
-    ResetDefault,
-    SendDigest,
-    SetDefault,
-    ShowBudget,
-    ShowCost,
-    ShowDefault,
-    help_text,
     parse_moa,
 )
 from gateway.config import AccessRules, Config
 from gateway.delivery import Ledger
 from gateway.history import trim_history
+from gateway.lanes import Lane, QueuedCommand, Waiting, chat_ref, session_key
 from gateway.storage import Delivery, Storage, TurnRow
 from gateway.turn_display import TurnDisplay
 from moa_core.clock import Clock
 from moa_core.engine import MoaEngine
-from moa_core.values import ImagePart, Message
 
 log = logging.getLogger(__name__)
 
@@ -54,57 +45,6 @@ CommandHook = Callable[["Gateway", InboundMessage, Command], Awaitable[str]]
 # The budget check before a turn: None admits it (and holds its estimate in
 # `gateway.reservations` until it ends), else the refusal text.
 BudgetHook = Callable[..., Awaitable[str | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Waiting:
-    """An accepted question whose turn is already stored: `queued`, or `running` when nothing
-    was ahead of it (then storing it as running at once saves a write per turn)."""
-
-    message: InboundMessage
-    ask: Ask
-    turn_id: int
-    preset: str
-    session_id: int
-    queued: bool
-    images: tuple[ImagePart, ...] = ()  # bytes of this question's images, held only in memory
-    heard: str | None = None
-    # The session's history as the turn runs with it, when the store read it with the turn's
-    # own write (`start_turn_with_history`); None: read it when the turn starts.
-    history: list[Message] | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class _QueuedCommand:
-    """A command that arrived while its session had a turn queued or running: it is answered
-    after them, so `/moa cost` typed after a question reports that question's spend."""
-
-    message: InboundMessage
-    command: Command
-    rules: AccessRules
-
-
-@dataclass(slots=True)
-class _Lane:
-    """The queue of one session: turns (and commands behind them) one at a time, in arrival order."""
-
-    waiting: deque[_Waiting | _QueuedCommand] = field(default_factory=deque)
-    worker: asyncio.Task | None = None
-    storing: int = 0  # questions of this lane whose turn row is being written
-    # Held while a question's files are fetched and its turn stored: a later message of the
-    # session waits for it, so questions keep their order however long a download takes.
-    intake: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def idle(self) -> bool:
-        return not self.storing and not self.waiting and (self.worker is None or self.worker.done())
-
-
-def session_key(message: InboundMessage) -> str:
-    return f"{message.platform}:{message.chat_id}:{message.thread_id or ''}"
-
-
-def chat_ref(message: InboundMessage) -> ChatRef:
-    return ChatRef(message.platform, message.chat_id, message.thread_id, message.message_id, message.reply_handle)
 
 
 class Gateway:
@@ -128,7 +68,7 @@ class Gateway:
         self._cost_commands = cost_commands
         self._budget_check = budget_check
         self.attachments = attachments or AttachmentIntake(config.attachments)
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: dict[str, Lane] = {}
         self._turn_slots = asyncio.Semaphore(config.gateway.max_concurrent_turns)
         self._accepting = True
         self._running: set[asyncio.Task] = set()
@@ -175,8 +115,8 @@ class Gateway:
             if runnable:
                 message = _recovered_message(turn)
                 key = session_key(message)
-                lane = self._lanes.setdefault(key, _Lane())
-                lane.waiting.append(_Waiting(message, Ask(prompt=turn.prompt, preset=turn.preset), turn.id,
+                lane = self._lanes.setdefault(key, Lane())
+                lane.waiting.append(Waiting(message, Ask(prompt=turn.prompt, preset=turn.preset), turn.id,
                                              turn.preset, turn.session_id, queued=True))
                 if key not in lanes:
                     lanes.append(key)
@@ -321,61 +261,16 @@ class Gateway:
             if lane is not None and (lane.waiting or (lane.worker is not None and not lane.worker.done())):
                 # Behind a turn of this session: answered in order. With nothing running the
                 # command is answered at once, as before.
-                lane.waiting.append(_QueuedCommand(message, command, rules))
+                lane.waiting.append(QueuedCommand(message, command, rules))
                 return
-        chat = chat_ref(message)
-        admin = is_admin(rules, message)
-        presets = self.config.engine.presets
         if isinstance(command, Ask):
             refusal = self._refusal(command)
             if refusal is not None:
-                await self.notify(chat, refusal, "error")
+                await self.notify(chat_ref(message), refusal, "error")
                 return
             await self._enqueue(message, command)
-        elif isinstance(command, Help):
-            text = help_text(list(presets))
-            await self.notify(chat, f"{command.reason}\n\n{text}" if command.reason else text)
-        elif isinstance(command, ListPresets):
-            current = await self.channel_default(message.platform, message.chat_id)
-            lines = []
-            for name, preset in presets.items():
-                refs = ", ".join(s.label for s in preset.references) or "none"
-                mark = " ← default here" if name == current else ""
-                lines.append(f"• {name}: {refs} → {preset.aggregator.label}{mark}")
-            await self.notify(chat, "Presets:\n" + "\n".join(lines))
-        elif isinstance(command, ShowDefault):
-            current = await self.channel_default(message.platform, message.chat_id)
-            await self.notify(chat, f"Default preset here: {current}.")
-        elif isinstance(command, (SetDefault, ResetDefault)):
-            if not admin:
-                await self.notify(chat, "Only admins can change this chat's default preset.", "warning")
-                return
-            if isinstance(command, SetDefault):
-                if command.preset not in presets:
-                    await self.notify(chat, f"Unknown preset '{command.preset}'. Presets: {', '.join(presets)}.",
-                                      "error")
-                    return
-                await self.store.set_channel_preset(message.platform, message.chat_id, command.preset, message.user_id)
-                await self.notify(chat, f"Default preset here is now {command.preset}.")
-            else:
-                await self.store.set_channel_preset(message.platform, message.chat_id, None, message.user_id)
-                current = await self.channel_default(message.platform, message.chat_id)
-                await self.notify(chat, f"Default preset reset; it is now {current}.")
-        elif isinstance(command, NewSession):
-            await self.store.new_session(message.platform, message.chat_id, message.thread_id)
-            self.engine.forget_session(session_key(message))
-            await self.notify(chat, "Started a new conversation here.")
-        elif isinstance(command, (ShowCost, ShowBudget, SendDigest)):
-            needs_admin = isinstance(command, SendDigest) or (isinstance(command, ShowCost) and command.all_chats)
-            if needs_admin and not admin:
-                await self.notify(chat, "Only admins can do that.", "warning")
-                return
-            if self._cost_commands is None:
-                await self.notify(chat, "Cost reports are not available in this build.", "warning")
-                return
-            text = await self._cost_commands(self, message, command)
-            if text:
-                await self.notify(chat, text)
+        else:
+            await answer_command(self, message, command, is_admin(rules, message), self._cost_commands)
 
     async def channel_default(self, platform: str, chat_id: str) -> str:
         """`/moa default P` (stored) > [channels."platform:chat"] > gateway.default_preset."""
@@ -394,7 +289,7 @@ class Gateway:
         question whose event is not marked seen yet (`take_question` does it with the turn)."""
         # Stored before it waits: a crash or shutdown while it queues cannot lose the question.
         key = session_key(message)
-        lane = self._lanes.setdefault(key, _Lane())
+        lane = self._lanes.setdefault(key, Lane())
         # Decided before the write and counted in `storing`, so a second message arriving during
         # the write queues behind this one (its prompt must not enter this turn's history).
         queued = not lane.idle() or self._turn_slots.locked()
@@ -416,7 +311,7 @@ class Gateway:
         if lane.worker is None or lane.worker.done():
             lane.worker = asyncio.create_task(self._drain(key, lane))
 
-    async def _take(self, message: InboundMessage, ask: Ask, queued: bool) -> _Waiting | None:
+    async def _take(self, message: InboundMessage, ask: Ask, queued: bool) -> Waiting | None:
         taken = await self.store.take_question(
             platform=message.platform, event_id=message.event_id, chat_id=message.chat_id,
             thread_id=message.thread_id, user_id=message.user_id, user_name=message.user_name,
@@ -425,10 +320,10 @@ class Gateway:
         if taken is None:
             log.info("duplicate %s event %s ignored", message.platform, message.event_id)
             return None
-        return _Waiting(message, ask, taken.turn_id, taken.preset, taken.session_id, taken.queued,
+        return Waiting(message, ask, taken.turn_id, taken.preset, taken.session_id, taken.queued,
                         history=taken.history)
 
-    async def _store_question(self, message: InboundMessage, ask: Ask, queued: bool, lane: _Lane) -> _Waiting | None:
+    async def _store_question(self, message: InboundMessage, ask: Ask, queued: bool, lane: Lane) -> Waiting | None:
         """A question already marked seen (files to fetch, or a Slack thread): its session and
         preset looked up, its files resolved, its turn stored."""
         session_id, preset_name = await asyncio.gather(  # together: one trip to the store, not two
@@ -451,7 +346,7 @@ class Gateway:
                 prompt=ask.prompt, queued=queued, images=prepared.images,
             )
             await self.store.record_calls(turn_id, prepared.calls)
-            return _Waiting(message, ask, turn_id, preset_name, session_id, queued,
+            return Waiting(message, ask, turn_id, preset_name, session_id, queued,
                             prepared.images, prepared.heard, history)
 
     async def _preset_of(self, message: InboundMessage, ask: Ask) -> str:
@@ -486,15 +381,15 @@ class Gateway:
         await self.store.record_calls(turn_id, prepared.calls)
         await self.store.mark_turn(turn_id, "failed", "nothing to ask: " + "; ".join(prepared.notes))
 
-    async def _drain(self, key: str, lane: _Lane) -> None:
+    async def _drain(self, key: str, lane: Lane) -> None:
         try:
             while lane.waiting:
-                if isinstance(lane.waiting[0], _QueuedCommand):
+                if isinstance(lane.waiting[0], QueuedCommand):
                     await self._run_queued_command(lane.waiting.popleft())  # type: ignore[arg-type]
                     continue
                 async with self._turn_slots:
                     waiting = lane.waiting.popleft()
-                    assert isinstance(waiting, _Waiting)
+                    assert isinstance(waiting, Waiting)
                     try:
                         await self._run_turn(waiting)
                     except asyncio.CancelledError:
@@ -506,14 +401,14 @@ class Gateway:
             # Shutdown: questions still waiting never started; tell their chat, as for a cut turn.
             while lane.waiting:
                 waiting = lane.waiting.popleft()
-                if isinstance(waiting, _Waiting):
+                if isinstance(waiting, Waiting):
                     await self._interrupt_at_shutdown(waiting.turn_id, chat_ref(waiting.message), waiting.ask.prompt)
             raise
         finally:
             if not lane.waiting and not lane.storing and self._lanes.get(key) is lane:
                 del self._lanes[key]
 
-    async def _run_queued_command(self, queued: _QueuedCommand) -> None:
+    async def _run_queued_command(self, queued: QueuedCommand) -> None:
         try:
             await self._dispatch(queued.message, queued.command, queued.rules, in_lane=True)
         except Exception:  # as in handle_inbound: the rest of the lane must still run
@@ -522,13 +417,13 @@ class Gateway:
 
     # ----- a turn ----------------------------------------------------------------------------
 
-    async def _run_turn(self, waiting: _Waiting) -> None:
+    async def _run_turn(self, waiting: Waiting) -> None:
         try:
             await self._admit_and_run(waiting)
         finally:
             self.reservations.release(waiting.turn_id)  # its calls are all booked by now
 
-    async def _admit_and_run(self, waiting: _Waiting) -> None:
+    async def _admit_and_run(self, waiting: Waiting) -> None:
         message, ask, turn_id = waiting.message, waiting.ask, waiting.turn_id
         preset_name, session_id = waiting.preset, waiting.session_id
         chat = chat_ref(message)

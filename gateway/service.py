@@ -1,9 +1,11 @@
 """The gateway service: from an inbound message to a delivered answer.
 
 It de-duplicates events, applies triggers and access rules, parses commands, keeps one turn at a
-time per session (later messages queue in order), runs MoA turns through the engine, books
-every call as it ends (gateway.booking), and hands each completed turn to the delivery ledger
-(gateway.delivery), which brings its answer to the chat exactly once, even across a crash.
+time per session (later messages queue in order: gateway.lanes), runs MoA turns through the
+engine while their chat shows progress, summary and streamed answer (gateway.turn_display),
+books every call as it ends (gateway.booking), and hands each completed turn to the delivery
+ledger (gateway.delivery), which brings its answer to the chat exactly once, even across a
+crash. Subcommands other than questions are answered by gateway.chat_commands.
 """
 
 from __future__ import annotations

@@ -15,8 +15,12 @@ The contract has two parts:
       `%` must not appear);
     * only functions both dialects share: `COALESCE(SUM(x), 0)` instead of SQLite's `TOTAL`,
       `COUNT(*) - COUNT(x)` instead of summing a boolean;
-    * a planner hint only SQLite understands is written as a comment, `/*sqlite: INDEXED BY
-      idx_name*/`: SQLite's backend unwraps it, PostgreSQL reads a comment.
+    * text only SQLite should run is written as a comment, `/*sqlite: ...*/`: SQLite's backend
+      unwraps it, PostgreSQL reads a comment. It is for the plan, never the answer: a planner
+      hint (`INDEXED BY idx_name`), or an early `SUM`/`GROUP BY` inside a part whose outer
+      query regroups the same columns (SQLite then hands up one row per group, where
+      PostgreSQL would take parallel workers to it and be slower) — the rows must be the
+      same either way, which the storage tests check on both backends.
   Rows come back as tuples (or dicts with `dicts=True`); integers as `int`, reals as `float`.
 
 Shared conventions (both schemas, see `migrations` and `postgres_schema`): times are stored as

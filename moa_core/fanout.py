@@ -10,6 +10,7 @@ fan-out cancelled mid-way hands over its running calls as `cut`, with estimated 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,8 @@ from moa_core.settings import Preset, ProviderSettings, Slot
 from moa_core.values import UNKNOWN_COST, UNKNOWN_USAGE, CallRecord, Cost, Message, Usage
 
 log = logging.getLogger(__name__)
+
+_NO_LIMIT = contextlib.nullcontext()  # stateless: one for every fan-out
 
 OnResult = Callable[[ReferenceResult], Awaitable[None]]
 OnCall = Callable[["ReferenceCall"], Awaitable[None]]
@@ -108,10 +111,11 @@ async def _ask_reference(
     count: int,
     step: int,
     clock: Clock,
-    limit: asyncio.Semaphore,
+    limit: asyncio.Semaphore | contextlib.nullcontext,
     sent: set[int],
+    images: bool,
 ) -> ReferenceCall:
-    if has_visible_images(messages):
+    if images:
         messages = for_model(messages, can_see(provider, slot.model))
         seen = can_see(provider, slot.model)
     else:
@@ -184,7 +188,9 @@ async def fan_out(
     the references still running are cancelled and handed over as `cut` before it re-raises."""
     count = len(preset.references)
     messages = (Message("system", REFERENCE_SYSTEM_PROMPT), *view)
-    limit = asyncio.Semaphore(max(1, max_concurrent))
+    # A limit that cannot be reached is not taken: a semaphore costs two awaits per call.
+    limit = asyncio.Semaphore(max(1, max_concurrent)) if count > max(1, max_concurrent) else _NO_LIMIT
+    images = has_visible_images(messages)  # the same view for every reference: looked at once
     results: list[ReferenceResult | None] = [None] * count
     calls: list[ReferenceCall] = []
     pending: dict[asyncio.Task[ReferenceCall], int] = {}
@@ -206,7 +212,7 @@ async def fan_out(
             task = asyncio.create_task(
                 _ask_reference(
                     client, providers[slot.provider], slot, preset, messages, index, count, step, clock, limit,
-                    sent,
+                    sent, images,
                 )
             )
             pending[task] = index

@@ -171,9 +171,11 @@ class LeanAiohttpTransport(AiohttpTransport):
             if len(self._urls) >= 1024:
                 self._urls.clear()
             parsed = self._urls[url] = URL(url)
-        return await self.client.request(
-            method=method,
-            url=parsed,
+        # `_request` is what `request(...).__aenter__()` awaits, without the context manager
+        # made around it for the `async with` form (one object and one await less per call).
+        response = await self.client._request(  # noqa: SLF001
+            method,
+            parsed,
             headers=headers,
             data=data,
             allow_redirects=False,
@@ -184,7 +186,8 @@ class LeanAiohttpTransport(AiohttpTransport):
             proxy=None,
             proxy_auth=None,
             proxy_headers=None,
-        ).__aenter__()
+        )
+        return await response.__aenter__()
 
 
 def _httpx_response(response: ClientResponse, request: httpx.Request) -> httpx.Response:
@@ -202,12 +205,16 @@ def _httpx_response(response: ClientResponse, request: httpx.Request) -> httpx.R
 
 def _idle_layers(client: httpx.AsyncClient, request_url: httpx.URL) -> bool:
     """True when `send`'s auth, redirect and event-hook layers have nothing to do."""
+    return not request_url.userinfo and _idle_client_layers(client)  # userinfo: send's basic auth
+
+
+def _idle_client_layers(client: httpx.AsyncClient) -> bool:
+    """`_idle_layers` for a URL without userinfo."""
     return not (
         client._auth is not None  # noqa: SLF001 - the layers are skipped only when they are idle
         or client.follow_redirects
         or client._event_hooks["request"]  # noqa: SLF001
         or client._event_hooks["response"]  # noqa: SLF001
-        or request_url.userinfo  # send would turn it into basic auth
     )
 
 
@@ -249,16 +256,19 @@ def _bound(client: httpx.AsyncClient, request: httpx.Request, response: httpx.Re
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One provider URL, parsed once: httpx's URL, its text, and the Host header httpx sends."""
+    """One provider URL, parsed once: httpx's URL, its text, the Host header httpx sends, and
+    whether it carries userinfo (which `send` would turn into basic auth)."""
 
     url: httpx.URL
     text: str
     host: str
+    userinfo: bool = False
 
     @classmethod
     def of(cls, url: str) -> Endpoint:
         parsed = httpx.URL(url)
-        return cls(parsed, str(parsed), httpx.Request("POST", parsed).headers.get("host", ""))
+        host = httpx.Request("POST", parsed).headers.get("host", "")
+        return cls(parsed, str(parsed), host, bool(parsed.userinfo))
 
 
 async def post_json(
@@ -269,7 +279,7 @@ async def post_json(
     content=content, extensions=extensions))`: the same request on the wire. A plain 200
     answer through our own transport comes back as a DirectResponse."""
     url = endpoint.url
-    idle = "timeout" in extensions and _idle_layers(client, url)
+    idle = "timeout" in extensions and not endpoint.userinfo and _idle_client_layers(client)
     transport = client._transport_for_url(url) if idle else None  # noqa: SLF001
     items = _wire_headers(endpoint, headers, content) if type(transport) is LeanAiohttpTransport else None
     if items is None or transport is None or transport.proxy is not None:

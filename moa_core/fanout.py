@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from moa_core.advisory import REFERENCE_SYSTEM_PROMPT
@@ -93,6 +94,41 @@ def cut_reference(preset: Preset, providers: dict[str, ProviderSettings], index:
         "cut: the turn was cancelled while this call ran",
     )
     return ReferenceCall(result, provider.name, slot.model, preset.reference_temperature, messages)
+
+
+class _Ended:
+    """The fan-out's tasks as they end, in that order: one done-callback per task for the whole
+    fan-out, where `asyncio.wait` in a loop would add and remove one per pending task at every
+    wake-up and make a set and a future each time."""
+
+    def __init__(self, tasks: Iterable[asyncio.Task[ReferenceCall]]) -> None:
+        self.tasks: deque[asyncio.Task[ReferenceCall]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        for task in tasks:
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[ReferenceCall]) -> None:
+        self.tasks.append(task)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self, timeout: float | None) -> bool:
+        """Until a task ends (True) or `timeout` seconds pass (False: none ended)."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, _release, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+        return bool(self.tasks)
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _skipped(index: int, count: int, slot: Slot, step: int, why: str) -> ReferenceResult:
@@ -226,12 +262,14 @@ async def fan_out(
         for result in results:
             if result is not None:
                 await on_result(result)
+        ended = _Ended(pending)
         while pending:
-            timeout = None if grace_ends is None else max(0.0, grace_ends - clock.monotonic())
-            done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if not done:
+            if not ended.tasks and not await ended.wait(
+                None if grace_ends is None else max(0.0, grace_ends - clock.monotonic())
+            ):
                 break  # grace period over: the rest answer late
-            for task in done:
+            while ended.tasks:
+                task = ended.tasks.popleft()
                 index = pending.pop(task)
                 call = task.result()
                 calls.append(call)

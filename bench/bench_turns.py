@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -126,11 +127,14 @@ def process_cpu_s(pid: int) -> float:
 
 @dataclass
 class Cpu:
-    """CPU seconds per round of the last measurement: this process's and the fake provider's."""
+    """CPU seconds per round of the last measurement: this process's and the fake provider's;
+    and the collector's runs per round in this process (each walks every young object, and in a
+    burst those are the calls in flight)."""
 
     fake_pid: int
     own_s: float = 0.0
     fake_s: float = 0.0
+    collections: float = 0.0
 
 
 async def measure(url: str, refs: int, concurrent: int, rounds: int, profile: Profile = STRESS,
@@ -142,13 +146,20 @@ async def measure(url: str, refs: int, concurrent: int, rounds: int, profile: Pr
     await batch(engine, -10 * concurrent, concurrent, sequential)
     walls: list[float] = []
     own0, fake0 = time.process_time(), process_cpu_s(cpu.fake_pid) if cpu else 0.0
+    collections0 = _collections()
     for r in range(rounds):
         walls += await batch(engine, r * concurrent, concurrent, sequential)
     if cpu is not None:
         cpu.own_s = (time.process_time() - own0) / rounds
         cpu.fake_s = (process_cpu_s(cpu.fake_pid) - fake0) / rounds
+        cpu.collections = (_collections() - collections0) / rounds
     await http.aclose()
     return walls
+
+
+def _collections() -> int:
+    """Garbage-collector runs so far, all generations."""
+    return sum(generation["collections"] for generation in gc.get_stats())
 
 
 def row(label: str, walls: list[float], profile: Profile, figures: Figures, key: str) -> str:
@@ -224,8 +235,9 @@ async def run_profile(url: str, profile: Profile, figures: Figures, *, full: boo
         if concurrent == 200:
             figures[f"cpu_s_per_round_200x4_{profile.name}"] = cpu.own_s
             figures[f"fake_cpu_s_per_round_200x4_{profile.name}"] = cpu.fake_s
+            figures[f"gc_collections_per_round_200x4_{profile.name}"] = cpu.collections
             print(f"{'':<34} CPU per round of 200 turns: this process {cpu.own_s:.3f} s, "
-                  f"fake provider {cpu.fake_s:.3f} s")
+                  f"fake provider {cpu.fake_s:.3f} s; garbage collections {cpu.collections:.1f}")
     if full:
         walls = await measure(url, 4, 1, 3, profile, sequential=True)
         print(row("naive sequential, 1 turn, 4 refs", walls, profile, figures, "naive_1x4"))

@@ -226,7 +226,7 @@ class MoaEngine:
                 )
                 await emit(Aggregating(aggregator.label, step))
                 completion, record = await self._call_aggregator(
-                    preset, provider, agg_input, tools, step, emit
+                    preset, provider, agg_input, tools, step, emit, listening=on_event is not None
                 )
                 calls.append(record)
                 aggregator_usages.append(record.usage)
@@ -320,13 +320,16 @@ class MoaEngine:
         tools: Mapping[str, Tool],
         step: int,
         emit,
+        *,
+        listening: bool = True,
     ) -> tuple[Completion | None, CallRecord]:
         slot = preset.aggregator
         streamed: list[str] = []
 
         async def on_text(text: str) -> None:
             streamed.append(text)
-            await emit(TextDelta(step, text))
+            if listening:  # a delta per chunk of every stream: made only when someone reads it
+                await emit(TextDelta(step, text))
 
         request = CompletionRequest(
             provider=provider,

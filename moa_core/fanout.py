@@ -227,6 +227,7 @@ async def fan_out(
     # A limit that cannot be reached is not taken: a semaphore costs two awaits per call.
     limit = asyncio.Semaphore(max(1, max_concurrent)) if count > max(1, max_concurrent) else _NO_LIMIT
     images = has_visible_images(messages)  # the same view for every reference: looked at once
+    loop = asyncio.get_running_loop()
     results: list[ReferenceResult | None] = [None] * count
     calls: list[ReferenceCall] = []
     pending: dict[asyncio.Task[ReferenceCall], int] = {}
@@ -245,7 +246,7 @@ async def fan_out(
             results[index] = skipped
             calls.append(ReferenceCall(skipped, slot.provider, slot.model, preset.reference_temperature, ()))
         else:
-            task = asyncio.create_task(
+            task = loop.create_task(  # asyncio.create_task's own work, one call less per reference
                 _ask_reference(
                     client, providers[slot.provider], slot, preset, messages, index, count, step, clock, limit,
                     sent, images,

@@ -211,7 +211,10 @@ class ProviderClient:
                 message = f"{_label(request)}: malformed stream data: {exc}"
                 raise self._failed(request, acc, message, key, False) from None
             if text and on_text is not None:
-                await _deliver(on_text, text)
+                try:  # _deliver's work without its await: this runs for every chunk of a stream
+                    await on_text(text)
+                except Exception as exc:
+                    raise _CallbackFailed(exc) from exc
             if acc.finished:
                 return True
         return False

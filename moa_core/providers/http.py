@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NoReturn
 
 import httpx
@@ -305,10 +306,18 @@ def _wire_headers(endpoint: Endpoint, headers: dict[str, str], content: bytes) -
     """The headers httpx.Request would hand our transport (Host first, Content-Length last,
     names in lower case); None when httpx must decide (a non-ASCII value is its error to
     raise) or a name repeats."""
-    items = [("host", endpoint.host)]
-    for name, value in headers.items():
+    prefix = _header_prefix(endpoint.host, tuple(headers.items()))
+    return None if prefix is None else [*prefix, ("content-length", str(len(content)))]
+
+
+@lru_cache(maxsize=256)
+def _header_prefix(host: str, headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...] | None:
+    """`_wire_headers` up to Content-Length: the same few header sets recur call after call
+    (one per provider key and accept type), so each is checked and lower-cased once."""
+    items = [("host", host)]
+    for name, value in headers:
         if not (name.isascii() and value.isascii()):
             return None
         items.append((name.lower(), value))
-    items.append(("content-length", str(len(content))))
-    return items if len({name for name, _ in items}) == len(items) else None
+    names = {name for name, _ in items}
+    return tuple(items) if len(names) == len(items) and "content-length" not in names else None

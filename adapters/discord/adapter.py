@@ -1,10 +1,11 @@
 """The Discord adapter: discord.py 2 connected to the gateway's adapter contract.
 
-Owns the live connection: the gateway websocket and REST client of discord.py, the `/moa`
-application commands, and delivery of rendered parts (`render.py`) to channels or to an
-interaction's followup webhook. Inbound payloads are read by the pure functions of
-`normalize.py` from the raw dispatch data (discord.py's documented `on_socket_raw_receive`
-debug event), so what is tested on recorded payloads is exactly what runs.
+Owns the live connection and what comes in: the gateway websocket and REST client of
+discord.py, the `/moa` application commands, and the reading of messages and interactions.
+Inbound payloads are read by the pure functions of `normalize.py` from the raw dispatch data
+(discord.py's documented `on_socket_raw_receive` debug event), so what is tested on recorded
+payloads is exactly what runs. Outbound values are rendered into parts by `render.py` and
+delivered by `delivery.py` (followup webhook or channel, retries, skipped identical edits).
 
 Addresses: discord.py keeps the REST base (`Route.BASE`) and the gateway URL
 (`DiscordWebSocket.DEFAULT_GATEWAY`) class-wide; `start()` sets both from the settings, so one
@@ -13,30 +14,19 @@ process talks to one Discord.
 Threads: a value for a `ChatRef` with a `thread_id` goes to the thread's channel (`chat_id` is
 its parent channel, see `normalize.py`); an interaction's followups land where it was used.
 
-Delivery rules:
-- an interaction is deferred ("thinking...") before the gateway hears of it; whatever the
-  gateway sends for it goes through the followup webhook while the token is valid
-  (`followup_window_s`), as channel messages after. The first followup replaces the thinking
-  state, so a refusal Notice is what the member sees in its place;
-- 429s are waited out (discord.py's buckets, then ours if discord.py gives up) and the value is
-  sent anyway; identical edits are skipped;
-- a channel message carries a nonce Discord enforces, so a send that timed out is retried with
-  the same nonce (Discord returns the first message instead of posting twice); a followup that
-  timed out is not retried, as webhooks have no such guard.
+Interactions: each is deferred ("thinking...") before the gateway hears of it; the first
+followup replaces the thinking state, so a refusal Notice is what the member sees in its place.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import json
 import logging
-import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import discord
@@ -47,7 +37,6 @@ from discord.http import Route
 from adapters.contract import (
     Attachment,
     ChatRef,
-    FileOut,
     InboundHandler,
     InboundMessage,
     Outbound,
@@ -55,36 +44,23 @@ from adapters.contract import (
     Sent,
 )
 from adapters.discord.commands import build_moa_group
+from adapters.discord.delivery import Delivery, ledger_nonce, remember
 from adapters.discord.normalize import (
     PLATFORM,
-    InteractionHandle,
     interaction_to_inbound,
     message_to_inbound,
 )
-from adapters.discord.render import MAX_CONTENT, Part, render
+from adapters.discord.render import MAX_CONTENT
 from adapters.discord.settings import DiscordSettings
 from adapters.download import download
 from adapters.startup import PlatformUnavailable, host_of, refused, unreachable
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+__all__ = ["DiscordAdapter", "ledger_nonce"]  # ledger_nonce lives in delivery.py; kept importable here
 
-_REMEMBERED = 2048  # posted parts kept to skip identical edits; raw interactions kept
-_MAX_OWN_RETRIES = 4  # after discord.py's own five tries
-_MAX_RETRY_AFTER_S = 60.0
-# What a followup webhook answers when the interaction token is no longer good.
-_TOKEN_REFUSED = frozenset({401, 403, 404})
 _LOOKUP_TIMEOUT_S = 10.0  # a channel lookup holds up the messages behind it
-_TIMEOUT_ERRORS = (asyncio.TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ClientConnectionError)
-# The upload limit of a server without boosts; an interaction says its own limit.
-_DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 
-
-
-def ledger_nonce(key: str, index: int) -> str:
-    """A Discord nonce (at most 25 characters) for part `index` of the ledger send `key`."""
-    return hashlib.blake2b(f"{key}:{index}".encode(), digest_size=10).hexdigest()
 
 class _Client(discord.Client):
     """discord.py's client with the raw dispatch data handed to the adapter."""
@@ -128,13 +104,13 @@ class DiscordAdapter:
         self._tree: app_commands.CommandTree | None = None
         self._runner: asyncio.Task[None] | None = None
         self._on_inbound: InboundHandler | None = None
-        self._posted: OrderedDict[str, str] = OrderedDict()  # message id -> part fingerprint
         self._raw_interactions: OrderedDict[str, dict[str, Any]] = OrderedDict()
         # channel id -> its parent when it is a thread, None when it is not
         self._thread_parents: OrderedDict[int, str | None] = OrderedDict()
         self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._files: aiohttp.ClientSession | None = None  # attachment downloads only
+        self._delivery = Delivery(settings, client=self._require_client, clock=self._clock)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -260,7 +236,7 @@ class DiscordAdapter:
             return
         if event == "INTERACTION_CREATE":
             # Kept for `_on_command`, which runs after discord.py has parsed the same frame.
-            self._remember(self._raw_interactions, str(data.get("id")), data)
+            remember(self._raw_interactions, str(data.get("id")), data)
         elif event == "MESSAGE_CREATE":
             # Queued before any await, so messages reach the gateway in the order Discord sent them.
             self._messages.put_nowait(data)
@@ -314,14 +290,14 @@ class DiscordAdapter:
             fetched = await asyncio.wait_for(self._client.fetch_channel(channel_id), _LOOKUP_TIMEOUT_S)
         except (discord.NotFound, discord.Forbidden) as exc:
             # Not a channel we may read: a definite answer, so asked once only.
-            self._remember(self._thread_parents, channel_id, None)
+            remember(self._thread_parents, channel_id, None)
             log.info("discord: channel %s is not readable (%s); taken as no thread", channel_id, exc.status)
             return None
         except (TimeoutError, discord.HTTPException, discord.InvalidData) as exc:
             log.warning("discord: could not look up channel %s: %r", channel_id, exc)
             return None
         parent = _parent_of(fetched)
-        self._remember(self._thread_parents, channel_id, parent)
+        remember(self._thread_parents, channel_id, parent)
         return parent
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -353,218 +329,21 @@ class DiscordAdapter:
     # -- outbound ------------------------------------------------------------------------------
 
     async def send(self, chat: ChatRef, item: Outbound) -> Sent:
-        ids: list[str] = []
-        for index, part in enumerate(render(item)):
-            ids.append(await self._post(chat, part, as_reply=index == 0))
-        return Sent(chat=chat, message_ids=tuple(ids))
+        return await self._delivery.send(chat, item)
 
     async def send_once(self, chat: ChatRef, item: Outbound, *, key: str, retry: bool) -> Sent:
         """A ledger send: each part's enforced nonce is derived from `key`, so the same row sent
         again after a restart gets the message Discord already has instead of a second one
         (Discord checks nonces over the past few minutes)."""
-        ids: list[str] = []
-        for index, part in enumerate(render(item)):
-            ids.append(await self._post(chat, part, as_reply=index == 0, nonce=ledger_nonce(key, index)))
-        return Sent(chat=chat, message_ids=tuple(ids))
+        return await self._delivery.send_once(chat, item, key=key)
 
     async def edit(self, sent: Sent, item: Outbound) -> Sent:
-        if isinstance(item, FileOut):  # an attachment is posted anew, never swapped in place
-            return await self.send(sent.chat, item)
-        parts = render(item)
-        old = list(sent.message_ids)
-        ids: list[str] = []
-        for index, part in enumerate(parts):
-            if index < len(old):
-                ids.append(await self._edit_one(sent.chat, old[index], part))
-            else:
-                ids.append(await self._post(sent.chat, part, as_reply=False))
-        for extra in old[len(parts) :]:  # the new value needs fewer messages than the old one
-            await self._delete(sent.chat, extra)
-        return Sent(chat=sent.chat, message_ids=tuple(ids))
-
-    def _followup_handle(self, chat: ChatRef) -> InteractionHandle | None:
-        handle = InteractionHandle.decode(chat.reply_handle)
-        if handle is not None and handle.usable(self._clock(), self.settings.followup_window_s):
-            return handle
-        return None
-
-    def _webhook(self, handle: InteractionHandle) -> discord.Webhook:
-        return discord.Webhook.partial(
-            int(handle.application_id), handle.token, client=self._require_client()
-        )
-
-    def _channel(self, chat: ChatRef) -> discord.PartialMessageable:
-        """Where channel messages of `chat` go: its thread when it has one, else the chat."""
-        return self._require_client().get_partial_messageable(int(chat.thread_id or chat.chat_id))
+        return await self._delivery.edit(sent, item)
 
     def _require_client(self) -> _Client:
         if self._client is None:
             raise RuntimeError("the Discord adapter is not started")
         return self._client
-
-    async def _post(self, chat: ChatRef, part: Part, *, as_reply: bool, nonce: str | None = None) -> str:
-        handle = self._followup_handle(chat)
-        if handle is not None:
-            try:
-                message_id = await self._post_followup(handle, part)
-            except discord.HTTPException as exc:
-                if exc.status not in _TOKEN_REFUSED:
-                    raise
-                # The token was refused (expired early, or the interaction is gone): the
-                # followup was not posted, so the channel gets it instead.
-                log.warning("discord: followup refused (%s); posting to the channel", exc.status)
-            else:
-                self._remember(self._posted, message_id, part.fingerprint())
-                return message_id
-        message_id = await self._post_channel(
-            chat, part, as_reply=as_reply, handle=InteractionHandle.decode(chat.reply_handle), nonce=nonce
-        )
-        self._remember(self._posted, message_id, part.fingerprint())
-        return message_id
-
-    async def _post_followup(self, handle: InteractionHandle, part: Part) -> str:
-        webhook = self._webhook(handle)
-
-        async def attempt() -> discord.WebhookMessage:
-            kwargs = _message_kwargs(part, upload_limit=None)
-            return await webhook.send(wait=True, **kwargs)
-
-        message = await self._with_retries(attempt, resend_safe=False)
-        return str(message.id)
-
-    async def _post_channel(
-        self, chat: ChatRef, part: Part, *, as_reply: bool, handle: InteractionHandle | None,
-        nonce: str | None = None,
-    ) -> str:
-        channel = self._channel(chat)
-        reference = None
-        # An interaction's id is no message to reply to.
-        if as_reply and chat.reply_to_id and (handle is None or handle.interaction_id != chat.reply_to_id):
-            reference = discord.MessageReference(
-                message_id=int(chat.reply_to_id), channel_id=channel.id, fail_if_not_exists=False
-            )
-        if nonce is None:
-            nonce = str(secrets.randbits(63))  # Discord enforces it: a repeat returns the first message
-
-        async def attempt() -> discord.Message:
-            kwargs = _message_kwargs(part, upload_limit=_DEFAULT_UPLOAD_LIMIT)
-            if reference is not None:
-                kwargs["reference"] = reference
-            return await channel.send(nonce=nonce, **kwargs)
-
-        message = await self._with_retries(attempt, resend_safe=True)
-        return str(message.id)
-
-    async def _edit_one(self, chat: ChatRef, message_id: str, part: Part) -> str:
-        fingerprint = part.fingerprint()
-        if self._posted.get(message_id) == fingerprint:
-            return message_id  # identical edit: nothing to do
-        content = part.content
-        embeds = [discord.Embed.from_dict(e) for e in part.embeds]
-        handle = self._followup_handle(chat)
-        edited = False
-        if handle is not None:
-            webhook = self._webhook(handle)
-            try:
-                await self._with_retries(
-                    lambda: webhook.edit_message(int(message_id), content=content, embeds=embeds),
-                    resend_safe=True,
-                )
-                edited = True
-            except discord.HTTPException as exc:
-                if exc.status not in _TOKEN_REFUSED:
-                    raise
-                log.warning("discord: followup edit refused (%s); editing through the channel", exc.status)
-        if not edited:
-            message = self._channel(chat).get_partial_message(int(message_id))
-            try:
-                await self._with_retries(
-                    lambda: message.edit(content=content, embeds=embeds), resend_safe=True
-                )
-            except discord.NotFound:
-                # The message is gone (deleted by someone): post the part anew, so nothing of
-                # the answer is lost.
-                log.warning("discord: message %s vanished; posting its part anew", message_id)
-                return await self._post(chat, part, as_reply=False)
-        self._remember(self._posted, message_id, fingerprint)
-        return message_id
-
-    async def _delete(self, chat: ChatRef, message_id: str) -> None:
-        handle = self._followup_handle(chat)
-        try:
-            if handle is not None:
-                await self._webhook(handle).delete_message(int(message_id))
-            else:
-                await self._channel(chat).get_partial_message(int(message_id)).delete()
-        except discord.HTTPException as exc:
-            log.warning("discord: could not delete surplus message %s: %s", message_id, exc)
-        self._posted.pop(message_id, None)
-
-    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], *, resend_safe: bool) -> T:
-        """Run one REST call, waiting out 429s discord.py gave up on.
-
-        A call that timed out is repeated only when `resend_safe` (an edit, or a send guarded by
-        an enforced nonce).
-        """
-        tries = 0
-        while True:
-            try:
-                return await attempt()
-            except discord.RateLimited as exc:  # only with max_ratelimit_timeout, kept for safety
-                delay = exc.retry_after
-            except discord.HTTPException as exc:
-                if exc.status != 429:
-                    raise
-                delay = await _retry_after(exc)
-            except _TIMEOUT_ERRORS:
-                if not resend_safe or tries >= 1:
-                    raise
-                delay = 0.5
-            tries += 1
-            if tries > _MAX_OWN_RETRIES:
-                raise RuntimeError(f"Discord kept refusing a request after {tries} retries")
-            log.warning("discord: retrying a request in %.2f s", delay)
-            await asyncio.sleep(min(max(delay, 0.0), _MAX_RETRY_AFTER_S))
-
-    @staticmethod
-    def _remember(store: OrderedDict[Any, Any], key: Any, value: Any) -> None:
-        store[key] = value
-        store.move_to_end(key)
-        while len(store) > _REMEMBERED:
-            store.popitem(last=False)
-
-
-def _message_kwargs(part: Part, *, upload_limit: int | None) -> dict[str, Any]:
-    """discord.py keyword arguments for one part (a fresh File each call: attempts consume it)."""
-    kwargs: dict[str, Any] = {}
-    content = part.content
-    if part.embeds:
-        kwargs["embeds"] = [discord.Embed.from_dict(e) for e in part.embeds]
-    if part.file is not None:
-        if upload_limit is not None and len(part.file.data) > upload_limit:
-            note = f"({part.file.filename} is too large to attach: {len(part.file.data) // 1024} KiB)"
-            content = f"{content}\n{note}" if content else note
-        else:
-            kwargs["file"] = discord.File(io.BytesIO(part.file.data), filename=part.file.filename)
-    if content is not None:
-        kwargs["content"] = content[:MAX_CONTENT]
-    return kwargs
-
-
-async def _retry_after(exc: discord.HTTPException) -> float:
-    """Seconds to wait after a 429: the body's precise `retry_after`, else the header's."""
-    response = exc.response
-    if response is None:
-        return 1.0
-    try:
-        body = await response.json(content_type=None)  # already read: aiohttp keeps the body
-        return float(body["retry_after"])
-    except Exception:
-        pass
-    try:
-        return float(response.headers.get("Retry-After", 1.0))
-    except ValueError:
-        return 1.0
 
 
 def _parent_of(channel: object) -> str | None:

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.contract import Notice, Progress, ReferenceSummary, SummaryEntry
+from adapters.contract import Answer, Notice, Outbound, Progress, ReferenceSummary, SummaryEntry
 from adapters.figures import format_latency, format_total, format_usd
 from adapters.files import heard_line, sight_note
 from adapters.text import shorten, split_message, utf16_len
@@ -296,3 +296,16 @@ def notice_chunks(notice: Notice, *, limit: int = MESSAGE_CHARS) -> list[str]:
     chunks = answer_chunks(notice.text, limit=limit - utf16_len(prefix))
     chunks[0] = prefix + chunks[0]
     return chunks
+
+
+def render(item: Outbound) -> list[Payload]:
+    """The Slack messages an outbound value becomes (a file is uploaded, never rendered)."""
+    if isinstance(item, Answer):
+        return [Payload(t) for t in answer_chunks(item.text, limit=MESSAGE_CHARS, footer=item.footer)]
+    if isinstance(item, ReferenceSummary):
+        return [summary_payload(item)]
+    if isinstance(item, Progress):
+        return [Payload(progress_text(item))]
+    if isinstance(item, Notice):
+        return [Payload(t) for t in notice_chunks(item)]
+    raise TypeError(f"cannot render {type(item).__name__} as Slack messages")

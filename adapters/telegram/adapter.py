@@ -1,8 +1,10 @@
 """The Telegram adapter: python-telegram-bot's Application driven without its blocking helpers.
 
 Inbound: long polling (default) or a webhook guarded by a secret token; every update goes through
-`normalize_update` to the gateway's handler. Outbound: the contract's values rendered by
-`render` and sent with flood control per chat.
+`normalize_update` to the gateway's handler (an album's items gathered into one message first).
+Outbound: the contract's values are shown by `messages.py` (rendered by `render`, sent, edited
+or drafted), each Bot API call with flood control per chat. This module owns the connection,
+the reading of updates, attachment downloads, and keeping the token out of logs.
 
 Delivery rules (SPEC 4.6) live in `flood.py`: 429 pauses the chat (intermediate stream edits are
 skipped, everything else waits), sends that may have been delivered are not repeated, edits are
@@ -19,26 +21,13 @@ more, its text starting with RECOVERED_MARK, so a repeat is at most one and read
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from telegram import (
-    BotCommand,
-    InputFile,
-    LinkPreviewOptions,
-    ReplyParameters,
-    Update,
-)
-from telegram.error import (
-    BadRequest,
-    InvalidToken,
-    NetworkError,
-    TelegramError,
-)
+from telegram import BotCommand, Update
+from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters.contract import (
@@ -46,38 +35,22 @@ from adapters.contract import (
     Attachment,
     AttachmentError,
     ChatRef,
-    FileOut,
     InboundHandler,
     InboundMessage,
     Notice,
     Outbound,
     PlatformLimits,
-    Progress,
-    ReferenceSummary,
     Sent,
 )
 from adapters.startup import PlatformUnavailable, reason, refused, unreachable
-from adapters.telegram.flood import ChatDelivery, Outcome
+from adapters.telegram.messages import Messages
 from adapters.telegram.normalize import merge_album, normalize_update
-from adapters.telegram.render import (
-    MAX_CAPTION,
-    MAX_CHARS,
-    Part,
-    render_answer,
-    render_notice,
-    render_progress,
-    render_summary,
-)
+from adapters.telegram.render import MAX_CHARS
 from adapters.telegram.settings import TelegramSettings
-from adapters.text import shorten, utf16_len
 
 log = logging.getLogger(__name__)
 
-_DRAFT_PREFIX = "draft:"
 RECOVERED_MARK = "♻️ recovered after a restart (this may repeat a message sent just before it)"
-_SHOWN_CAPACITY = 2048
-_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
-_PHOTO_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp"})
 _SUBCOMMANDS = "presets · default · cost · budget · digest · new · help"
 # Loggers that may write the token: Bot API URLs contain it, PTB's InvalidToken message quotes it.
 _URL_LOGGERS = (
@@ -104,10 +77,7 @@ class TelegramAdapter:
         self._on_inbound: InboundHandler | None = None
         self._bot_id = 0
         self._bot_username = ""
-        self._delivery = ChatDelivery()
-        self._shown: OrderedDict[tuple[str, int], Part] = OrderedDict()
-        self._draft_ids = itertools.count(1)
-        self._drafts_ok = True
+        self._messages = Messages(settings, bot=self._bot)
         self._redact = _RedactSecrets([settings.token, settings.webhook_secret or ""])
         # Albums being gathered: (chat, media_group_id) -> its items so far and the flush timer.
         self._albums: dict[tuple[str, str], tuple[list[InboundMessage], asyncio.Task[None]]] = {}
@@ -294,21 +264,7 @@ class TelegramAdapter:
     # -- outbound --------------------------------------------------------------------------
 
     async def send(self, chat: ChatRef, item: Outbound) -> Sent:
-        if isinstance(item, FileOut):
-            return await self._send_file(chat, item)
-        if isinstance(item, Answer) and not item.final:
-            if self._settings.stream == "off":
-                return Sent(chat, ())
-            if self._use_draft(chat):
-                draft_id = next(self._draft_ids)
-                if await self._draft(chat, draft_id, item):
-                    return Sent(chat, (f"{_DRAFT_PREFIX}{draft_id}",))
-        ids: list[str] = []
-        for index, part in enumerate(self._render(item)):
-            message_id = await self._send_part(chat, part, reply=index == 0)
-            if message_id is not None:
-                ids.append(str(message_id))
-        return Sent(chat, tuple(ids))
+        return await self._messages.send(chat, item)
 
     async def send_once(self, chat: ChatRef, item: Outbound, *, key: str, retry: bool) -> Sent:
         """A ledger send. The Bot API can neither make a send idempotent nor list a chat's
@@ -319,223 +275,12 @@ class TelegramAdapter:
         return await self.send(chat, item)
 
     async def edit(self, sent: Sent, item: Outbound) -> Sent:
-        chat = sent.chat
-        if isinstance(item, FileOut):  # a message cannot become a file: post it
-            return await self.send(chat, item)
-        streaming = isinstance(item, Answer) and not item.final
-        ids = list(sent.message_ids)
-        if ids and ids[0].startswith(_DRAFT_PREFIX):
-            if isinstance(item, Answer) and streaming and self._use_draft(chat):
-                if await self._draft(chat, int(ids[0].removeprefix(_DRAFT_PREFIX)), item):
-                    return sent
-            ids = []  # a draft vanishes by itself; what stays is a real message
-        if streaming and self._settings.stream == "off":
-            return Sent(chat, tuple(ids))
-        droppable = streaming or isinstance(item, Progress)
-        if droppable and self._delivery.pause_left(chat.chat_id) > 0:
-            return Sent(chat, tuple(ids))
-        parts = self._render(item)
-        new_ids: list[str] = []
-        for index, part in enumerate(parts):
-            if index < len(ids):
-                result = await self._edit_part(chat, int(ids[index]), part, droppable=droppable)
-                if result is Outcome.SKIPPED:
-                    return Sent(chat, tuple(new_ids + ids[index:]))
-                if result is not None:
-                    new_ids.append(str(result))
-                continue
-            if droppable and self._delivery.pause_left(chat.chat_id) > 0:
-                return Sent(chat, tuple(new_ids))
-            message_id = await self._send_part(chat, part, reply=index == 0)
-            if message_id is not None:
-                new_ids.append(str(message_id))
-        for stale in ids[len(parts) :]:
-            await self._delete(chat, int(stale))
-        return Sent(chat, tuple(new_ids))
-
-    def _render(self, item: Outbound) -> list[Part]:
-        if isinstance(item, Answer):
-            return render_answer(item)
-        if isinstance(item, ReferenceSummary):
-            return render_summary(item)
-        if isinstance(item, Progress):
-            return render_progress(item)
-        if isinstance(item, Notice):
-            return render_notice(item)
-        raise TypeError(f"the Telegram adapter cannot render {type(item).__name__}")
-
-    def _use_draft(self, chat: ChatRef) -> bool:
-        # Drafts exist in private chats only; private chat ids are the (positive) user ids.
-        return self._settings.stream == "draft" and self._drafts_ok and chat.chat_id.lstrip().isdigit()
-
-    # -- single Bot API calls --------------------------------------------------------------
-
-    async def _send_part(self, chat: ChatRef, part: Part, *, reply: bool) -> int | None:
-        bot = self._bot()
-        thread_id = _thread(chat)
-        reply_parameters = (
-            ReplyParameters(message_id=int(chat.reply_to_id), allow_sending_without_reply=True)
-            if reply and chat.reply_to_id
-            else None
-        )
-
-        def make(text: str, parse_mode: str | None) -> Callable[[int | str], Awaitable[int]]:
-            async def op(chat_id: int | str) -> int:
-                message = await bot.send_message(
-                    chat_id=chat_id,
-                    text=text,
-                    parse_mode=parse_mode,
-                    message_thread_id=thread_id,
-                    reply_parameters=reply_parameters,
-                    link_preview_options=_NO_PREVIEW,
-                )
-                return message.message_id
-
-            return op
-
-        result = await self._delivery.with_markup_fallback(
-            chat.chat_id, part, make, droppable=False, idempotent=False, what="sendMessage"
-        )
-        if isinstance(result, Outcome):
-            return None
-        self._remember(chat.chat_id, result, part)
-        return result
-
-    async def _edit_part(
-        self, chat: ChatRef, message_id: int, part: Part, *, droppable: bool
-    ) -> int | Outcome | None:
-        if self._shown.get((chat.chat_id, message_id)) == part:
-            return message_id
-        bot = self._bot()
-
-        def make(text: str, parse_mode: str | None) -> Callable[[int | str], Awaitable[int]]:
-            async def op(chat_id: int | str) -> int:
-                await bot.edit_message_text(
-                    text=text,
-                    chat_id=chat_id,
-                    message_id=message_id,
-                    parse_mode=parse_mode,
-                    link_preview_options=_NO_PREVIEW,
-                )
-                return message_id
-
-            return op
-
-        try:
-            result = await self._delivery.with_markup_fallback(
-                chat.chat_id, part, make, droppable=droppable, idempotent=True, what="editMessageText"
-            )
-        except BadRequest as error:
-            reason = str(error).lower()
-            if "not modified" in reason:
-                self._remember(chat.chat_id, message_id, part)
-                return message_id
-            if "message to edit not found" in reason or "message can't be edited" in reason:
-                log.warning("telegram: message %s is gone (%s); posting anew", message_id, error)
-                return await self._send_part(chat, part, reply=False)
-            raise
-        if result is Outcome.SKIPPED:
-            return result
-        self._remember(chat.chat_id, message_id, part)
-        return message_id
-
-    async def _draft(self, chat: ChatRef, draft_id: int, answer: Answer) -> bool:
-        """Show `answer`'s last part as a draft; False when drafts turn out to be unavailable."""
-        bot = self._bot()
-        part = render_answer(answer)[-1]
-        thread_id = _thread(chat)
-
-        def make(text: str, parse_mode: str | None) -> Callable[[int | str], Awaitable[bool]]:
-            async def op(chat_id: int | str) -> bool:
-                await bot.send_message_draft(
-                    chat_id=int(chat_id),
-                    draft_id=draft_id,
-                    text=text,
-                    parse_mode=parse_mode,
-                    message_thread_id=thread_id,
-                )
-                return True
-
-            return op
-
-        try:
-            await self._delivery.with_markup_fallback(
-                chat.chat_id, part, make, droppable=True, idempotent=True, what="sendMessageDraft"
-            )
-        except TelegramError as error:
-            log.warning("telegram: drafts unavailable (%s); streaming by edits instead", error)
-            self._drafts_ok = False
-            return False
-        return True
-
-    async def _send_file(self, chat: ChatRef, item: FileOut) -> Sent:
-        bot = self._bot()
-        caption = shorten(item.caption, MAX_CAPTION, measure=utf16_len) if item.caption.strip() else None
-        thread_id = _thread(chat)
-        reply_parameters = (
-            ReplyParameters(message_id=int(chat.reply_to_id), allow_sending_without_reply=True)
-            if chat.reply_to_id
-            else None
-        )
-
-        async def photo(chat_id: int | str) -> int:
-            message = await bot.send_photo(
-                chat_id=chat_id,
-                photo=InputFile(item.data, filename=item.filename),
-                caption=caption,
-                message_thread_id=thread_id,
-                reply_parameters=reply_parameters,
-            )
-            return message.message_id
-
-        async def document(chat_id: int | str) -> int:
-            message = await bot.send_document(
-                chat_id=chat_id,
-                document=InputFile(item.data, filename=item.filename),
-                caption=caption,
-                message_thread_id=thread_id,
-                reply_parameters=reply_parameters,
-            )
-            return message.message_id
-
-        result: int | Outcome
-        if item.mime.lower() in _PHOTO_TYPES:
-            try:
-                result = await self._delivery.call(
-                    chat.chat_id, photo, droppable=False, idempotent=False, what="sendPhoto"
-                )
-            except BadRequest as error:  # e.g. dimensions Telegram will not take as a photo
-                log.warning("telegram: photo refused (%s); sending it as a document", error)
-                result = await self._delivery.call(
-                    chat.chat_id, document, droppable=False, idempotent=False, what="sendDocument"
-                )
-        else:
-            result = await self._delivery.call(
-                chat.chat_id, document, droppable=False, idempotent=False, what="sendDocument"
-            )
-        return Sent(chat, () if isinstance(result, Outcome) else (str(result),))
-
-    async def _delete(self, chat: ChatRef, message_id: int) -> None:
-        bot = self._bot()
-        try:
-            await bot.delete_message(chat_id=self._delivery.resolve(chat.chat_id), message_id=message_id)
-        except TelegramError as error:
-            log.info("telegram: could not delete message %s: %s", message_id, error)
-
-    def _remember(self, chat_key: str, message_id: int, part: Part) -> None:
-        self._shown[(chat_key, message_id)] = part
-        self._shown.move_to_end((chat_key, message_id))
-        while len(self._shown) > _SHOWN_CAPACITY:
-            self._shown.popitem(last=False)
+        return await self._messages.edit(sent, item)
 
     def _bot(self) -> Any:
         if self._app is None:
             raise RuntimeError("the Telegram adapter is not started")
         return self._app.bot
-
-
-def _thread(chat: ChatRef) -> int | None:
-    return int(chat.thread_id) if chat.thread_id else None
 
 
 class _RedactSecrets(logging.Filter):

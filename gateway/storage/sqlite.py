@@ -73,6 +73,7 @@ from moa_core.values import CallRecord, ImagePart, Message
 T = TypeVar("T")
 
 _connect = connect_writer  # the name tests and older callers use
+_TURN_KEYS_KEPT = 4096  # more turns than a gateway runs at once
 
 
 class Store:
@@ -97,6 +98,10 @@ class Store:
         self._closed = False
         self.replica = new_replica_id()
         self.lease_s = lease_s
+        # The key columns of turns this store started (`turn_columns`' dict), known once their
+        # start committed and never changed after: a booking or completion then reads no turn
+        # row in the writer. Dropped when the turn ends; bounded in case a turn never does.
+        self._turn_keys: dict[int, dict[str, Any]] = {}
 
     @classmethod
     async def open(cls, path: str | Path, clock: Clock, *, lease_s: float = DEFAULT_LEASE_S,
@@ -221,10 +226,20 @@ class Store:
         transaction. A queued one (waiting behind another turn of its chat) is stored at once,
         so a crash cannot lose it, but its message only joins the session in `begin_turn`:
         the history keeps the order in which turns really ran."""
-        return await self._write(self._start_turn_work(
+        turn_id = await self._write(self._start_turn_work(
             session_id=session_id, platform=platform, chat_id=chat_id, thread_id=thread_id, user_id=user_id,
             user_name=user_name, event_id=event_id, message_id=message_id, preset=preset, prompt=prompt,
             queued=queued, images=images))
+        self._keep_turn_keys(turn_id, session_id, platform, chat_id, user_id, preset)
+        return turn_id
+
+    def _keep_turn_keys(self, turn_id: int, session_id: int, platform: str, chat_id: str, user_id: str,
+                        preset: str) -> None:
+        keys = self._turn_keys
+        if len(keys) >= _TURN_KEYS_KEPT:
+            del keys[next(iter(keys))]  # the oldest: it reads its row again if it books more
+        keys[turn_id] = {"id": turn_id, "session_id": session_id, "platform": platform, "chat_id": chat_id,
+                         "user_id": user_id, "preset": preset}
 
     def _start_turn_work(self, *, session_id: int, prompt: str, queued: bool = False,
                          images: Sequence[ImagePart] = (), **fields: Any) -> Callable[[sqlite_utils.Database], int]:
@@ -253,7 +268,9 @@ class Store:
             turn_id = work(db)
             return turn_id, None if turn.get("queued") else _read_history(db, session_id, limit)
 
-        return await self._write(with_history)
+        turn_id, history = await self._write(with_history)
+        self._keep_turn_keys(turn_id, session_id, turn["platform"], turn["chat_id"], turn["user_id"], turn["preset"])
+        return turn_id, history
 
     async def begin_turn(self, turn_id: int) -> None:
         """A queued turn starts: marked running, its user message stored, in one transaction."""
@@ -281,9 +298,10 @@ class Store:
         if not calls:
             return
         at = self._now()
+        known = self._turn_keys.get(turn_id)
 
         def work(db: sqlite_utils.Database) -> None:
-            turn = turn_columns(db, turn_id)
+            turn = known or turn_columns(db, turn_id)
             insert_calls(db, [_call_row(turn, call, at) for call in calls], self._sums)
 
         await self._write(work)
@@ -295,9 +313,11 @@ class Store:
         if not calls:
             return
         at = self._now()
+        keys = self._turn_keys
+        known = {turn_id: keys[turn_id] for turn_id, _ in calls if turn_id in keys}
 
         def work(db: sqlite_utils.Database) -> None:
-            turns: dict[int, dict[str, Any]] = {}
+            turns = dict(known)
             rows = []
             for turn_id, call in calls:
                 if turn_id not in turns:
@@ -328,9 +348,12 @@ class Store:
         ledger = ledger_values(turn_id, *delivery, at, lease=self._lease()) if delivery is not None else None
         if ledger is not None and sending:
             ledger["status"] = "sending"
+        # Its calls are booked (a late one reads the turn's row); a turn completed again fails
+        # as before only if it does not exist.
+        known = self._turn_keys.pop(turn_id, None)
 
         def work(db: sqlite_utils.Database) -> int | None:
-            turn = turn_columns(db, turn_id)
+            turn = known or turn_columns(db, turn_id)
             db.conn.execute(
                 "UPDATE turns SET status = ?, answer = ?, cost_usd = ?, error = ?, finished_at = ? WHERE id = ?",
                 (status, answer, cost_usd, error, at, turn_id),
@@ -344,6 +367,8 @@ class Store:
         """Set a turn's status (e.g. `interrupted` after a crash); stamps `finished_at` unless running."""
         require(status, TURN_STATUSES, "turn status")
         at = None if status == "running" else self._now()
+        if status != "running":
+            self._turn_keys.pop(turn_id, None)
 
         def work(db: sqlite_utils.Database) -> None:
             db.conn.execute(

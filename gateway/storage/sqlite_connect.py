@@ -114,54 +114,47 @@ def find_open_session(db: sqlite_utils.Database, platform: str, chat_id: str, th
 
 def insert_calls(db: sqlite_utils.Database, rows: list[dict[str, Any]], sums: RollupSums | None = None) -> None:
     """Model-call rows and their cost rollups, in the caller's transaction (one or none): the
-    rollup upserts written now, or left in `sums` for the end of the writer's batch."""
+    rollup upserts written now, or left to `sums` for the end of the writer's batch."""
+    if sums is not None:
+        sums.note(db.conn)
+        insert_rows(db.conn, "model_calls", rows)
+        return
     turn_ids = sorted({row["turn_id"] for row in rows})
     prior = db.conn.execute(rollups.prior_models_sql(len(turn_ids)), turn_ids).fetchall()
     insert_rows(db.conn, "model_calls", rows)
-    upserts = rollups.rollup_rows(rows, prior)
-    if sums is None:
-        db.conn.executemany(rollups.UPSERT, upserts)
-    else:
-        sums.add(upserts)
-
-
-_KEYS = len(rollups.COLUMNS) - len(rollups.SUMS)  # grain, span, bucket and the key columns
+    db.conn.executemany(rollups.UPSERT, rollups.rollup_rows(rows, prior))
 
 
 class RollupSums:
-    """The rollup upserts of a writer batch's jobs, summed per rollup row and written once at the
-    end of the batch's transaction (`gateway.storage.sqlite_threads.Deferred`): a busy gateway
-    books many turns of one preset, model and hour per batch. Touched by the writer thread only.
-    The "first call" sums are decided per job, as before (`rollup_rows` reads the rows stored
-    so far, the batch's earlier jobs' included); only their writing waits."""
+    """The cost rollups of a writer batch's call rows, summed from the rows themselves at the end
+    of the batch's transaction (`gateway.storage.sqlite_threads.Deferred`) by one statement
+    (`rollups.UPSERT_ROWS_AFTER`): every call row with an id above the highest stored before the
+    batch's first booking is the batch's, since a row gets the highest id so far plus one. A job
+    rolled back takes its rows with it, so nothing is kept per job; a write that is not the
+    store's own sees the rollups written before it (flush) and a later booking notes its own
+    start again. Touched by the writer thread only."""
 
     def __init__(self) -> None:
-        self._staged: list[tuple[Any, ...]] = []
-        self._sums: dict[tuple[Any, ...], list[Any]] = {}
+        self._after: int | None = None  # the highest call row id before this batch's bookings
 
-    def add(self, upserts: list[tuple[Any, ...]]) -> None:
-        self._staged.extend(upserts)
+    def note(self, conn: sqlite3.Connection) -> None:
+        """Call rows are about to be booked in the open transaction."""
+        if self._after is None:
+            self._after = conn.execute("SELECT COALESCE(MAX(id), 0) FROM model_calls").fetchone()[0]
 
     def keep(self) -> None:
-        sums = self._sums
-        for row in self._staged:
-            key, values = row[:_KEYS], row[_KEYS:]
-            old = sums.get(key)
-            sums[key] = list(values) if old is None else [a + b for a, b in zip(old, values, strict=True)]
-        self._staged.clear()
+        pass  # the kept job's rows are in the table
 
     def drop(self) -> None:
-        self._staged.clear()
+        pass  # the rolled-back job's rows are gone from the table
 
     def flush(self, conn: sqlite3.Connection) -> None:
-        if self._sums:
-            # In key order, as `rollup_rows` gives them.
-            conn.executemany(rollups.UPSERT, [(*key, *values) for key, values in sorted(self._sums.items())])
-            self._sums.clear()
+        if self._after is not None:
+            conn.execute(rollups.UPSERT_ROWS_AFTER, (self._after,))
+            self._after = None
 
     def reset(self) -> None:
-        self._staged.clear()
-        self._sums.clear()
+        self._after = None
 
 
 def turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:

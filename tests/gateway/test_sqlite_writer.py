@@ -1,7 +1,7 @@
 """The SQLite store's writer and reader threads: writes queued together commit as one
 transaction, a failing write fails alone, close() writes what is queued, errors reach their
-caller, reads do not wait behind writes, and a batch's cost rollups are upserted once per
-rollup row."""
+caller, reads do not wait behind writes, and a batch's cost rollups are written once, summed
+from its rows."""
 
 from __future__ import annotations
 
@@ -100,6 +100,26 @@ async def test_a_failing_write_fails_alone(store: Store) -> None:
     assert await values(store) == ["first", "last"]  # the failing job's own insert is rolled back
 
 
+async def test_a_batch_that_fails_nowhere_runs_without_a_savepoint_per_write(store: Store) -> None:
+    statements: list[str] = []
+    await store.run(lambda db: db.conn.set_trace_callback(statements.append))
+    async with HeldWriter(store):
+        tasks = await queued(store, *(insert(f"v{n}") for n in range(5)))
+        statements.clear()
+    await asyncio.gather(*tasks)
+    batch = statements[statements.index("BEGIN IMMEDIATE"):]
+    assert not [s for s in batch if "SAVEPOINT" in s or "RELEASE" in s]
+
+
+async def test_the_writes_beside_a_failing_one_return_what_was_committed(store: Store) -> None:
+    async with HeldWriter(store):
+        tasks = await queued(store, insert("a"), fail, insert("b"), fail, insert("c"))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [type(r) for r in results[1::2]] == [LookupError, LookupError]
+    stored = await store.read(lambda db: db.conn.execute("SELECT id, v FROM t ORDER BY id").fetchall())
+    assert [(i, v) for i, v in stored] == list(zip(results[0::2], ["a", "b", "c"], strict=True))
+
+
 async def test_an_error_that_ends_the_transaction_reruns_the_writes_before_it(store: Store) -> None:
     await store.run(lambda db: db.conn.execute(
         "CREATE TRIGGER no_bad BEFORE INSERT ON t WHEN NEW.v = 'bad' BEGIN SELECT RAISE(ROLLBACK, 'no'); END"))
@@ -194,10 +214,11 @@ async def test_the_rollups_of_a_batch_are_upserted_once_per_rollup_row(store: St
         statements.clear()
     results = await asyncio.gather(*booked, return_exceptions=True)
     assert results[:10] == [None] * 10 and isinstance(results[10], KeyError)
-    upserts = [s for s in statements if s.startswith("INSERT INTO cost_rollups")]
-    # One chat, user, preset and model in one hour: 7 rollup rows (call; mix, chat and user by
-    # day and by hour), each written once for the ten turns.
-    assert len(upserts) == 7
+    upserts = [s for s in statements if "INSERT INTO cost_rollups" in s]
+    # The batch's rollups are summed from its rows by one statement, once for the ten turns; one
+    # chat, user, preset and model in one hour: 7 rollup rows (call; mix, chat and user by day and
+    # by hour).
+    assert len(upserts) == 1
     assert await assert_reconciled(store) == 7
     [calls, turn_count] = (await store.query(
         "SELECT calls, turns FROM cost_rollups WHERE grain = 'call' AND span = 'day'"))[0]
@@ -214,3 +235,18 @@ async def test_a_write_of_anyone_but_the_store_sees_the_batch_rollups_so_far(sto
         await asyncio.sleep(0)
     await booked
     assert await seen == 1
+
+
+async def test_a_turn_this_store_started_is_booked_and_completed_without_reading_its_row(store: Store) -> None:
+    [turn] = await started_turns(store, 1)
+    statements: list[str] = []
+    await store.run(lambda db: db.conn.set_trace_callback(statements.append))
+    await store.record_calls(turn, [CALL])
+    await store.book_calls([(turn, CALL)])
+    await store.complete_turn(turn, status="done", answer="a", cost_usd=0.002, messages=[], delivery=None)
+    assert not [s for s in statements if s.startswith("SELECT") and "FROM turns" in s]
+    await store.book_calls([(turn, CALL)])  # a call that ended after its turn: its row is read
+    assert [s for s in statements if s.startswith("SELECT") and "FROM turns" in s]
+    rows = await store.query("SELECT turn_id, platform, chat_id, user_id, preset FROM model_calls")
+    assert rows == [(turn, "telegram", "1", "u", "p")] * 3
+    assert await assert_reconciled(store) == 7

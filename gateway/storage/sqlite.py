@@ -2,11 +2,11 @@
 
 Two threads own the file's two connections (sqlite3 connections are bound to the thread that
 made them; see `gateway.storage.sqlite_threads`): every write is a function queued to the writer
-thread, which runs whatever is queued as one transaction (a SAVEPOINT per write, one COMMIT:
-group commit) and resolves the callers once it has committed; reads go to a reader thread on a
-read-only connection and never wait behind writes (WAL). Writes are serialised, and a function
-sent to the writer runs alone, so a read-then-write inside it needs no lock; what must be
-all-or-nothing (a finished turn with its messages and ledger row) is one write function.
+thread, which runs whatever is queued as one transaction (one COMMIT: group commit; a write
+that raises is rolled back alone) and resolves the callers once it has committed; reads go to a
+reader thread on a read-only connection and never wait behind writes (WAL). Writes are
+serialised, and a function sent to the writer runs alone, so a read-then-write inside it needs no
+lock; what must be all-or-nothing (a finished turn with its messages and ledger row) is one write function.
 
 Times come from the injected clock (or are passed in, aware) and are stored as UTC ISO-8601
 text of fixed width, so comparing the text compares the times.

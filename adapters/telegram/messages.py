@@ -63,7 +63,6 @@ class Messages:
         self._draft_ids = itertools.count(1)
         self._drafts_ok = True
 
-
     async def send(self, chat: ChatRef, item: Outbound) -> Sent:
         if isinstance(item, FileOut):
             return await self._send_file(chat, item)
@@ -290,7 +289,6 @@ class Messages:
         self._shown.move_to_end((chat_key, message_id))
         while len(self._shown) > _SHOWN_CAPACITY:
             self._shown.popitem(last=False)
-
 
 
 def _thread(chat: ChatRef) -> int | None:

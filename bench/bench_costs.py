@@ -57,6 +57,7 @@ from gateway.costs.digest import NEAR_BUDGET, build_digest, day_intervals, diges
 from gateway.costs.reports import cost_report  # noqa: E402
 from gateway.costs.rollups import totals  # noqa: E402
 from gateway.costs.schedule import cron_trigger, due_period, previous_fire  # noqa: E402
+from gateway.heap import settle_heap  # noqa: E402
 from gateway.storage import Store, open_store, to_iso  # noqa: E402
 from gateway.storage.rollups import BACKFILL  # noqa: E402
 
@@ -195,6 +196,7 @@ async def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object, last")
     args = parser.parse_args()
 
+    settle_heap()  # as `moa-gateway run` does after start-up: the collector's settings of the bot
     workdir = tempfile.TemporaryDirectory()
     print(f"RSS before filling {rss_mb():.0f} MiB")
     began = time.perf_counter()

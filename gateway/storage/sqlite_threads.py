@@ -34,7 +34,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 import sqlite_utils
@@ -221,14 +221,7 @@ def _run_together(db: sqlite_utils.Database, jobs: list[Job], deferred: Deferred
             if deferred is not None:
                 deferred.reset()
             return list(range(i + 1, len(jobs)))
-    try:
-        if deferred is not None:
-            deferred.flush(conn)
-        conn.execute("COMMIT")
-    except BaseException as error:
-        _rollback(conn)
-        for i in range(len(jobs)):
-            results[i] = (error, None)
+    _commit(conn, deferred, range(len(jobs)), results)
     if deferred is not None:
         deferred.reset()
     return []
@@ -283,19 +276,25 @@ def _run_each_alone(db: sqlite_utils.Database, jobs: list[Job], pending: list[in
             conn.execute("RELEASE moa_job")
             done.append(i)
         if done:
-            try:
-                if deferred is not None:
-                    deferred.flush(conn)
-                conn.execute("COMMIT")
-            except BaseException as error:
-                _rollback(conn)
-                for i in done:
-                    results[i] = (error, None)
+            _commit(conn, deferred, done, results)
         else:
             _rollback(conn)
         if deferred is not None:
             deferred.reset()
         pending = again
+
+
+def _commit(conn: sqlite3.Connection, deferred: Deferred | None, jobs: Iterable[int],
+            results: list[tuple[BaseException | None, Any]]) -> None:
+    """Write what `deferred` keeps, then COMMIT; if either fails, each of `jobs` fails with it."""
+    try:
+        if deferred is not None:
+            deferred.flush(conn)
+        conn.execute("COMMIT")
+    except BaseException as error:
+        _rollback(conn)
+        for i in jobs:
+            results[i] = (error, None)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

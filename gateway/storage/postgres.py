@@ -525,14 +525,30 @@ class PostgresStore:
     async def take_question(self, *, platform: str, event_id: str, chat_id: str, thread_id: str | None,
                             preset_of: Callable[[str | None], str], queued: bool = False, limit: int = 500,
                             **turn: Any) -> TakenQuestion | None:
-        """One trip per step (see `Storage.take_question`); the history is read once the turn
-        may run (`wait_turns_ahead`)."""
-        if not await self.mark_seen(platform, event_id):
+        """Two round trips for a question in an open session: one statement marks the event seen
+        and reads the session, the chat's stored preset and whether another replica has an
+        unfinished turn of it (`busy_elsewhere`); then the turn (`start_turn`, pipelined). A new
+        chat's session is opened in a trip of its own. The history is read once the turn may
+        run (`wait_turns_ahead`)."""
+        thread = thread_key(thread_id)
+        row = await self._one(
+            "WITH seen AS (INSERT INTO seen_events (platform, event_id, seen_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING RETURNING 1), "
+            "open AS (SELECT id FROM sessions WHERE platform = %s AND chat_id = %s AND thread_id = %s "
+            "AND closed_at IS NULL) "
+            "SELECT EXISTS (SELECT 1 FROM seen), (SELECT id FROM open), "
+            "(SELECT preset FROM channel_settings WHERE platform = %s AND chat_id = %s), "
+            "EXISTS (SELECT 1 FROM turns WHERE session_id = (SELECT id FROM open) "
+            "AND status IN ('queued', 'running') AND lease_owner IS DISTINCT FROM %s)",
+            [platform, event_id, self._now(), platform, chat_id, thread, platform, chat_id, self.replica])
+        assert row is not None
+        first, session_id, stored, busy = row
+        if not first:
             return None
-        session_id, stored = await asyncio.gather(self.active_session(platform, chat_id, thread_id),
-                                                  self.channel_preset(platform, chat_id))
+        if session_id is None:  # a new chat (or thread): nothing of it can be running elsewhere
+            session_id = await self.active_session(platform, chat_id, thread_id)
         # Several replicas: a turn of this session unfinished on another one queues this one.
-        queued = queued or await self.busy_elsewhere(session_id)
+        queued = queued or bool(busy)
         preset = preset_of(stored)
         turn_id = await self.start_turn(session_id=session_id, platform=platform, chat_id=chat_id,
                                         thread_id=thread_id, event_id=event_id, preset=preset, queued=queued, **turn)

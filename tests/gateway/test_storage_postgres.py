@@ -295,3 +295,37 @@ async def test_the_gateway_connects_with_jit_off_unless_the_url_sets_options(pg_
         assert await store.query("SHOW jit") == [("on",)]
     finally:
         await store.close()
+
+
+async def test_a_question_in_an_open_session_takes_two_round_trips(schemas) -> None:
+    # The duplicate check, the session, the stored preset and whether another replica is busy
+    # in one statement, then the turn (pipelined): 2 round trips between a question's arrival
+    # and its engine run, instead of one per step.
+    import tempfile
+
+    from psycopg import pq
+
+    store = await PostgresStore.open(schemas(), FakeClock(T0), max_size=1, auto_renew=False)
+    fields = dict(platform="telegram", chat_id="1", thread_id=None, user_id="u", user_name="U",
+                  preset_of=lambda stored: stored or "default")
+    first = await store.take_question(event_id="e1", message_id="m1", prompt="first", **fields)  # type: ignore[arg-type]
+    assert first is not None
+    await store.complete_turn(first.turn_id, status="done", answer="one", cost_usd=0.0,
+                              messages=[Message("assistant", "one")], delivery=None)
+    await store.set_channel_preset("telegram", "1", "deep", "admin")
+    with tempfile.TemporaryFile("w+") as trace:
+        async with store._pool.connection() as conn:
+            conn.pgconn.trace(trace.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        second = await store.take_question(event_id="e2", message_id="m2", prompt="second", **fields)  # type: ignore[arg-type]
+        async with store._pool.connection() as conn:
+            conn.pgconn.untrace()
+        trace.seek(0)
+        sent = [line.split("\t") for line in trace.read().splitlines() if line.startswith("F")]
+    trips = sum(1 for f in sent if len(f) > 2 and f[2].strip() in ("Sync", "Query"))
+    assert second is not None and (second.session_id, second.preset, second.queued) == (first.session_id, "deep", False)
+    assert trips == 2
+    assert await store.take_question(event_id="e2", message_id="m2", prompt="again", **fields) is None  # type: ignore[arg-type]
+    row = await store.turn(second.turn_id)
+    assert row is not None and (row.status, row.prompt, row.preset) == ("running", "second", "deep")
+    await store.close()

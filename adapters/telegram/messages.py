@@ -240,25 +240,17 @@ class Messages:
             else None
         )
 
-        async def photo(chat_id: int | str) -> int:
-            message = await bot.send_photo(
-                chat_id=chat_id,
-                photo=InputFile(item.data, filename=item.filename),
-                caption=caption,
-                message_thread_id=thread_id,
-                reply_parameters=reply_parameters,
-            )
-            return message.message_id
+        def sending(as_photo: bool) -> Callable[[int | str], Awaitable[int]]:
+            async def send(chat_id: int | str) -> int:
+                file = InputFile(item.data, filename=item.filename)
+                where = {"chat_id": chat_id, "caption": caption, "message_thread_id": thread_id,
+                         "reply_parameters": reply_parameters}
+                message = await (bot.send_photo(photo=file, **where) if as_photo
+                                 else bot.send_document(document=file, **where))
+                return message.message_id
+            return send
 
-        async def document(chat_id: int | str) -> int:
-            message = await bot.send_document(
-                chat_id=chat_id,
-                document=InputFile(item.data, filename=item.filename),
-                caption=caption,
-                message_thread_id=thread_id,
-                reply_parameters=reply_parameters,
-            )
-            return message.message_id
+        photo, document = sending(True), sending(False)
 
         result: int | Outcome
         if item.mime.lower() in _PHOTO_TYPES:

@@ -286,8 +286,9 @@ class Storage(Protocol):
         writer job, one transaction): the event marked seen (None for a duplicate: nothing is
         stored), the chat's open session (opened if there is none), the turn's preset
         (`preset_of(the chat's stored default or None)`, called once) and the turn stored as
-        `start_turn_with_history` stores it. PostgreSQL: one trip per step, and the turn is also
-        `queued` when another replica has an unfinished turn of the session (`busy_elsewhere`)."""
+        `start_turn_with_history` stores it. PostgreSQL: two round trips (a new chat's session
+        takes a third), and the turn is also `queued` when another replica has an unfinished
+        turn of the session (`busy_elsewhere`)."""
         ...
     async def prune_seen(self, before: datetime) -> int: ...
     async def channel_preset(self, platform: str, chat_id: str) -> str | None: ...

@@ -496,7 +496,10 @@ class Store:
             return TakenQuestion(turn_id, session_id, preset, queued,
                                  None if queued else _read_history(db, session_id, limit))
 
-        return await self._write(work)
+        taken = await self._write(work)
+        if taken is not None:
+            self._keep_turn_keys(taken.turn_id, taken.session_id, platform, chat_id, turn["user_id"], taken.preset)
+        return taken
 
     async def prune_seen(self, before: datetime) -> int:
         """Forget event ids seen before `before`; returns how many were dropped."""

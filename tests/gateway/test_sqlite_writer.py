@@ -250,3 +250,19 @@ async def test_a_turn_this_store_started_is_booked_and_completed_without_reading
     rows = await store.query("SELECT turn_id, platform, chat_id, user_id, preset FROM model_calls")
     assert rows == [(turn, "telegram", "1", "u", "p")] * 3
     assert await assert_reconciled(store) == 7
+
+
+async def test_a_question_this_store_took_is_booked_and_completed_without_reading_its_row(store: Store) -> None:
+    # The gateway's usual path (`take_question`) keeps the turn's key columns as `start_turn` does.
+    taken = await store.take_question(platform="telegram", event_id="e1", chat_id="1", thread_id=None,
+                                      user_id="u", user_name="U", message_id="m1", prompt="q",
+                                      preset_of=lambda stored: "p")
+    assert taken is not None
+    statements: list[str] = []
+    await store.run(lambda db: db.conn.set_trace_callback(statements.append))
+    await store.book_calls([(taken.turn_id, CALL)])
+    await store.complete_turn(taken.turn_id, status="done", answer="a", cost_usd=0.001, messages=[], delivery=None)
+    assert not [s for s in statements if s.startswith("SELECT") and "FROM turns" in s]
+    rows = await store.query("SELECT turn_id, platform, chat_id, user_id, preset FROM model_calls")
+    assert rows == [(taken.turn_id, "telegram", "1", "u", "p")]
+    assert await assert_reconciled(store) == 7

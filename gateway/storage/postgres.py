@@ -73,6 +73,14 @@ class StorageUnavailable(RuntimeError):
 
 _MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name", "images")
 _MESSAGE_COLUMNS = "session_id, turn_id, " + ", ".join(_MESSAGE_FIELDS) + ", created_at"
+# Statements that more than one method sends, alone or inside a larger one.
+_MARK_SEEN = "INSERT INTO seen_events (platform, event_id, seen_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+_OPEN_SESSION = ("SELECT id FROM sessions WHERE platform = %s AND chat_id = %s AND thread_id = %s "
+                 "AND closed_at IS NULL")
+_CHANNEL_PRESET = "SELECT preset FROM channel_settings WHERE platform = %s AND chat_id = %s"
+# Whether another replica (lease owner %s) has an unfinished turn of the session `{session}`.
+_BUSY_ELSEWHERE = ("EXISTS (SELECT 1 FROM turns WHERE session_id = {session} AND status IN ('queued', 'running') "
+                   "AND lease_owner IS DISTINCT FROM %s)")
 
 
 def describe_url(url: str) -> str:
@@ -255,9 +263,7 @@ class PostgresStore:
         key = [platform, chat_id, thread]
         async with self._connection() as conn:
             for _ in range(3):
-                cursor = await conn.execute(
-                    "SELECT id FROM sessions WHERE platform = %s AND chat_id = %s AND thread_id = %s "
-                    "AND closed_at IS NULL", key)
+                cursor = await conn.execute(_OPEN_SESSION, key)
                 row = await cursor.fetchone()
                 if row:
                     return row[0]
@@ -326,8 +332,7 @@ class PostgresStore:
             user = message_values(session_id, None, Message("user", prompt, images=tuple(images)), at)
             del user["turn_id"]
             insert = (
-                "WITH ahead AS (SELECT EXISTS (SELECT 1 FROM turns WHERE session_id = %s AND status IN "
-                "('queued', 'running') AND lease_owner IS DISTINCT FROM %s) AS busy), "
+                f"WITH ahead AS (SELECT {_BUSY_ELSEWHERE.format(session='%s')} AS busy), "
                 f"t AS (INSERT INTO turns ({', '.join(values)}, status) SELECT {', '.join(['%s'] * len(values))}, "
                 "CASE WHEN ahead.busy THEN 'queued' ELSE 'running' END FROM ahead RETURNING id, status), "
                 f"m AS (INSERT INTO messages (turn_id, {', '.join(user)}) "
@@ -514,9 +519,7 @@ class PostgresStore:
 
     async def mark_seen(self, platform: str, event_id: str) -> bool:
         """Remember an inbound event id; True the first time (on any replica), False after."""
-        count = await self._rowcount(
-            "INSERT INTO seen_events (platform, event_id, seen_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-            [platform, event_id, self._now()])
+        count = await self._rowcount(_MARK_SEEN, [platform, event_id, self._now()])
         return count == 1
 
     async def prune_seen(self, before: datetime) -> int:
@@ -532,14 +535,9 @@ class PostgresStore:
         run (`wait_turns_ahead`)."""
         thread = thread_key(thread_id)
         row = await self._one(
-            "WITH seen AS (INSERT INTO seen_events (platform, event_id, seen_at) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING RETURNING 1), "
-            "open AS (SELECT id FROM sessions WHERE platform = %s AND chat_id = %s AND thread_id = %s "
-            "AND closed_at IS NULL) "
-            "SELECT EXISTS (SELECT 1 FROM seen), (SELECT id FROM open), "
-            "(SELECT preset FROM channel_settings WHERE platform = %s AND chat_id = %s), "
-            "EXISTS (SELECT 1 FROM turns WHERE session_id = (SELECT id FROM open) "
-            "AND status IN ('queued', 'running') AND lease_owner IS DISTINCT FROM %s)",
+            f"WITH seen AS ({_MARK_SEEN} RETURNING 1), open AS ({_OPEN_SESSION}) "
+            f"SELECT EXISTS (SELECT 1 FROM seen), (SELECT id FROM open), ({_CHANNEL_PRESET}), "
+            f"{_BUSY_ELSEWHERE.format(session='(SELECT id FROM open)')}",
             [platform, event_id, self._now(), platform, chat_id, thread, platform, chat_id, self.replica])
         assert row is not None
         first, session_id, stored, busy = row
@@ -555,8 +553,7 @@ class PostgresStore:
         return TakenQuestion(turn_id, session_id, preset, queued)
 
     async def channel_preset(self, platform: str, chat_id: str) -> str | None:
-        row = await self._one(
-            "SELECT preset FROM channel_settings WHERE platform = %s AND chat_id = %s", [platform, chat_id])
+        row = await self._one(_CHANNEL_PRESET, [platform, chat_id])
         return row[0] if row else None
 
     async def set_channel_preset(self, platform: str, chat_id: str, preset: str | None, by_user: str) -> None:
@@ -583,8 +580,7 @@ class PostgresStore:
 
     async def busy_elsewhere(self, session_id: int) -> bool:
         row = await self._one(
-            "SELECT EXISTS (SELECT 1 FROM turns WHERE session_id = %s AND status IN ('queued', 'running') "
-            "AND lease_owner IS DISTINCT FROM %s)", [session_id, self.replica])
+            f"SELECT {_BUSY_ELSEWHERE.format(session='%s')}", [session_id, self.replica])
         return bool(row and row[0])
 
     async def wait_turns_ahead(self, session_id: int, turn_id: int, poll_s: float = 0.1) -> None:

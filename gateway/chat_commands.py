@@ -4,6 +4,7 @@ commands (answered by the hooks gateway.costs provides, see app.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from adapters.contract import InboundMessage
@@ -24,6 +25,10 @@ from gateway.lanes import chat_ref, session_key
 
 if TYPE_CHECKING:
     from gateway.service import CommandHook, Gateway
+
+
+def unknown_preset(name: str, presets: Iterable[str]) -> str:
+    return f"Unknown preset '{name}'. Presets: {', '.join(presets)}."
 
 
 async def answer_command(gateway: Gateway, message: InboundMessage, command: Command, admin: bool,
@@ -51,8 +56,7 @@ async def answer_command(gateway: Gateway, message: InboundMessage, command: Com
             return
         if isinstance(command, SetDefault):
             if command.preset not in presets:
-                await gateway.notify(chat, f"Unknown preset '{command.preset}'. Presets: {', '.join(presets)}.",
-                                 "error")
+                await gateway.notify(chat, unknown_preset(command.preset, presets), "error")
                 return
             await gateway.store.set_channel_preset(message.platform, message.chat_id, command.preset, message.user_id)
             await gateway.notify(chat, f"Default preset here is now {command.preset}.")

@@ -34,14 +34,15 @@ class LiveMessage:
 
     def update(self, item: Outbound) -> None:
         self._latest, self._make = item, None
-        self._changed.set()
-        if self._task is None:
-            self._task = asyncio.create_task(self._flush_loop())
+        self._flush_soon()
 
     def update_from(self, make: Callable[[], Outbound]) -> None:
         """`update` with a value built only when it is shown: a streamed answer changes with
         every piece of text, and is shown a few times a second at most."""
         self._make = make
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         self._changed.set()
         if self._task is None:
             self._task = asyncio.create_task(self._flush_loop())

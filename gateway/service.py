@@ -21,7 +21,7 @@ from adapters.contract import Adapter, ChatRef, InboundMessage
 from gateway.access import is_admin, is_allowed, is_trigger
 from gateway.attachments import AttachmentIntake, Prepared
 from gateway.booking import CallBook, Reservations, run_booked_turn
-from gateway.chat_commands import answer_command
+from gateway.chat_commands import answer_command, unknown_preset
 from gateway.commands import (
     LONE_SURROGATE,
     PRESET_NAME,
@@ -248,7 +248,7 @@ class Gateway:
         """Why this question cannot be asked, or None."""
         presets = self.config.engine.presets
         if ask.preset is not None and ask.preset not in presets:
-            return f"Unknown preset '{ask.preset}'. Presets: {', '.join(presets)}."
+            return unknown_preset(ask.preset, presets)
         if len(ask.prompt) > 100_000:
             return "That prompt is too long (over 100,000 characters)."
         if LONE_SURROGATE.search(ask.prompt):

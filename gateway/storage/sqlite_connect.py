@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ def connect_writer(path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite_
     IMMEDIATE transaction so that only one process applies them and the other then finds them
     applied (else both apply m001 and one fails with "database is locked" or "no such index")."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
     db = sqlite_utils.Database(path, execute_plugins=False)
     try:
         db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -53,8 +55,8 @@ def connect_writer(path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite_
         if "locked" in str(error) or "busy" in str(error):
             raise DatabaseBusy(
                 f"{path}: the database is locked by another process (is another moa-gateway running on "
-                f"this file?); waited {busy_timeout_ms / 1000:g} s"
-            ) from None
+                f"this file?); waited {time.monotonic() - began:.1f} s (busy timeout {busy_timeout_ms / 1000:g} s)"
+            ) from None  # the wait measured, not assumed: SQLite may also answer busy before the timeout
         raise
     except BaseException:
         db.close()

@@ -4,6 +4,7 @@ finds the migrations applied), and a lock held past the busy timeout is named as
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import sys
 import threading
@@ -80,3 +81,6 @@ def test_a_lock_held_past_the_busy_timeout_says_another_gateway_holds_it(tmp_pat
     finally:
         holder.join()
     assert str(path) in str(error.value) and "another moa-gateway" in str(error.value)
+    # The wait is the one measured (a busy answered early would show a shorter one), beside the limit.
+    waited = float(re.search(r"waited ([0-9.]+) s \(busy timeout 0.2 s\)", str(error.value)).group(1))
+    assert 0.2 <= waited < 2.0

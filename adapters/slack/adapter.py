@@ -47,7 +47,7 @@ from adapters.contract import (
     Sent,
 )
 from adapters.download import download
-from adapters.slack.delivery import Bounded, Delivery
+from adapters.slack.delivery import Bounded, Delivery, conversation_pages
 from adapters.slack.normalize import (
     PLATFORM,
     inbound_from_command,
@@ -255,13 +255,16 @@ class SlackAdapter:
         said_no = self._not_bot_threads.get(thread)
         if said_no is not None and (now - said_no).total_seconds() < _NOT_BOT_THREAD_S:
             return False
+        posted = False
         try:
-            resp = await self.client.conversations_replies(channel=thread[0], ts=thread[1], limit=200)
+            async for page in conversation_pages(self.client, thread[0], thread[1]):
+                if any(self._posted_by_bot(m) for m in page):
+                    posted = True
+                    break
         except (SlackApiError, aiohttp.ClientError, OSError) as error:  # TimeoutError is an OSError
             log.info("slack: cannot read thread %s in %s (%s); its reply is not taken as one to the bot",
                      thread[1], thread[0], reason(error))
             return False
-        posted = any(self._posted_by_bot(m) for m in resp.get("messages") or ())
         if not posted:
             self._not_bot_threads.remember(thread, now)
         return posted

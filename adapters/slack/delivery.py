@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -37,6 +37,11 @@ _GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_clos
 _BAD_BLOCKS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long"})
 _MARKER_EVENT = "moa_delivery"  # message metadata naming the ledger row a message belongs to
 _REMEMBERED = 2000  # bounded caches: last payload per message, threads the bot answered in
+# Reading a conversation back (a lookup after a timeout or a crash, "did the bot post here"): pages
+# of this many messages, followed by Slack's cursor; past the last page read, a long thread is
+# not searched further (a lookup must not turn into minutes of rate-limited calls).
+PAGE_SIZE = 200
+MAX_PAGES = 25
 
 
 class Bounded(OrderedDict[Any, Any]):
@@ -75,6 +80,31 @@ def _is_retryable(exc: SlackApiError) -> bool:
 def _fingerprint(payload: Payload) -> str:
     blocks = json.dumps(payload.blocks, sort_keys=True) if payload.blocks is not None else ""
     return payload.text + "\x00" + blocks
+
+
+async def conversation_pages(client: AsyncWebClient, channel: str, thread_ts: str | None, *,
+                             metadata: bool = False, max_pages: int = MAX_PAGES) -> AsyncIterator[list[dict[str, Any]]]:
+    """The messages of a thread (conversations.replies: the parent, then replies oldest first) or
+    of a channel's top level (conversations.history: newest first), a page at a time: slack-sdk's
+    response follows `response_metadata.next_cursor` while it is iterated. One page was a bug: a
+    thread's first 200 (or 50) messages, so in a long thread the newest — the post just made, the
+    marked message of a crashed send — was never found, and the answer was posted twice."""
+    args: dict[str, Any] = {"channel": channel, "limit": PAGE_SIZE}
+    if metadata:
+        args["include_all_metadata"] = True
+    if thread_ts:
+        first = await client.conversations_replies(ts=thread_ts, **args)
+    else:
+        first = await client.conversations_history(**args)
+    read = 0
+    async for page in first:
+        yield list(page.get("messages") or ())
+        read += 1
+        if read >= max_pages:
+            if page.get("has_more"):
+                log.info("slack: %s in %s has more than %d messages; the rest is not searched",
+                         f"thread {thread_ts}" if thread_ts else "the channel", channel, read * PAGE_SIZE)
+            return
 
 
 class Delivery:
@@ -130,24 +160,19 @@ class Delivery:
     async def _find_marked(self, chat: ChatRef, key: str) -> dict[int, str]:
         """Our messages in this thread (or channel) marked with ledger `key`: part -> ts. When
         the conversation cannot be read, nothing is found (the send goes out: at worst twice)."""
+        found: dict[int, str] = {}
         try:
-            if chat.thread_id:
-                resp = await self.client.conversations_replies(
-                    channel=chat.chat_id, ts=chat.thread_id, limit=200, include_all_metadata=True
-                )
-            else:
-                resp = await self.client.conversations_history(
-                    channel=chat.chat_id, limit=100, include_all_metadata=True
-                )
+            # A channel's newest messages come first: an earlier attempt is on the first pages.
+            async for page in conversation_pages(self.client, chat.chat_id, chat.thread_id, metadata=True,
+                                                 max_pages=MAX_PAGES if chat.thread_id else 5):
+                for msg in page:
+                    meta = msg.get("metadata") or {}
+                    payload = meta.get("event_payload") or {}
+                    if meta.get("event_type") == _MARKER_EVENT and payload.get("key") == key:
+                        found[int(payload.get("part") or 0)] = str(msg["ts"])
         except (SlackApiError, TimeoutError) as exc:
             log.warning("slack: could not look for an earlier attempt of %s (%s); posting it", key, exc)
             return {}
-        found: dict[int, str] = {}
-        for msg in resp.get("messages") or []:
-            meta = msg.get("metadata") or {}
-            payload = meta.get("event_payload") or {}
-            if meta.get("event_type") == _MARKER_EVENT and payload.get("key") == key:
-                found[int(payload.get("part") or 0)] = str(msg["ts"])
         return found
 
     async def edit(self, sent: Sent, item: Outbound) -> Sent:
@@ -226,20 +251,21 @@ class Delivery:
     async def _find_posted(self, chat: ChatRef, text: str) -> str | None:
         """After a timed-out post: the ts of our message with this text if Slack has it, None if
         it does not. When the conversation cannot be read, raise: the post is not repeated blindly."""
+        newest: str | None = None
         try:
-            if chat.thread_id:
-                resp = await self.client.conversations_replies(
-                    channel=chat.chat_id, ts=chat.thread_id, limit=50
-                )
-            else:
-                resp = await self.client.conversations_history(channel=chat.chat_id, limit=20)
+            # A thread is read to its end (the post is its newest message); a channel's top level
+            # comes newest first, so its first page holds the post if Slack has it.
+            async for page in conversation_pages(self.client, chat.chat_id, chat.thread_id,
+                                                 max_pages=MAX_PAGES if chat.thread_id else 1):
+                for msg in page:
+                    if self._posted_by_bot(msg) and msg.get("text") == text:
+                        if not chat.thread_id:
+                            return str(msg["ts"])
+                        newest = str(msg["ts"])
         except (SlackApiError, TimeoutError) as exc:
             log.warning("slack: a post timed out and could not be checked (%s); not re-sending it", exc)
             raise TimeoutError("chat.postMessage timed out; delivery unknown") from exc
-        for msg in reversed(resp.get("messages") or []):
-            if self._posted_by_bot(msg) and msg.get("text") == text:
-                return str(msg["ts"])
-        return None
+        return newest
 
     async def _update(self, chat: ChatRef, ts: str, payload: Payload, *, persistent: bool) -> str | None:
         key = f"{chat.chat_id}:{ts}"

@@ -275,6 +275,40 @@ async def test_a_timed_out_post_is_not_sent_twice(fake: FakeSlack, inbox: Inbox)
         await adapter.stop()
 
 
+def long_thread(fake: FakeSlack, channel: str, root: str, replies: int) -> None:
+    """A person's thread of `replies` messages: more than one page of conversations.replies."""
+    fake.messages.setdefault(channel, []).append({"type": "message", "ts": root, "text": "root", "user": "U1"})
+    fake.messages[channel] += [{"type": "message", "ts": f"1600000000.{n:06d}", "text": f"chatter {n}", "user": "U1",
+                                "thread_ts": root, "parent_user_id": "U1"} for n in range(replies)]
+
+
+async def test_a_timed_out_post_in_a_long_thread_is_found_and_not_sent_twice(fake: FakeSlack, inbox: Inbox) -> None:
+    # Before: only the thread's first 50 messages were read, so the post (the newest) was not
+    # found and went out twice.
+    long_thread(fake, "C3", "1600000000.000000", 260)
+    adapter = await started(fake, inbox, http_timeout_s=0.5)
+    try:
+        fake.delay("chat.postMessage", 1.0)  # posted, but the answer comes too late
+        sent = await adapter.send(ChatRef("slack", "C3", "1600000000.000000"), Answer("only once", final=True))
+        ours = [m for m in fake.messages["C3"] if m.get("bot_id")]
+        assert [m["text"] for m in ours] == ["only once"] and sent.message_ids == (ours[0]["ts"],)
+        assert len(fake.calls_to("conversations.replies")) == 2  # two pages of 200
+    finally:
+        await adapter.stop()
+
+
+async def test_a_ledger_send_repeated_after_a_crash_in_a_long_thread_finds_its_marker(
+    fake: FakeSlack, slack: SlackAdapter
+) -> None:
+    # Before: the first 200 messages of the thread were searched; the marked answer came after.
+    long_thread(fake, "C6", "1600000000.000000", 450)
+    chat = ChatRef("slack", "C6", "1600000000.000000")
+    first = await slack.send_once(chat, Answer("exactly once"), key="moa-delivery-7", retry=False)
+    again = await slack.send_once(chat, Answer("exactly once"), key="moa-delivery-7", retry=True)
+    assert again.message_ids == first.message_ids
+    assert [m["text"] for m in fake.messages["C6"] if m.get("bot_id")] == ["exactly once"]
+
+
 async def test_files_are_uploaded_into_the_thread(fake: FakeSlack, slack: SlackAdapter) -> None:
     chat = ChatRef("slack", "C4", "1700000000.000009")
     sent = await slack.send(chat, FileOut("digest.png", b"\x89PNG fake", caption="Weekly **cost**"))

@@ -84,3 +84,15 @@ async def test_a_reply_in_a_thread_the_bot_never_posted_in_is_ignored_and_slack_
     await acked(fake, await fake.push_event(reply(3), event_id="EvReply3"))
     assert inbox == []
     assert len(fake.calls_to("conversations.replies")) == 2
+
+
+async def test_a_reply_in_a_long_thread_the_bot_answered_late_in_is_forwarded(fake: FakeSlack, adapter) -> None:
+    # Before: only the thread's first 200 messages were read: the bot's answer after them was not seen.
+    _, inbox, _ = adapter
+    fake.messages["C1"] += [{"type": "message", "ts": f"1700000610.{n:06d}", "text": f"chatter {n}", "user": "U1",
+                             "thread_ts": ROOT_TS, "parent_user_id": "U1"} for n in range(300)]
+    fake.messages["C1"].append({"type": "message", "ts": "1700000650.000100", "text": "answer", "user": BOT_USER_ID,
+                                "bot_id": BOT_ID, "thread_ts": ROOT_TS, "parent_user_id": "U1"})
+    await fake.push_event(reply(1), event_id="EvReply1")
+    await fake.wait_for(lambda: inbox)
+    assert inbox[0].replies_to_bot and len(fake.calls_to("conversations.replies")) == 2

@@ -19,6 +19,7 @@ websocket, speaking Slack's wire format so the real slack-sdk / slack-bolt can b
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import itertools
@@ -412,16 +413,24 @@ class FakeSlack:
             return messages
         return [{k: v for k, v in m.items() if k != "metadata"} for m in messages]
 
+    def _page(self, messages: list[dict[str, Any]], p: dict[str, Any], default_limit: int) -> dict[str, Any]:
+        """One page of a cursor-paginated list, as Slack returns it: at most `limit` messages,
+        `has_more`, and `response_metadata.next_cursor` ("" on the last page) to pass as `cursor`."""
+        limit = min(int(p.get("limit") or default_limit), 1000)
+        cursor = str(p.get("cursor") or "")
+        offset = int(base64.b64decode(cursor).decode().removeprefix("next_ts:")) if cursor else 0
+        page = messages[offset:offset + limit]
+        more = offset + limit < len(messages)
+        next_cursor = base64.b64encode(f"next_ts:{offset + limit}".encode()).decode() if more else ""
+        return {"ok": True, "messages": self._listed(page, p), "has_more": more,
+                "response_metadata": {"next_cursor": next_cursor}}
+
     def _m_conversations_replies(self, p: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "ok": True,
-            "messages": self._listed(self.thread(p.get("channel") or "", p.get("ts") or ""), p),
-            "has_more": False,
-        }
+        return self._page(self.thread(p.get("channel") or "", p.get("ts") or ""), p, 1000)
 
     def _m_conversations_history(self, p: dict[str, Any]) -> dict[str, Any]:
         top = [m for m in self.messages.get(p.get("channel") or "", []) if not m.get("thread_ts")]
-        return {"ok": True, "messages": self._listed(list(reversed(top)), p), "has_more": False}
+        return self._page(list(reversed(top)), p, 100)
 
     def _m_users_info(self, p: dict[str, Any]) -> dict[str, Any]:
         user = p.get("user") or ""

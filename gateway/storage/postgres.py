@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 POOL_MAX = 16
 CONNECT_TIMEOUT_S = 10.0
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 # A turn waiting behind another re-checks this often while notifications arrive (they wake it
 # at once; this only covers one that was lost), and every `poll_s` while they do not.
 WAKEUP_FALLBACK_POLL_S = 1.0
@@ -105,6 +106,12 @@ def _conninfo(url: str, password: str | None) -> str:
         # The gateway's statements are short; JIT compiling a long digest's cost queries took
         # seconds for milliseconds of work (1M-row bench: 6.0 s against 0.36 s without it).
         extra["options"] = "-c jit=off"
+    # TCP keepalives (the URL's own settings win): the listening connection of turn wake-ups and
+    # idle pool connections send nothing for as long as nothing happens, so a peer gone without a
+    # word (a server host down, a NAT entry dropped) was never noticed; now within about a minute.
+    for key, value in _KEEPALIVES.items():
+        if key not in given:
+            extra[key] = value
     return make_conninfo(url, **extra)
 
 

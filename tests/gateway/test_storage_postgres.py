@@ -297,6 +297,31 @@ async def test_the_gateway_connects_with_jit_off_unless_the_url_sets_options(pg_
         await store.close()
 
 
+async def test_connections_send_tcp_keepalives_unless_the_url_sets_them(pg_database: str) -> None:
+    """An idle connection (the turn wake-ups' listener, the pool's) notices a vanished server:
+    before, no keepalives were set and a silent peer was waited for forever."""
+    import os
+    import socket
+
+    def keepalive(conn) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        try:
+            return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
+        finally:
+            sock.close()
+
+    separator = "&" if "?" in pg_database else "?"
+    for url, idle in ((pg_database, 30), (f"{pg_database}{separator}keepalives_idle=7", 7)):
+        store = await open_store(url, FakeClock(T0))
+        try:
+            async with store._connection() as conn:  # type: ignore[attr-defined]
+                on, seconds = keepalive(conn)
+            assert on and seconds == idle
+        finally:
+            await store.close()
+
+
 async def test_a_question_in_an_open_session_takes_two_round_trips(schemas) -> None:
     # The duplicate check, the session, the stored preset and whether another replica is busy
     # in one statement, then the turn (pipelined): 2 round trips between a question's arrival

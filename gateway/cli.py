@@ -219,7 +219,7 @@ def _cmd_migrate_db(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     from gateway.storage import is_postgres_url
     from gateway.storage.copy import CopyRefused, copy_sqlite_to_postgres
-    from gateway.storage.postgres import StorageUnavailable, describe_url
+    from gateway.storage.postgres_connect import StorageUnavailable, describe_url
     from moa_core.clock import SystemClock
 
     if not is_postgres_url(args.target):
@@ -253,7 +253,7 @@ def _check_database(config: Config, env: Mapping[str, str]) -> str | None:
         state = "exists" if path.is_file() else "will be created"
         print(f"database: SQLite {database} ({state})")
         return None
-    from gateway.storage.postgres import StorageUnavailable, check_connection, describe_url
+    from gateway.storage.postgres_connect import StorageUnavailable, check_connection, describe_url
 
     password_env = config.gateway.database_password_env
     if password_env and not env.get(password_env):
@@ -285,7 +285,7 @@ def _cmd_run(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -
     for problem in dict.fromkeys(problems):
         print(f"warning: {problem}", file=sys.stderr)
     settle_heap()
-    from gateway.storage.postgres import StorageUnavailable
+    from gateway.storage.postgres_connect import StorageUnavailable
 
     try:
         event_loop.run(serve(config, adapters, env=env))

@@ -1,4 +1,5 @@
-"""The PostgreSQL backend of the storage contract, for several gateway replicas on one database.
+"""The PostgreSQL backend of the storage contract, for several gateway replicas on one database
+(connecting: `gateway.storage.postgres_connect`).
 
 psycopg 3 with psycopg_pool's `AsyncConnectionPool`: native asyncio, server-side parameters,
 `COPY` for `migrate-db`, and the libpq URL and environment (`PGPASSWORD`, `PGSSLMODE`, ...)
@@ -21,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -54,6 +54,13 @@ from gateway.storage.contract import (
     turn_row,
     turn_values,
 )
+from gateway.storage.postgres_connect import (
+    CONNECT_TIMEOUT_S,
+    StorageUnavailable,
+    conninfo,
+    describe_url,
+    reason,
+)
 from gateway.storage.turn_wakeups import TurnWakeups, notify_sql
 from moa_core.clock import Clock
 from moa_core.values import CallRecord, ImagePart, Message
@@ -61,15 +68,9 @@ from moa_core.values import CallRecord, ImagePart, Message
 log = logging.getLogger(__name__)
 
 POOL_MAX = 16
-CONNECT_TIMEOUT_S = 10.0
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 # A turn waiting behind another re-checks this often while notifications arrive (they wake it
 # at once; this only covers one that was lost), and every `poll_s` while they do not.
 WAKEUP_FALLBACK_POLL_S = 1.0
-
-
-class StorageUnavailable(RuntimeError):
-    """The database cannot be reached or opened; the message says where and why."""
 
 
 _MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name", "images")
@@ -82,37 +83,6 @@ _CHANNEL_PRESET = "SELECT preset FROM channel_settings WHERE platform = %s AND c
 # Whether another replica (lease owner %s) has an unfinished turn of the session `{session}`.
 _BUSY_ELSEWHERE = ("EXISTS (SELECT 1 FROM turns WHERE session_id = {session} AND status IN ('queued', 'running') "
                    "AND lease_owner IS DISTINCT FROM %s)")
-
-
-def describe_url(url: str) -> str:
-    """`user@host:port/db` of a libpq URL, without any password (safe to print and log)."""
-    try:
-        parts = conninfo_to_dict(url)
-    except psycopg.ProgrammingError as error:
-        raise StorageUnavailable(f"bad PostgreSQL URL: {error}") from None
-    user = f"{parts['user']}@" if parts.get("user") else ""
-    port = f":{parts['port']}" if parts.get("port") else ""
-    return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
-
-
-def _conninfo(url: str, password: str | None) -> str:
-    extra: dict[str, Any] = {"application_name": "moa-gateway"}
-    if password:
-        extra["password"] = password
-    given = conninfo_to_dict(url)
-    if "connect_timeout" not in given:
-        extra["connect_timeout"] = int(CONNECT_TIMEOUT_S)
-    if "options" not in given:
-        # The gateway's statements are short; JIT compiling a long digest's cost queries took
-        # seconds for milliseconds of work (1M-row bench: 6.0 s against 0.36 s without it).
-        extra["options"] = "-c jit=off"
-    # TCP keepalives (the URL's own settings win): the listening connection of turn wake-ups and
-    # idle pool connections send nothing for as long as nothing happens, so a peer gone without a
-    # word (a server host down, a NAT entry dropped) was never noticed; now within about a minute.
-    for key, value in _KEEPALIVES.items():
-        if key not in given:
-            extra[key] = value
-    return make_conninfo(url, **extra)
 
 
 def _insert(table: str, values: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -146,18 +116,6 @@ async def _book(conn: psycopg.AsyncConnection, calls: Sequence[tuple[int, CallRe
             await cursor.executemany(postgres_dialect(rollups.UPSERT), rollups.rollup_rows(rows, booked))
 
 
-async def check_connection(url: str, *, password: str | None = None) -> str:
-    """Connect once (schema untouched) and return the server version, e.g. "15.19"."""
-    where = describe_url(url)
-    try:
-        async with await psycopg.AsyncConnection.connect(_conninfo(url, password), autocommit=True) as conn:
-            cursor = await conn.execute("SHOW server_version")
-            row = await cursor.fetchone()
-    except psycopg.OperationalError as error:
-        raise StorageUnavailable(f"cannot connect to {where}: {_reason(error)}") from None
-    return str(row[0]).split()[0] if row else "?"
-
-
 class PostgresStore:
     """The storage contract on a PostgreSQL database shared by every replica."""
 
@@ -187,27 +145,27 @@ class PostgresStore:
         """Connect, and bring the schema up to date (replicas starting together migrate once).
         With `auto_renew` (always, but in tests of expiry) the store renews its own leases
         every third of `lease_s` for as long as it is open: a replica whose process dies stops."""
-        where, conninfo = describe_url(url), _conninfo(url, password)
+        where, info = describe_url(url), conninfo(url, password)
         # One direct connection first: a wrong URL or a server that is down fails at once with
         # libpq's own reason (a pool would retry until its timeout and say less).
         try:
-            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            async with await psycopg.AsyncConnection.connect(info, autocommit=True) as conn:
                 ran = await postgres_schema.apply(conn, at=to_iso(clock.now()))
         except psycopg.OperationalError as error:
-            raise StorageUnavailable(f"cannot connect to {where}: {_reason(error)}") from None
+            raise StorageUnavailable(f"cannot connect to {where}: {reason(error)}") from None
         pool = AsyncConnectionPool(
-            conninfo, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True},
+            info, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True},
             name="moa-gateway", timeout=CONNECT_TIMEOUT_S,
         )
         try:
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         except PoolTimeout as error:
             await pool.close()
-            raise StorageUnavailable(f"cannot connect to {where}: {_reason(error)}") from None
+            raise StorageUnavailable(f"cannot connect to {where}: {reason(error)}") from None
         if ran:
             log.info("database %s: applied migrations %s", where, ", ".join(ran))
         store = cls(pool, clock, url, lease_s)
-        store._conninfo = conninfo
+        store._conninfo = info
         if auto_renew:
             store._renewer = asyncio.create_task(store._renew_forever(), name="moa-lease-renewal")
         return store
@@ -664,8 +622,3 @@ class _AdvisoryLock:
     async def stop(self) -> None:
         if not self._conn.closed:
             await self._conn.close()  # the server drops the session's advisory locks
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -34,14 +34,11 @@ from gateway.storage.contract import (
     DIGEST_STATUSES,
     FINISH_DIGEST,
     TURN_STATUSES,
-    Delivery,
     DigestState,
-    HeldLock,
     LeaseLost,
     TakenQuestion,
     TurnRow,
     call_values,
-    delivery,
     from_iso,
     ledger_values,
     message,
@@ -61,6 +58,7 @@ from gateway.storage.postgres_connect import (
     describe_url,
     reason,
 )
+from gateway.storage.postgres_replicas import BUSY_ELSEWHERE, WAKEUP_FALLBACK_POLL_S, ReplicaCoordination
 from gateway.storage.turn_wakeups import TurnWakeups, notify_sql
 from moa_core.clock import Clock
 from moa_core.values import CallRecord, ImagePart, Message
@@ -68,9 +66,6 @@ from moa_core.values import CallRecord, ImagePart, Message
 log = logging.getLogger(__name__)
 
 POOL_MAX = 16
-# A turn waiting behind another re-checks this often while notifications arrive (they wake it
-# at once; this only covers one that was lost), and every `poll_s` while they do not.
-WAKEUP_FALLBACK_POLL_S = 1.0
 
 
 _MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name", "images")
@@ -80,9 +75,6 @@ _MARK_SEEN = "INSERT INTO seen_events (platform, event_id, seen_at) VALUES (%s, 
 _OPEN_SESSION = ("SELECT id FROM sessions WHERE platform = %s AND chat_id = %s AND thread_id = %s "
                  "AND closed_at IS NULL")
 _CHANNEL_PRESET = "SELECT preset FROM channel_settings WHERE platform = %s AND chat_id = %s"
-# Whether another replica (lease owner %s) has an unfinished turn of the session `{session}`.
-_BUSY_ELSEWHERE = ("EXISTS (SELECT 1 FROM turns WHERE session_id = {session} AND status IN ('queued', 'running') "
-                   "AND lease_owner IS DISTINCT FROM %s)")
 
 
 def _insert(table: str, values: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -116,7 +108,7 @@ async def _book(conn: psycopg.AsyncConnection, calls: Sequence[tuple[int, CallRe
             await cursor.executemany(postgres_dialect(rollups.UPSERT), rollups.rollup_rows(rows, booked))
 
 
-class PostgresStore:
+class PostgresStore(ReplicaCoordination):
     """The storage contract on a PostgreSQL database shared by every replica."""
 
     backend = "postgresql"
@@ -180,18 +172,6 @@ class PostgresStore:
             await self._wakeups.close()
         self._closed = True
         await self._pool.close()
-
-    async def _renew_forever(self) -> None:
-        # Real time, not the injected clock: the lease protects against a process that stopped.
-        while True:
-            await asyncio.sleep(self.lease_s / 3)
-            try:
-                await self.renew_leases()
-            except Exception:
-                log.warning("renewing leases failed; retrying", exc_info=True)
-
-    def _lease(self) -> tuple[str, str]:
-        return self.replica, to_iso(self._clock.now() + timedelta(seconds=self.lease_s))
 
     def _connection(self):  # noqa: ANN202 - the pool's async context manager
         if self._closed:
@@ -297,7 +277,7 @@ class PostgresStore:
             user = message_values(session_id, None, Message("user", prompt, images=tuple(images)), at)
             del user["turn_id"]
             insert = (
-                f"WITH ahead AS (SELECT {_BUSY_ELSEWHERE.format(session='%s')} AS busy), "
+                f"WITH ahead AS (SELECT {BUSY_ELSEWHERE.format(session='%s')} AS busy), "
                 f"t AS (INSERT INTO turns ({', '.join(values)}, status) SELECT {', '.join(['%s'] * len(values))}, "
                 "CASE WHEN ahead.busy THEN 'queued' ELSE 'running' END FROM ahead RETURNING id, status), "
                 f"m AS (INSERT INTO messages (turn_id, {', '.join(user)}) "
@@ -443,43 +423,6 @@ class PostgresStore:
         if status == "sending":
             raise LeaseLost(f"delivery {delivery_id} was taken over by another replica (or sent)")
 
-    async def pending_deliveries(self) -> list[Delivery]:
-        """Unsent ledger rows (pending, or sending when a crash came) that are ours or whose
-        owner's lease expired — those become ours — oldest first. Rows another replica is
-        claiming right now are skipped, never waited for."""
-        rows = await self._claim(
-            "deliveries", "status IN ('pending', 'sending') AND (lease_owner = %s OR lease_until IS NULL "
-            "OR lease_until < %s)")
-        return [delivery(r) for r in rows]
-
-    async def _claim(self, table: str, where: str) -> list[dict[str, Any]]:
-        owner, until = self._lease()
-        async with self._connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(
-                f"WITH claimed AS (SELECT id FROM {table} WHERE {where} ORDER BY id FOR UPDATE SKIP LOCKED) "
-                f"UPDATE {table} t SET lease_owner = %s, lease_until = %s FROM claimed WHERE t.id = claimed.id "
-                "RETURNING t.*", [owner, self._now(), owner, until])
-            rows = await cursor.fetchall()
-        return sorted(rows, key=lambda r: r["id"])
-
-    async def claim_cut_turns(self) -> list[TurnRow]:
-        """Unfinished turns of a replica whose lease expired (a replica that died, or this
-        database's gateway before a restart), now ours, oldest first."""
-        rows = await self._claim(
-            "turns", "status IN ('queued', 'running') AND lease_owner IS DISTINCT FROM %s "
-            "AND (lease_until IS NULL OR lease_until < %s)")
-        return [turn_row(r) for r in rows]
-
-    async def renew_leases(self) -> int:
-        owner, until = self._lease()
-        row = await self._one(
-            "WITH t AS (UPDATE turns SET lease_until = %s WHERE lease_owner = %s "
-            "AND status IN ('queued', 'running') RETURNING 1), "
-            "d AS (UPDATE deliveries SET lease_until = %s WHERE lease_owner = %s "
-            "AND status IN ('pending', 'sending') RETURNING 1) "
-            "SELECT (SELECT COUNT(*) FROM t) + (SELECT COUNT(*) FROM d)", [until, owner, until, owner])
-        return int(row[0]) if row else 0
-
     # Inbound de-duplication, channel settings, refusal notices ------------------------------
 
     async def mark_seen(self, platform: str, event_id: str) -> bool:
@@ -502,7 +445,7 @@ class PostgresStore:
         row = await self._one(
             f"WITH seen AS ({_MARK_SEEN} RETURNING 1), open AS ({_OPEN_SESSION}) "
             f"SELECT EXISTS (SELECT 1 FROM seen), (SELECT id FROM open), ({_CHANNEL_PRESET}), "
-            f"{_BUSY_ELSEWHERE.format(session='(SELECT id FROM open)')}",
+            f"{BUSY_ELSEWHERE.format(session='(SELECT id FROM open)')}",
             [platform, event_id, self._now(), platform, chat_id, thread, platform, chat_id, self.replica])
         assert row is not None
         first, session_id, stored, busy = row
@@ -543,55 +486,6 @@ class PostgresStore:
             [platform, chat_id, to_iso(now), cutoff])
         return count == 1
 
-    async def busy_elsewhere(self, session_id: int) -> bool:
-        row = await self._one(
-            f"SELECT {_BUSY_ELSEWHERE.format(session='%s')}", [session_id, self.replica])
-        return bool(row and row[0])
-
-    async def wait_turns_ahead(self, session_id: int, turn_id: int, poll_s: float = 0.1) -> None:
-        """Ids of a session's turns are taken under its row lock (`start_turn`), so id order is
-        the order turns reached the database and every lower id is visible here. The wait ends
-        when the turn ahead finishes, on any replica: its NOTIFY wakes this one (see
-        `turn_wakeups`); the database is re-checked every `wakeup_fallback_poll_s` anyway, and
-        every `poll_s` while notifications are not arriving. A turn that `start_turn` stored
-        queued though it was asked to run is begun before this returns."""
-        if self._wakeups is None:
-            self._wakeups = TurnWakeups(self._conninfo)
-        wakeups = self._wakeups
-        await wakeups.start()
-        while True:
-            woken = wakeups.waiter(session_id)  # before the check: a finish after it is not missed
-            try:
-                row = await self._one(
-                    "SELECT EXISTS (SELECT 1 FROM turns WHERE session_id = %s AND id < %s "
-                    "AND status IN ('queued', 'running'))", [session_id, turn_id])
-                if not (row and row[0]):
-                    break
-                try:
-                    await asyncio.wait_for(woken.wait(), self.wakeup_fallback_poll_s if wakeups.listening else poll_s)
-                except TimeoutError:
-                    pass
-            finally:
-                wakeups.forget(session_id, woken)
-        if turn_id in self._deferred:
-            self._deferred.discard(turn_id)
-            await self.begin_turn(turn_id)
-
-    async def try_lock(self, name: str) -> HeldLock | None:
-        """A session-level advisory lock on a connection of its own (not the pool's): held
-        while that connection lives, so a replica that dies releases it with its socket."""
-        conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-        try:
-            cursor = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [name])
-            row = await cursor.fetchone()
-        except BaseException:
-            await conn.close()
-            raise
-        if not row or not row[0]:
-            await conn.close()
-            return None
-        return _AdvisoryLock(name, conn)
-
     # Digest claims ---------------------------------------------------------------------------
 
     async def digest_state(self) -> DigestState:
@@ -613,12 +507,3 @@ class PostgresStore:
                             error: str | None) -> None:
         require(status, DIGEST_STATUSES, "digest status")
         await self._rowcount(postgres_dialect(FINISH_DIGEST), [status, to_iso(at), dollars, error, to_iso(end)])
-
-
-class _AdvisoryLock:
-    def __init__(self, name: str, conn: psycopg.AsyncConnection) -> None:
-        self.name, self._conn = name, conn
-
-    async def stop(self) -> None:
-        if not self._conn.closed:
-            await self._conn.close()  # the server drops the session's advisory locks

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +33,7 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
+from adapters.bounded import Bounded
 from adapters.contract import (
     Attachment,
     ChatRef,
@@ -44,7 +44,7 @@ from adapters.contract import (
     Sent,
 )
 from adapters.discord.commands import build_moa_group
-from adapters.discord.delivery import Delivery, ledger_nonce, remember
+from adapters.discord.delivery import REMEMBERED, Delivery, ledger_nonce
 from adapters.discord.normalize import (
     PLATFORM,
     interaction_to_inbound,
@@ -104,9 +104,9 @@ class DiscordAdapter:
         self._tree: app_commands.CommandTree | None = None
         self._runner: asyncio.Task[None] | None = None
         self._on_inbound: InboundHandler | None = None
-        self._raw_interactions: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._raw_interactions = Bounded(REMEMBERED)  # interaction id -> its raw payload
         # channel id -> its parent when it is a thread, None when it is not
-        self._thread_parents: OrderedDict[int, str | None] = OrderedDict()
+        self._thread_parents = Bounded(REMEMBERED)
         self._messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._files: aiohttp.ClientSession | None = None  # attachment downloads only
@@ -236,7 +236,7 @@ class DiscordAdapter:
             return
         if event == "INTERACTION_CREATE":
             # Kept for `_on_command`, which runs after discord.py has parsed the same frame.
-            remember(self._raw_interactions, str(data.get("id")), data)
+            self._raw_interactions.remember(str(data.get("id")), data)
         elif event == "MESSAGE_CREATE":
             # Queued before any await, so messages reach the gateway in the order Discord sent them.
             self._messages.put_nowait(data)
@@ -290,14 +290,14 @@ class DiscordAdapter:
             fetched = await asyncio.wait_for(self._client.fetch_channel(channel_id), _LOOKUP_TIMEOUT_S)
         except (discord.NotFound, discord.Forbidden) as exc:
             # Not a channel we may read: a definite answer, so asked once only.
-            remember(self._thread_parents, channel_id, None)
+            self._thread_parents.remember(channel_id, None)
             log.info("discord: channel %s is not readable (%s); taken as no thread", channel_id, exc.status)
             return None
         except (TimeoutError, discord.HTTPException, discord.InvalidData) as exc:
             log.warning("discord: could not look up channel %s: %r", channel_id, exc)
             return None
         parent = _parent_of(fetched)
-        remember(self._thread_parents, channel_id, parent)
+        self._thread_parents.remember(channel_id, parent)
         return parent
 
     def _spawn(self, coro: Awaitable[Any]) -> None:

@@ -23,7 +23,6 @@ import hashlib
 import io
 import logging
 import secrets
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 import aiohttp
 import discord
 
+from adapters.bounded import Bounded
 from adapters.contract import ChatRef, FileOut, Outbound, Sent
 from adapters.discord.normalize import InteractionHandle
 from adapters.discord.render import MAX_CONTENT, Part, render
@@ -55,14 +55,6 @@ def ledger_nonce(key: str, index: int) -> str:
     return hashlib.blake2b(f"{key}:{index}".encode(), digest_size=10).hexdigest()
 
 
-def remember(store: OrderedDict[Any, Any], key: Any, value: Any) -> None:
-    """Keep `key` as the newest entry of `store`, dropping the oldest past `REMEMBERED`."""
-    store[key] = value
-    store.move_to_end(key)
-    while len(store) > REMEMBERED:
-        store.popitem(last=False)
-
-
 class Delivery:
     """Sends, edits and deletes the parts of outbound values through a started client."""
 
@@ -76,7 +68,7 @@ class Delivery:
         self.settings = settings
         self._client = client  # raises while the adapter is not started
         self._clock = clock
-        self._posted: OrderedDict[str, str] = OrderedDict()  # message id -> part fingerprint
+        self._posted = Bounded(REMEMBERED)  # message id -> part fingerprint
 
     async def send(self, chat: ChatRef, item: Outbound) -> Sent:
         ids: list[str] = []
@@ -133,12 +125,12 @@ class Delivery:
                 # followup was not posted, so the channel gets it instead.
                 log.warning("discord: followup refused (%s); posting to the channel", exc.status)
             else:
-                remember(self._posted, message_id, part.fingerprint())
+                self._posted.remember(message_id, part.fingerprint())
                 return message_id
         message_id = await self._post_channel(
             chat, part, as_reply=as_reply, handle=InteractionHandle.decode(chat.reply_handle), nonce=nonce
         )
-        remember(self._posted, message_id, part.fingerprint())
+        self._posted.remember(message_id, part.fingerprint())
         return message_id
 
     async def _post_followup(self, handle: InteractionHandle, part: Part) -> str:
@@ -205,7 +197,7 @@ class Delivery:
                 # the answer is lost.
                 log.warning("discord: message %s vanished; posting its part anew", message_id)
                 return await self._post(chat, part, as_reply=False)
-        remember(self._posted, message_id, fingerprint)
+        self._posted.remember(message_id, fingerprint)
         return message_id
 
     async def _delete(self, chat: ChatRef, message_id: str) -> None:

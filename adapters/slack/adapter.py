@@ -37,6 +37,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.bounded import Bounded
 from adapters.contract import (
     Attachment,
     ChatRef,
@@ -47,7 +48,7 @@ from adapters.contract import (
     Sent,
 )
 from adapters.download import download
-from adapters.slack.delivery import Bounded, Delivery, conversation_pages
+from adapters.slack.delivery import Delivery, conversation_pages
 from adapters.slack.normalize import (
     PLATFORM,
     inbound_from_command,

@@ -19,13 +19,13 @@ import asyncio
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.bounded import Bounded
 from adapters.contract import Answer, ChatRef, FileOut, Outbound, Progress, Sent
 from adapters.slack.render import Payload, markdown_to_mrkdwn, render
 from adapters.slack.settings import SlackSettings
@@ -36,22 +36,11 @@ _SERVER_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailabl
 _GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 _BAD_BLOCKS = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long"})
 _MARKER_EVENT = "moa_delivery"  # message metadata naming the ledger row a message belongs to
-_REMEMBERED = 2000  # bounded caches: last payload per message, threads the bot answered in
 # Reading a conversation back (a lookup after a timeout or a crash, "did the bot post here"): pages
 # of this many messages, followed by Slack's cursor; past the last page read, a long thread is
 # not searched further (a lookup must not turn into minutes of rate-limited calls).
 PAGE_SIZE = 200
 MAX_PAGES = 25
-
-
-class Bounded(OrderedDict[Any, Any]):
-    """An insertion-ordered cache that forgets its oldest entries past `_REMEMBERED`."""
-
-    def remember(self, key: Any, value: Any = None) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > _REMEMBERED:
-            self.popitem(last=False)
 
 
 def _error_code(exc: SlackApiError) -> str:

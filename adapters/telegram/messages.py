@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from telegram import InputFile, LinkPreviewOptions, ReplyParameters
 from telegram.error import BadRequest, TelegramError
 
+from adapters.bounded import Bounded
 from adapters.contract import (
     Answer,
     ChatRef,
@@ -59,7 +59,7 @@ class Messages:
         self._settings = settings
         self._bot = bot  # raises while the adapter is not started
         self._delivery = ChatDelivery()
-        self._shown: OrderedDict[tuple[str, int], Part] = OrderedDict()
+        self._shown = Bounded(_SHOWN_CAPACITY)  # (chat, message id) -> the part it shows
         self._draft_ids = itertools.count(1)
         self._drafts_ok = True
 
@@ -277,10 +277,7 @@ class Messages:
             log.info("telegram: could not delete message %s: %s", message_id, error)
 
     def _remember(self, chat_key: str, message_id: int, part: Part) -> None:
-        self._shown[(chat_key, message_id)] = part
-        self._shown.move_to_end((chat_key, message_id))
-        while len(self._shown) > _SHOWN_CAPACITY:
-            self._shown.popitem(last=False)
+        self._shown.remember((chat_key, message_id), part)
 
 
 def _thread(chat: ChatRef) -> int | None:

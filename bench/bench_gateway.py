@@ -3,8 +3,16 @@
 Run:  python bench/bench_gateway.py [--json] [--rounds N]
       (--json: the figures as one JSON object, last line; --rounds: measured rounds of 200
       sessions after a warm-up round, default 3, each figure the median over the rounds)
-1. Stored turns per second: start_turn + 5 model-call rows + complete_turn (answer, messages and a
-   ledger row) + mark_delivery, through the single writer thread, on a real SQLite file.
+1. Stored turns per second: the store calls the gateway makes for a plain question, in its order
+   (gateway/service.py, booking.py, delivery.py), through the single writer thread, on a real
+   SQLite file: `take_question` (seen, session, preset, turn, history in one writer job), 5
+   model calls booked through a `CallBook` as each ends (rows of calls that end together share a
+   write), `complete_turn` (answer, messages, ledger row stored as 'sending'), `mark_delivery`
+   (sent). Sessions of 10 turns (each of 50 chats starts a new one every 10 of its turns), so a
+   history read returns 1-19 messages. Until session 7 this measured another sequence
+   (active_session + start_turn + record_calls + complete_turn + mark_delivery 'sent'), which the
+   gateway no longer makes; it is still measured 50 at a time (`..._old_shape` figures), for
+   comparison with earlier figures, which are not comparable with the new ones.
 2. 200 sessions active at once: each sends `/moa ...` through the real Gateway (RecordingAdapter
    platform, lean fake provider in another process, 4 references). The gateway's added time of a
    turn = time from inbound to the final answer delivered minus the engine's own run_turn time
@@ -29,6 +37,7 @@ from adapters.contract import Answer, ChatRef  # noqa: E402
 from bench.bench_turns import start_fake  # noqa: E402
 from bench.report import Figures, wants_json  # noqa: E402
 from gateway.config import AccessRules, PlatformSection, parse_config  # noqa: E402
+from gateway.booking import CallBook  # noqa: E402
 from gateway.heap import settle_heap  # noqa: E402
 from gateway.service import Gateway  # noqa: E402
 from gateway.storage import Store  # noqa: E402
@@ -65,7 +74,28 @@ class TimedAdapter(RecordingAdapter):
         return result
 
 
+async def question_turn(store: Store, book: CallBook, n: int) -> None:
+    """One plain question's store calls, as the gateway makes them (see the module docstring)."""
+    chat = f"c{n % 50}-{n // 500}"  # 50 chats, each starting a new session every 10 of its turns
+    taken = await store.take_question(platform="bench", event_id=f"e{n}", chat_id=chat, thread_id=None,
+                                      user_id="u", user_name="u", message_id=f"m{n}", prompt="question",
+                                      queued=False, preset_of=lambda stored: stored or "p")
+    assert taken is not None
+    for call in CALLS:  # each call ends on its own (the engine hands each over as it ends)
+        book.book(taken.turn_id, call)
+        await asyncio.sleep(0)
+    await book.handed_over(taken.turn_id)  # what run_booked_turn awaits on a store that writes in order
+    delivery = await store.complete_turn(
+        taken.turn_id, status="done", answer="answer", cost_usd=0.005, messages=[Message("assistant", "answer")],
+        delivery=(ChatRef("bench", chat), "answer", {"text": "answer", "footer": None, "message_ids": []}),
+        sending=True)
+    assert delivery is not None
+    await store.mark_delivery(delivery, "sent", ["1"])
+
+
 async def stored_turn(store: Store, n: int) -> None:
+    """The sequence this bench measured until session 7 (bench/bench_replicas.py still uses it):
+    not the gateway's any more, kept for comparison with earlier figures."""
     session = await store.active_session("bench", f"c{n % 50}", None)
     turn = await store.start_turn(session_id=session, platform="bench", chat_id=f"c{n % 50}", thread_id=None,
                                   user_id="u", user_name="u", event_id=f"e{n}", message_id=f"m{n}",
@@ -79,18 +109,25 @@ async def stored_turn(store: Store, n: int) -> None:
 
 async def bench_storage(directory: Path, figures: Figures) -> None:
     store = await Store.open(directory / "bench.db", SystemClock())
-    for concurrency, total in ((1, 1000), (50, 3000)):
+    book = CallBook(store)
+    first = 0  # event ids (and so turns) never repeat across the runs
+    for concurrency, total, shape in ((1, 1000, ""), (50, 3000, ""), (50, 3000, "_old_shape")):
         started, cpu = time.perf_counter(), time.process_time()
-        for batch in range(0, total, concurrency):
-            await asyncio.gather(*(stored_turn(store, batch + i) for i in range(concurrency)))
+        for batch in range(first, first + total, concurrency):
+            if shape:
+                await asyncio.gather(*(stored_turn(store, batch + i) for i in range(concurrency)))
+            else:
+                await asyncio.gather(*(question_turn(store, book, batch + i) for i in range(concurrency)))
+        await book.settle()
         elapsed = time.perf_counter() - started
+        first += total
         # CPU of the whole process (loop, writer and reader threads) per turn: steadier than
         # turns/s on a machine shared with other work.
         cpu_us = (time.process_time() - cpu) / total * 1e6
-        figures[f"stored_turns_per_s_{concurrency}"] = total / elapsed
-        figures[f"stored_turn_cpu_us_{concurrency}"] = cpu_us
+        figures[f"stored_turns_per_s_{concurrency}{shape}"] = total / elapsed
+        figures[f"stored_turn_cpu_us_{concurrency}{shape}"] = cpu_us
         print(f"stored turns (5 call rows each), {concurrency:>2} at a time: {total / elapsed:8.0f} turns/s, "
-              f"{cpu_us:4.0f} us CPU per turn")
+              f"{cpu_us:4.0f} us CPU per turn" + ("  (the sequence measured until session 7)" if shape else ""))
     await store.close()
 
 

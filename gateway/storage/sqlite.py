@@ -605,10 +605,19 @@ def _channel_preset(db: sqlite_utils.Database, platform: str, chat_id: str) -> s
     return row[0] if row else None
 
 
+_HISTORY_COLUMNS = ("role", "content", "tool_calls", "tool_call_id", "name", "images")
+_HISTORY = f"SELECT {', '.join(_HISTORY_COLUMNS)} FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+
+
 def _read_history(db: sqlite_utils.Database, session_id: int, limit: int) -> list[Message]:
-    cursor = db.conn.execute("SELECT * FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?",
-                             (session_id, limit))
-    return [_message(row) for row in reversed(dict_rows(cursor))]
+    # Read in the writer's job of every question (`take_question`), holding the interpreter lock
+    # the event loop needs: a message without tool calls or images (nearly all) is built from
+    # its tuple, the rest by `contract.message` (which gives the plain ones the same value).
+    rows = db.conn.execute(_HISTORY, (session_id, limit)).fetchall()
+    rows.reverse()
+    return [Message(role, content or "", (), call_id, name) if not calls and not images
+            else _message(dict(zip(_HISTORY_COLUMNS, (role, content, calls, call_id, name, images), strict=True)))
+            for role, content, calls, call_id, name, images in rows]
 
 
 @dataclass(slots=True)

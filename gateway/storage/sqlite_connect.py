@@ -118,7 +118,7 @@ def insert_calls(db: sqlite_utils.Database, rows: list[dict[str, Any]], sums: Ro
     """Model-call rows and their cost rollups, in the caller's transaction (one or none): the
     rollup upserts written now, or left to `sums` for the end of the writer's batch."""
     if sums is not None:
-        sums.note(db.conn)
+        sums.note(db.conn, len(rows))
         insert_rows(db.conn, "model_calls", rows)
         return
     turn_ids = sorted({row["turn_id"] for row in rows})
@@ -138,11 +138,13 @@ class RollupSums:
 
     def __init__(self) -> None:
         self._after: int | None = None  # the highest call row id before this batch's bookings
+        self._rows = 0  # rows noted since (some may have been rolled back: a bound, for the choice below)
 
-    def note(self, conn: sqlite3.Connection) -> None:
-        """Call rows are about to be booked in the open transaction."""
+    def note(self, conn: sqlite3.Connection, rows: int) -> None:
+        """`rows` call rows are about to be booked in the open transaction."""
         if self._after is None:
             self._after = conn.execute("SELECT COALESCE(MAX(id), 0) FROM model_calls").fetchone()[0]
+        self._rows += rows
 
     def keep(self) -> None:
         pass  # the kept job's rows are in the table
@@ -152,11 +154,15 @@ class RollupSums:
 
     def flush(self, conn: sqlite3.Connection) -> None:
         if self._after is not None:
-            conn.execute(rollups.UPSERT_ROWS_AFTER, (self._after,))
-            self._after = None
+            # A few rows (one turn's booking at a quiet time) are upserted one by one: cheaper
+            # than grouping them; the sums are the same either way.
+            few = self._rows <= rollups.EACH_ROW_UP_TO
+            conn.execute(rollups.UPSERT_EACH_ROW_AFTER if few else rollups.UPSERT_ROWS_AFTER, (self._after,))
+            self.reset()
 
     def reset(self) -> None:
         self._after = None
+        self._rows = 0
 
 
 def turn_columns(db: sqlite_utils.Database, turn_id: int) -> dict[str, Any]:

@@ -9,12 +9,14 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import sqlite_utils
 
 from gateway.storage import Store
+from gateway.storage import rollups as rollup_sql
 from moa_core.clock import SystemClock
 from moa_core.values import CallRecord, Cost, Usage
 from tests.gateway.test_cost_rollups import assert_reconciled
@@ -223,6 +225,28 @@ async def test_the_rollups_of_a_batch_are_upserted_once_per_rollup_row(store: St
     [calls, turn_count] = (await store.query(
         "SELECT calls, turns FROM cost_rollups WHERE grain = 'call' AND span = 'day'"))[0]
     assert (calls, turn_count) == (10, 10)
+
+
+@pytest.mark.parametrize("rows", [1, rollup_sql.EACH_ROW_UP_TO, rollup_sql.EACH_ROW_UP_TO + 1, 60])
+async def test_a_batch_of_few_rows_and_one_of_many_sum_alike(store: Store, rows: int) -> None:
+    # A batch of a few rows is upserted row by row, a bigger one grouped first: the same sums.
+    turns = await started_turns(store, 4)
+    await store.book_calls([(turns[0], CALL)])  # the turn's first row is stored already
+    calls = [(turns[n % 4], replace(CALL, role="aggregator" if n % 3 else "reference", index=n,
+                                    model=f"m{n % 5}", status="ok" if n % 7 else "error",
+                                    cost=Cost(None if n % 6 == 0 else 0.001 * n, "config")))
+             for n in range(rows)]
+    statements: list[str] = []
+    await store.run(lambda db: db.conn.set_trace_callback(statements.append))
+    async with HeldWriter(store):
+        half = rows // 2
+        booked = [asyncio.ensure_future(store.book_calls(part)) for part in (calls[:half], calls[half:]) if part]
+        await asyncio.sleep(0)
+        statements.clear()
+    await asyncio.gather(*booked)
+    [upsert] = [s for s in statements if "INSERT INTO cost_rollups" in s]
+    assert ("CROSS JOIN g" in upsert) == (rows <= rollup_sql.EACH_ROW_UP_TO)
+    assert await assert_reconciled(store) > 0
 
 
 async def test_a_write_of_anyone_but_the_store_sees_the_batch_rollups_so_far(store: Store) -> None:

@@ -13,8 +13,15 @@ references. Then times, median of 5 runs each:
 - worst case: a digest whose period covers all 90 days (every row);
 - the digest's chart (the weekly one, and the 90-day one);
 - the floor of the ratio goal: the all-rows digest's two series of local days alone (the chart's
-  spend per model and day, the users' days for budget alerts), which the day rollups answer with
-  every (user, day) of the period: 91 days of rows, where the weekly digest reads 7.
+  spend per model and day, the users' days for budget alerts), read as the digest reads them:
+  from the summaries of its closed local days (below), the last day or two from the rollups.
+
+A digest keeps summaries of closed intervals (`gateway.costs.summaries`: its local days, a long
+period's UTC weeks; written on read, exact: a late row makes them again), so its FIRST run on a
+fresh database writes them and the later ones read them: each digest's first run is printed
+beside its median (`digest_week_first_ms`, `digest_all_rows_first_ms`). The weekly digest runs
+first, so the all-rows digest's first run finds that week's local days summarised already (what
+a scheduled weekly digest leaves behind).
 
 Each figure is the median of the runs' wall time and, beside it (`..._cpu_ms`), of the process's
 CPU time (`time.process_time`, every thread: the store's DB thread does the SQL), which a busy
@@ -57,6 +64,7 @@ from gateway.costs.digest import NEAR_BUDGET, build_digest, day_intervals, diges
 from gateway.costs.reports import cost_report  # noqa: E402
 from gateway.costs.rollups import totals  # noqa: E402
 from gateway.costs.schedule import cron_trigger, due_period, previous_fire  # noqa: E402
+from gateway.costs.summaries import Sealing  # noqa: E402
 from gateway.heap import settle_heap  # noqa: E402
 from gateway.storage import Store, open_store, to_iso  # noqa: E402
 from gateway.storage.rollups import BACKFILL  # noqa: E402
@@ -172,14 +180,19 @@ def fill_postgres(url: str, rows: int) -> None:
         conn.execute("VACUUM ANALYZE")
 
 
+FIRST: dict[str, tuple[float, float]] = {}  # fn name -> the first run's wall and CPU seconds
+
+
 async def median_of(runs: int, fn: Callable[[], Awaitable[object]]) -> tuple[float, float, object]:
-    """Median wall and CPU seconds of `runs` calls, and the last result."""
+    """Median wall and CPU seconds of `runs` calls, and the last result (the first run's
+    figures in FIRST)."""
     walls, cpus, result = [], [], None
     for _ in range(runs):
         began, cpu = time.perf_counter(), time.process_time()
         result = await fn()
         walls.append(time.perf_counter() - began)
         cpus.append(time.process_time() - cpu)
+    FIRST[getattr(fn, "__name__", "")] = walls[0], cpus[0]
     return statistics.median(walls), statistics.median(cpus), result
 
 
@@ -253,9 +266,10 @@ async def main() -> None:
     all_days = day_intervals(NOW - timedelta(days=DAYS + 1), NOW, TZ)  # whole_range_digest's local days
 
     async def all_days_series():  # type: ignore[no-untyped-def]
-        await totals(store, all_days, ("provider", "model"), dollars_only=True)
+        sealed = Sealing(NOW - timedelta(days=1))  # as whole_range_digest reads them
+        await totals(store, all_days, ("provider", "model"), dollars_only=True, sealed=sealed)
         return await totals(store, all_days, ("platform", "user_id"), dollars_only=True,
-                            having_dollars=NEAR_BUDGET * budgets.per_user_usd_day)  # type: ignore[operator]
+                            having_dollars=NEAR_BUDGET * budgets.per_user_usd_day, sealed=sealed)  # type: ignore[operator]
 
     in_period = (await store.query("SELECT COUNT(*) FROM model_calls WHERE created_at >= ? AND created_at < ?",
                                    [to_iso(start), to_iso(end)]))[0][0]
@@ -278,7 +292,13 @@ async def main() -> None:
         seconds, cpu, result = await median_of(args.runs, fn)
         results[label] = result
         measured[key], measured[key.replace("_ms", "_cpu_ms")] = seconds * 1000, cpu * 1000
-        print(f"{label:48s} {seconds * 1000:10.1f} ms {cpu * 1000:7.1f} ms")
+        first = ""
+        if key in ("digest_week_ms", "digest_all_rows_ms"):  # the run that wrote its summaries
+            wall1, cpu1 = FIRST[fn.__name__]
+            measured[key.replace("_ms", "_first_ms")], measured[key.replace("_ms", "_first_cpu_ms")] = (
+                wall1 * 1000, cpu1 * 1000)
+            first = f"  (first run {wall1 * 1000:.1f} ms, {cpu1 * 1000:.1f} ms CPU)"
+        print(f"{label:48s} {seconds * 1000:10.1f} ms {cpu * 1000:7.1f} ms{first}")
 
     digest = results[figures[0][0]]
     whole = results[figures[4][0]]
@@ -298,6 +318,7 @@ async def main() -> None:
         measured[f"series_all_days_over_week{what}"] = (
             measured[f"series_all_days{what}_ms"] / measured[f"digest_week{what}_ms"])  # type: ignore[operator]
     goals = [("digest over all rows < 1 s", "digest_all_rows_ms", 1000.0),
+             ("  its first run (writing its summaries) < 1 s", "digest_all_rows_first_ms", 1000.0),
              ("digest over all rows within 3x the weekly one", "digest_all_over_week", 3.0),
              ("/moa cost < 20 ms", "cost_month_ms", 20.0), ("chart < 150 ms", "chart_ms", 150.0)]
     for goal, key, limit in goals:

@@ -30,6 +30,7 @@ from gateway.costs.reports import (
     spend_of,
 )
 from gateway.costs.rollups import total, totals
+from gateway.costs.summaries import Sealing
 from gateway.costs.values import Tokens, Totals
 from gateway.storage import Storage, to_iso
 
@@ -160,13 +161,16 @@ async def build_digest(
         getattr(c, "budget_usd_month", None) is not None for c in channels.values()
     )
 
-    mix = await totals(store, period, ("preset", "role", "provider", "model", "status"))
+    # What ended a day before the period's end is read from summaries of closed intervals (kept
+    # on read, exact: gateway.costs.summaries): a long period's blocks of days, its series' local days.
+    sealed = {"sealed": Sealing(end - timedelta(days=1), (min(previous_start, local_days[0][0]), end))}
+    mix = await totals(store, period, ("preset", "role", "provider", "model", "status"), **sealed)
     overall = sum((t for _, _, t in mix), Totals())
     refs = {status: t.calls for (role, status), t in fold(mix, lambda g: (g[1], g[4])).items() if role == "reference"}
-    by_chat = await totals(store, period, ("platform", "chat_id"))
+    by_chat = await totals(store, period, ("platform", "chat_id"), **sealed)
     # Users are ranked on dollars and calls alone (every user of the period: the widest read),
     # then the top ones' full sums are sought user by user.
-    by_user = await totals(store, period, ("platform", "user_id"), dollars_only=True)
+    by_user = await totals(store, period, ("platform", "user_id"), dollars_only=True, **sealed)
     top = ranked([spend_of(f"{p}:{u}", t, 0) for _, (p, u), t in by_user])[:top_users]
     users = []
     for s in top:
@@ -187,7 +191,8 @@ async def build_digest(
     turns, failed_turns = int(counted[0]) - int(counted[1]), int(counted[2]) + int(counted[3])
 
     daily = [DaySpend(days[n], f"{provider}:{model}", t.dollars)
-             for n, (provider, model), t in await totals(store, local_days, ("provider", "model"), dollars_only=True)]
+             for n, (provider, model), t in await totals(store, local_days, ("provider", "model"), dollars_only=True,
+                                                   **sealed)]
     daily.sort(key=lambda d: (d.day, d.model))
 
     alerts: list[BudgetAlert] = []
@@ -197,7 +202,7 @@ async def build_digest(
         else:
             chats = [tuple(key.split(":", 1)) for key in channels]
         month = {g: t.dollars for _, g, t in await totals(store, [(month_start, end)], ("platform", "chat_id"),
-                                                           dollars_only=True)}
+                                                           dollars_only=True, **sealed)}
         for platform, chat_id in chats:
             scope = f"{platform}:{chat_id}"
             dollars = month.get((platform, chat_id), 0.0)
@@ -208,7 +213,7 @@ async def build_digest(
     if user_day_limit is not None:
         worst: dict[str, BudgetAlert] = {}
         for n, (platform, user_id), t in await totals(store, local_days, ("platform", "user_id"), dollars_only=True,
-                                                      having_dollars=NEAR_BUDGET * user_day_limit):
+                                                      having_dollars=NEAR_BUDGET * user_day_limit, **sealed):
             scope = f"{platform}:{user_id}"
             if scope not in worst or worst[scope].spent < t.dollars:
                 worst[scope] = BudgetAlert("user_day", scope, t.dollars, user_day_limit, days[n])
@@ -218,7 +223,8 @@ async def build_digest(
                   for s in users)
     alerts = [BudgetAlert(a.kind, a.scope, a.spent, a.limit, a.day, names.get(a.scope)) if a.kind == "user_day"
               else a for a in alerts]
-    previous = sum((t.dollars for _, _, t in await totals(store, [(previous_start, start)], dollars_only=True)), 0.0)
+    previous = sum((t.dollars for _, _, t in await totals(store, [(previous_start, start)], dollars_only=True,
+                                                               **sealed)), 0.0)
 
     return Digest(
         start=start,

@@ -20,7 +20,10 @@ Why UTC buckets and not the configured zone's days: the zone is config (`[gatewa
 `[digest] timezone`, they may differ and change) while rollups are written by the store, which
 knows no zone; UTC buckets never need rebuilding and answer every zone the same way.
 
-`raw_rows_only()` makes every sum read the raw rows alone: tests compare both answers.
+A digest also reads summaries of closed intervals (`gateway.costs.summaries`: its series' local
+days, a long period's blocks of days), kept in the same table and made from these sums.
+
+`raw_rows_only()` makes every sum read the raw rows alone (no summaries): tests compare both answers.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from gateway.costs.summaries import Sealing, summary_bucket, summary_grain, whole_intervals, with_blocks
 from gateway.costs.values import Tokens, Totals
 from gateway.storage import Storage, to_iso
 from gateway.storage.rollups import GRAINS, SPAN_WIDTH, SPANS
@@ -57,11 +61,12 @@ def raw_rows_only() -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """A signed part of interval number `interval`: day or hour rollups, or raw rows, of [start, end)."""
+    """A signed part of interval number `interval`: day or hour rollups, raw rows, or the summary
+    of exactly [start, end) (`gateway.costs.summaries`)."""
 
     interval: int
     sign: Literal[1, -1]
-    source: Literal["day", "hour", "raw"]
+    source: Literal["day", "hour", "raw", "sum"]
     start: datetime
     end: datetime
 
@@ -171,12 +176,15 @@ async def totals(
     turns: bool = True,
     dollars_only: bool = False,
     having_dollars: float | None = None,
+    sealed: Sealing | None = None,
 ) -> list[tuple[int, tuple[Any, ...], Totals]]:
     """Sums of the calls in each interval (aware datetimes, any zone) grouped by `group`
     (model_calls key columns), within a scope (None: any), as (interval number, group values,
     totals) for every group that has calls. `turns=False` skips the first-call flags of raw rows
     (their cost is a lookup per row); `dollars_only` sums calls and dollars alone (the rest is
-    0: series want no more); `having_dollars` keeps only groups spending that much.
+    0: series want no more); `having_dollars` keeps only groups spending that much;
+    `sealed`: what ended by its time may be read from (and first written to) summaries of
+    closed intervals (`gateway.costs.summaries`: a series' intervals, one interval's blocks of days).
 
     One statement: a UNION ALL of one SELECT per piece (`pieces`), each an index range of the
     rollups' key index (grain, span, bucket) or scope index (grain, span, platform, chat or
@@ -184,9 +192,17 @@ async def totals(
     pieces of one bucket are one SELECT per span, a seek per listed bucket."""
     scope = {c: v for c, v in (("platform", platform), ("chat_id", chat_id), ("user_id", user_id)) if v is not None}
     grain = grain_for(set(group) | set(scope))
-    plan = pieces(intervals, hourly="hour" in SPANS[grain])
+    summarising = sealed if sealed is not None and not scope and not _RAW_ONLY.get() else None
+    # A series' closed intervals whole from their summaries (the rest planned as before); one
+    # interval's closed blocks of days from theirs.
+    whole = (await whole_intervals(store, grain, group, intervals, summarising, having_dollars)
+             if summarising and len(intervals) > 1 else {})
+    plan = pieces([(a, a) if n in whole else (a, b) for n, (a, b) in enumerate(intervals)],
+                  hourly="hour" in SPANS[grain]) + [Piece(n, 1, "sum", a, b) for n, (a, b) in whole.items()]
     if not plan:
         return []
+    if summarising and len(intervals) == 1:
+        plan = await with_blocks(store, grain, group, plan, summarising)
     keep = (0, 3) if dollars_only else tuple(range(len(_SUM_COLUMNS)))
     # One SELECT per piece, its bounds parameters: each planner then sees one index range (with
     # a join to a VALUES list of ranges, PostgreSQL cannot estimate a range per outer row and reads
@@ -201,9 +217,12 @@ async def totals(
     # users: ~50 ms of CPU, ~35 ms so). PostgreSQL planned that early aggregate in parallel
     # workers (by chat over 91 days: 7 -> 18 ms). Listed parts sum nothing first: a bucket's rows
     # are one per group already, and a second sort of them cost more than it saved.
-    listed: dict[str, list[Any]] = {"day": [], "hour": []}
+    listed: dict[str, list[Any]] = {"day": [], "hour": [], "sum": []}
     ranged: list[Piece] = []
     for p in plan:
+        if p.source == "sum":  # one row per group already, sought by its bucket
+            listed["sum"] += [summary_bucket(p.start, p.end), p.interval, p.sign]
+            continue
         buckets = _listable(p) if len(intervals) > 1 else None
         if buckets is None:
             ranged.append(p)
@@ -226,7 +245,7 @@ async def totals(
                 f"LIMIT {len(values) // 3}) AS v CROSS JOIN cost_rollups r "
                 f"/*sqlite: INDEXED BY {_rollup_index(scope)}*/ WHERE r.grain = ? AND r.span = '{span}' "
                 "AND r.bucket = v.column1" + where_scope.format(t="r"))
-            params += [*values, grain, *scope.values()]
+            params += [*values, summary_grain(grain, group) if span == "sum" else grain, *scope.values()]
     for p in ranged:
         if p.source == "raw":
             parts.append(

@@ -189,6 +189,14 @@ class PostgresStore(ReplicaCoordination):
                 await cursor.execute(statement, list(params))
                 return list(await cursor.fetchall())
 
+    async def execute_many(self, steps: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Portable statements, each run for every one of its parameter rows, in ONE transaction
+        (the cost summaries `gateway.costs.summaries` keeps; SQLite's `Store.run` does the same)."""
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            for sql, rows in steps:
+                if rows:
+                    await cursor.executemany(postgres_dialect(sql), rows)
+
     async def _one(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
         async with self._connection() as conn:
             cursor = await conn.execute(sql, list(params))

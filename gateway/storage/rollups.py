@@ -141,6 +141,11 @@ BACKFILL: tuple[str, ...] = (
 # C code, without the interpreter lock the event loop needs, instead of `rollup_rows` in Python
 # per job. "First" as everywhere: no row of the turn (of that model) with a lower id. Each narrow
 # grain is summed per hour from the rows once, and its days from its hours (fewer rows to sort).
+# The call grain's rows are upserted as they are, not summed first: its full key seldom repeats
+# within a batch (a turn's calls differ in model or role), so a sort of the batch's rows would
+# merge almost none; a repeated key adds to the row an earlier one of the same statement
+# inserted (SQLite's upsert, unlike PostgreSQL's, may touch a row twice). 125 rows: ~1.3 against
+# ~1.6-1.8 ms with the sort; 25 rows: ~285 against ~350 us.
 _FIRST_ROW = "SELECT 1 FROM model_calls e WHERE e.turn_id = m.turn_id AND e.id < m.id"
 _NEW_ROWS = (
     f"SELECT substr(created_at, 1, 13) AS bucket, {', '.join(KEY)}, 1 AS calls, "
@@ -174,7 +179,8 @@ _NARROW = tuple(g for g in GRAINS if g != "call")
 UPSERT_ROWS_AFTER = (
     f"WITH new_rows AS MATERIALIZED ({_NEW_ROWS}), " + ", ".join(_hours(g) for g in _NARROW)
     + f" INSERT INTO cost_rollups ({', '.join(COLUMNS)}) SELECT * FROM ("
-    + " UNION ALL ".join([_summed("call", "day", "new_rows"),
+    + " UNION ALL ".join([f"SELECT 'call', 'day', substr(bucket, 1, {SPAN_WIDTH['day']}), {', '.join(KEY)}, "
+                          f"{', '.join(SUMS)} FROM new_rows",
                           *(_summed(g, span, f"{g}_hours") for g in _NARROW for span in SPANS[g])])
     # WHERE true: without it SQLite would read ON CONFLICT as a join's ON (its documented ambiguity).
     + f") WHERE true ON CONFLICT (grain, span, bucket, {', '.join(KEY)}) DO UPDATE SET "
@@ -184,10 +190,10 @@ assert all(SPANS[g] == ("day", "hour") for g in _NARROW) and SPANS["call"] == ("
 
 # The same sums for a few rows (`EACH_ROW_UP_TO` or fewer): each row upserted as it is into
 # every grain and span it counts in, no GROUP BY. A row upserting a rollup row an earlier one of
-# the same statement inserted adds to it, so the sums are the same; below ~25 rows the sorters
-# of the grouped statement cost more than the extra upserts (1 row: ~30 against ~60 us; 5 rows:
-# ~80 against ~125 us; 50 rows: ~640 against ~590 us, Python 3.11, SQLite 3.x on this machine).
-EACH_ROW_UP_TO = 16
+# the same statement inserted adds to it, so the sums are the same; up to ~12 rows the sorters
+# of the grouped statement cost more than the extra upserts of the narrow grains (1 row: ~30
+# against ~60 us; 5 rows: ~85 against ~110 us; 12 rows: alike; 25 rows: ~340 against ~270 us).
+EACH_ROW_UP_TO = 12
 _PLAN_ROWS = ", ".join(
     f"('{grain}', '{span}', {SPAN_WIDTH[span]}, " + ", ".join("1" if c in kept else "0" for c in KEY) + ")"
     for grain, kept in GRAINS.items() for span in SPANS[grain])

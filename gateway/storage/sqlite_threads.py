@@ -7,7 +7,10 @@ second writer would only wait for the first. Why batches: at a few hundred turns
 writes of many turns are queued together; running them in one transaction pays one BEGIN and
 one COMMIT (the WAL frames of a page touched by several of them written once) instead of one
 each, and the loop is woken once per batch (`call_soon_threadsafe`) instead of once per write —
-a cross-thread wakeup costs more than most of these writes.
+a cross-thread wakeup costs more than most of these writes. The other way too: what the loop
+submits during one of its turns is handed to the thread at the end of that turn as one queue
+item (one wakeup of the thread, ~15-25 us of the loop's CPU here, instead of one per write), and
+those jobs are always in one batch.
 
 A job that raises is rolled back alone, gets its own exception, and its batch-mates commit. The
 jobs of a batch first run one after another without a SAVEPOINT each (most batches fail nowhere);
@@ -78,7 +81,8 @@ class DbThread:
         self.name = name
         self._connect = connect
         self._run_batch = run_batch
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
+        self._pending: list[Job] = []  # submitted in this turn of the loop; handed over at its end
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future[None] | None = None
@@ -97,16 +101,27 @@ class DbThread:
         await opened
 
     def submit(self, fn: Callable[[sqlite_utils.Database], T], *, private: bool = False) -> asyncio.Future[T]:
-        """Queue `fn(db)`; the future holds its result once its batch is done."""
+        """Queue `fn(db)`; the future holds its result once its batch is done. Handed to the
+        thread at the end of this turn of the loop, with whatever else is submitted in it."""
         assert self._loop is not None, "start() first"
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((fn, future, private))
+        pending = self._pending
+        pending.append((fn, future, private))
+        if len(pending) == 1:
+            self._loop.call_soon(self._hand_over)
         return future
+
+    def _hand_over(self) -> None:
+        """On the loop: give the thread what was submitted since the last hand-over."""
+        jobs, self._pending = self._pending, []
+        if jobs:
+            self._queue.put(jobs)
 
     async def stop(self) -> None:
         """Run what is queued, close the connection and end the thread."""
         if self._thread is None or self._stopped is None:
             return
+        self._hand_over()  # what was submitted before stop() runs first
         self._queue.put(_STOP)
         await self._stopped
         self._thread.join()
@@ -119,21 +134,25 @@ class DbThread:
             return
         self._call(_settle, [(opened, None, None)])
         try:
+            waiting: list[Job] = []  # handed over, not yet run (beyond one batch)
+            stop = False
             while True:
-                first = self._queue.get()
-                batch: list[Job] = []
-                stop = first is _STOP
-                if not stop:
-                    batch.append(first)  # type: ignore[arg-type]
-                    while len(batch) < MAX_BATCH:
-                        try:
-                            job = self._queue.get_nowait()
-                        except queue.Empty:
-                            break
-                        if job is _STOP:
-                            stop = True
-                            break
-                        batch.append(job)
+                if not waiting and not stop:
+                    jobs = self._queue.get()
+                    if jobs is _STOP:
+                        stop = True
+                    else:
+                        waiting += jobs
+                while not stop and len(waiting) < MAX_BATCH:
+                    try:
+                        jobs = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if jobs is _STOP:
+                        stop = True
+                    else:
+                        waiting += jobs
+                batch, waiting = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
                 if batch:
                     self.batches += 1
                     try:
@@ -141,7 +160,7 @@ class DbThread:
                     except BaseException as error:  # a bug here must not leave callers waiting
                         outcomes = [(future, error, None) for _, future, _ in batch]
                     self._call(_settle, outcomes)
-                if stop:
+                if stop and not waiting:
                     break
         finally:
             db.close()

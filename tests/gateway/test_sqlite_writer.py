@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -91,6 +92,19 @@ async def test_writes_queued_together_commit_once(store: Store) -> None:
     assert sum(s.startswith("INSERT") for s in batch) == 20
     assert batch.count("COMMIT") == 1 and batch[-1] == "COMMIT"
     assert await values(store) == [f"v{n}" for n in range(20)]
+
+
+async def test_writes_submitted_in_one_turn_of_the_loop_are_one_batch(store: Store) -> None:
+    # Handed to the writer together at the end of the loop's turn (one wakeup of its thread),
+    # not one by one: an idle writer does not start on the first alone.
+    async def write_after_a_pause(n: int) -> int:
+        time.sleep(0.005)  # the interpreter lock is free: a writer given a job meanwhile would start on it
+        return await store.run(insert(f"v{n}"))
+
+    before = store._writer.batches
+    tasks = [asyncio.ensure_future(write_after_a_pause(n)) for n in range(5)]  # all run in one turn
+    assert len(set(await asyncio.gather(*tasks))) == 5
+    assert store._writer.batches == before + 1
 
 
 async def test_a_failing_write_fails_alone(store: Store) -> None:

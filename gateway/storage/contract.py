@@ -106,6 +106,13 @@ def require(value: str, allowed: frozenset[str], what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
 
 
+def storable(text: str | None) -> str | None:
+    """Text as both backends store it: a NUL character (PostgreSQL's text refuses it, and the
+    whole write with it — a binary page in a tool result, a NUL in a prompt) becomes U+FFFD, on
+    SQLite too, so both hold the same."""
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
+
+
 def thread_key(thread_id: str | None) -> str:
     return thread_id or ""
 
@@ -362,11 +369,11 @@ def turn_values(*, session_id: int, platform: str, chat_id: str, thread_id: str 
         "chat_id": chat_id,
         "thread_id": thread_key(thread_id),
         "user_id": user_id,
-        "user_name": user_name,
+        "user_name": storable(user_name),
         "event_id": event_id,
         "message_id": message_id,
         "preset": preset,
-        "prompt": prompt,
+        "prompt": storable(prompt),
         "images": images_json(images),
         "status": "queued" if queued else "running",
         "answer": None,
@@ -402,14 +409,14 @@ def message_values(session_id: int, turn_id: int | None, message: Message, at: s
         "session_id": session_id,
         "turn_id": turn_id,
         "role": message.role,
-        "content": message.content,
+        "content": storable(message.content),
         "tool_calls": (
             json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls])
             if message.tool_calls
             else None
         ),
-        "tool_call_id": message.tool_call_id,
-        "name": message.name,
+        "tool_call_id": storable(message.tool_call_id),
+        "name": storable(message.name),
         "images": images_json(message.images),
         "created_at": at,
     }
@@ -462,7 +469,7 @@ def call_values(turn: dict[str, Any], call: CallRecord, at: str) -> dict[str, An
         "usage_source": call.usage.source,
         "cost_usd": call.cost.usd,
         "cost_source": call.cost.source,
-        "error": call.error,
+        "error": storable(call.error),
         "late": int(call.late),
         "created_at": at,
         "platform": turn["platform"],

@@ -48,6 +48,7 @@ from gateway.storage.contract import (
     new_replica_id,
     postgres_dialect,
     require,
+    storable,
     thread_key,
     to_iso,
     turn_row,
@@ -368,7 +369,7 @@ class PostgresStore(ReplicaCoordination):
         self._deferred.discard(turn_id)
         at = self._now()
         owner, until = self._lease()
-        params: list[Any] = [status, answer, cost_usd, error, at, turn_id, owner]
+        params: list[Any] = [status, storable(answer), cost_usd, storable(error), at, turn_id, owner]
         parts = ["t AS (UPDATE turns SET status = %s, answer = %s, cost_usd = %s, error = %s, finished_at = %s "
                  "WHERE id = %s AND lease_owner = %s RETURNING id, session_id)"]
         if messages:
@@ -410,7 +411,7 @@ class PostgresStore(ReplicaCoordination):
                   "WHERE id = %s AND lease_owner = %s")
         if status != "running":  # as in complete_turn: the turns waiting behind it are woken
             update = f"WITH t AS ({update} RETURNING id, session_id) SELECT {notify_sql('t')}"
-        await self._rowcount(update, [status, error, at, turn_id, self.replica])
+        await self._rowcount(update, [status, storable(error), at, turn_id, self.replica])
 
     async def unfinished_turns(self) -> list[TurnRow]:
         """Turns still queued or running, oldest first."""

@@ -43,6 +43,7 @@ from gateway.storage.contract import (
     new_replica_id,
     require,
     sqlite_dialect,
+    storable,
     thread_key,
     to_iso,
     turn_values,
@@ -356,7 +357,7 @@ class Store:
             turn = known or turn_columns(db, turn_id)
             db.conn.execute(
                 "UPDATE turns SET status = ?, answer = ?, cost_usd = ?, error = ?, finished_at = ? WHERE id = ?",
-                (status, answer, cost_usd, error, at, turn_id),
+                (status, storable(answer), cost_usd, storable(error), at, turn_id),
             )
             insert_rows(db.conn, "messages", [_message_row(turn["session_id"], turn_id, m, at) for m in messages])
             return None if ledger is None else insert_row(db.conn, "deliveries", ledger)
@@ -373,7 +374,7 @@ class Store:
         def work(db: sqlite_utils.Database) -> None:
             db.conn.execute(
                 "UPDATE turns SET status = ?, error = COALESCE(?, error), finished_at = ? WHERE id = ?",
-                (status, error, at, turn_id),
+                (status, storable(error), at, turn_id),
             )
 
         await self._write(work)

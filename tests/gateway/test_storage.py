@@ -377,6 +377,28 @@ async def test_book_calls_stores_calls_of_several_turns_in_one_go(store: Storage
     assert len(await store.query("SELECT id FROM model_calls")) == 3
 
 
+async def test_text_with_a_nul_character_is_stored_with_a_replacement_on_both_backends(store: Storage) -> None:
+    # Before: PostgreSQL refused the whole write ("text fields cannot contain NUL"): a fetched
+    # binary page in a tool result, or a NUL in a prompt, lost the turn and its cost rows.
+    session = await store.active_session("telegram", "-100", None)
+    turn_id = await start(store, session, prompt="before\x00after", user_name="A\x00nn")
+    broken = CallRecord("reference", 0, 0, "openrouter", "m0", "failed", 5, Usage(), Cost(None, "unknown"),
+                        error="HTTP 500: \x00\x00")
+    await store.record_calls(turn_id, [broken])
+    await store.complete_turn(turn_id, status="done", answer="an\x00swer", cost_usd=0.0, delivery=None,
+                              messages=[Message("tool", "page\x00bytes", tool_call_id="t\x00", name="fetch_url"),
+                                        Message("assistant", "an\x00swer")])
+    row = (await store.query("SELECT prompt, user_name, answer FROM turns WHERE id = ?", [turn_id]))[0]
+    assert tuple(row) == ("before\ufffdafter", "A\ufffdnn", "an\ufffdswer")
+    assert (await store.query("SELECT error FROM model_calls"))[0][0] == "HTTP 500: \ufffd\ufffd"
+    history = await store.history(session)
+    assert [m.content for m in history] == ["before\ufffdafter", "page\ufffdbytes", "an\ufffdswer"]
+    assert history[1].tool_call_id == "t\ufffd"
+    other = await start(store, session, event_id="e2")
+    await store.mark_turn(other, "failed", "reason\x00")
+    assert (await store.query("SELECT error FROM turns WHERE id = ?", [other]))[0][0] == "reason\ufffd"
+
+
 async def test_recent_turn_costs_are_the_users_last_done_turns_of_a_preset(store: Storage) -> None:
     session = await store.active_session("telegram", "-100", None)
     for usd, status, preset, user in [(0.1, "done", "default", "u1"), (0.2, "failed", "default", "u1"),

@@ -204,6 +204,42 @@ async def totals(
     if summarising and len(intervals) == 1:
         plan = await with_blocks(store, grain, group, plan, summarising)
     keep = (0, 3) if dollars_only else tuple(range(len(_SUM_COLUMNS)))
+    sql, params = _statement(plan, len(intervals), group, grain, scope, keep, turns, having_dollars)
+    width = len(group)
+    out = []
+    if dollars_only:  # calls and dollars alone (a series: thousands of rows): nothing else to unpack
+        for row in await store.query(sql, params):
+            calls, dollars = row[1 + width], float(row[2 + width] or 0.0)
+            if calls:  # else everything in it was subtracted again: no calls
+                out.append((int(row[0]), tuple(row[1:1 + width]),
+                            Totals(int(calls), 0, 0, 0.0 if abs(dollars) < 1e-12 else dollars, 0, _NO_TOKENS)))
+        return out
+    for row in await store.query(sql, params):
+        values = row[1 + width:]
+        if not values[0]:
+            continue  # everything in it was subtracted again: no calls
+        dollars = float(values[3] or 0.0)
+        out.append((int(row[0]), tuple(row[1:1 + width]), Totals(
+            int(values[0]), int(values[1] or 0), int(values[2] or 0), 0.0 if abs(dollars) < 1e-12 else dollars,
+            int(values[4] or 0), Tokens(*(int(v or 0) for v in values[5:])))))
+    return out
+
+
+def totals_sql(intervals: Sequence[tuple[datetime, datetime]], group: Sequence[str],
+               having_dollars: float | None = None) -> tuple[str, list[Any]] | None:
+    """The statement `totals` runs for an unscoped read of every sum (no summaries): columns
+    iv, the group's, c0..c9 (`_SUM_COLUMNS`); None when no interval has a piece. For SQL that
+    keeps its result (`gateway.costs.summaries` on PostgreSQL: INSERT ... SELECT)."""
+    grain = grain_for(set(group))
+    plan = pieces(intervals, hourly="hour" in SPANS[grain])
+    if not plan:
+        return None
+    return _statement(plan, len(intervals), group, grain, {}, tuple(range(len(_SUM_COLUMNS))), True, having_dollars)
+
+
+def _statement(plan: Sequence[Piece], count: int, group: Sequence[str], grain: str, scope: dict[str, str],
+               keep: tuple[int, ...], turns: bool, having_dollars: float | None) -> tuple[str, list[Any]]:
+    """The one statement of `totals` for a plan of `count` intervals, and its parameters."""
     # One SELECT per piece, its bounds parameters: each planner then sees one index range (with
     # a join to a VALUES list of ranges, PostgreSQL cannot estimate a range per outer row and reads
     # a grain and span of every day instead; SQLite may build a Bloom filter over the whole table).
@@ -223,7 +259,7 @@ async def totals(
         if p.source == "sum":  # one row per group already, sought by its bucket
             listed["sum"] += [summary_bucket(p.start, p.end), p.interval, p.sign]
             continue
-        buckets = _listable(p) if len(intervals) > 1 else None
+        buckets = _listable(p) if count > 1 else None
         if buckets is None:
             ranged.append(p)
         else:
@@ -262,30 +298,13 @@ async def totals(
                 + (f" /*sqlite: GROUP BY {', '.join(f'r.{c}' for c in group)}*/" if group else ""))
             params += [grain, *_bounds(p), *scope.values()]
     cols = "".join(f"{c}, " for c in group)
-    outer = ", ".join(f"SUM(c{n})" for n in keep)
+    outer = ", ".join(f"SUM(c{n}) AS c{n}" for n in keep)
     having = " HAVING SUM(c3) >= ?" if having_dollars is not None else ""
     sql = (f"SELECT iv, {cols}{outer} FROM ({' UNION ALL '.join(parts)}) AS x "
            f"GROUP BY {', '.join(['iv', *group])}{having}")
     if having_dollars is not None:
         params.append(having_dollars)
-    width = len(group)
-    out = []
-    if dollars_only:  # calls and dollars alone (a series: thousands of rows): nothing else to unpack
-        for row in await store.query(sql, params):
-            calls, dollars = row[1 + width], float(row[2 + width] or 0.0)
-            if calls:  # else everything in it was subtracted again: no calls
-                out.append((int(row[0]), tuple(row[1:1 + width]),
-                            Totals(int(calls), 0, 0, 0.0 if abs(dollars) < 1e-12 else dollars, 0, _NO_TOKENS)))
-        return out
-    for row in await store.query(sql, params):
-        values = row[1 + width:]
-        if not values[0]:
-            continue  # everything in it was subtracted again: no calls
-        dollars = float(values[3] or 0.0)
-        out.append((int(row[0]), tuple(row[1:1 + width]), Totals(
-            int(values[0]), int(values[1] or 0), int(values[2] or 0), 0.0 if abs(dollars) < 1e-12 else dollars,
-            int(values[4] or 0), Tokens(*(int(v or 0) for v in values[5:])))))
-    return out
+    return sql, params
 
 
 async def total(store: Storage, start: datetime, end: datetime, **scope: Any) -> Totals:
@@ -294,4 +313,4 @@ async def total(store: Storage, start: datetime, end: datetime, **scope: Any) ->
     return found[0][2] if found else Totals()
 
 
-__all__ = ["Piece", "Totals", "grain_for", "pieces", "raw_rows_only", "total", "totals"]
+__all__ = ["Piece", "Totals", "grain_for", "pieces", "raw_rows_only", "total", "totals", "totals_sql"]

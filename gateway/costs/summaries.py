@@ -45,10 +45,28 @@ _DAY, _TICK = timedelta(days=1), timedelta(microseconds=1)
 _EPOCH, _LONGEST_BLOCK = datetime(1970, 1, 1, tzinfo=UTC), 128
 _SERIES_LONGEST = timedelta(hours=26)  # a local day (25 hours when clocks go back), not longer
 _COUNT_GRAIN = "chat"  # the seals' call counts: the smallest grain of every call (~1 row per chat)
-_DELETE = "DELETE FROM cost_rollups WHERE grain = ? AND span IN ('sum', 'seal') AND bucket = ?"
-_INSERT = (f"INSERT INTO cost_rollups ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-           f"ON CONFLICT (grain, span, bucket, {', '.join(KEY)}) DO UPDATE SET "
-           + ", ".join(f"{c} = excluded.{c}" for c in SUMS))
+# Rows are written BATCH to a statement: one statement per row took PostgreSQL a round trip each
+# (~6,000 rows on a 90-day digest's first run: ~0.4 s). 400 rows x 21 columns stay well below
+# either backend's limit of parameters.
+_BATCH = 400
+_ROW = f"({', '.join('?' * len(COLUMNS))})"
+_UPSERT_TAIL = (f" ON CONFLICT (grain, span, bucket, {', '.join(KEY)}) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in SUMS))
+
+
+def _replace_steps(grain: str, buckets: Sequence[str],
+                   rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, Sequence[Sequence[Any]]]]:
+    """The statements that replace the summaries of `buckets` of `grain` by `rows`."""
+    steps: list[tuple[str, Sequence[Sequence[Any]]]] = []
+    for n in range(0, len(buckets), _BATCH):
+        part = buckets[n:n + _BATCH]
+        steps.append((f"DELETE FROM cost_rollups WHERE grain = ? AND span IN ('sum', 'seal') AND bucket IN "
+                      f"({', '.join('?' * len(part))})", [(grain, *part)]))
+    for n in range(0, len(rows), _BATCH):
+        part = rows[n:n + _BATCH]
+        steps.append((f"INSERT INTO cost_rollups ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * len(part))}"
+                      + _UPSERT_TAIL, [[v for row in part for v in row]]))
+    return steps
 
 
 def summary_grain(grain: str, group: Sequence[str]) -> str:
@@ -158,21 +176,39 @@ class Sealing:
 async def _write_summaries(store: Storage, grain: str, group: Sequence[str],
                            spans: Sequence[tuple[str, tuple[datetime, datetime], int]], having: float | None) -> bool:
     """Compute the summaries of `spans` (bucket, interval, seal's count) and replace what is
-    stored of them; False if that failed (logged)."""
-    from gateway.costs.rollups import totals  # (rollups imports this module)
+    stored of them; False if that failed (logged). On PostgreSQL the rows never leave the
+    server (INSERT ... SELECT of `totals`' statement): passing ~50,000 values of a 90-day
+    digest's users took ~0.25 s of the client's CPU. SQLite reads them in its reader thread and
+    hands them to the writer, whose thread would otherwise spend the summing on it, not booking."""
+    from gateway.costs.rollups import totals, totals_sql  # (rollups imports this module)
 
     kept = tuple(group)
-    found = await totals(store, [span for _, span, _ in spans], kept, having_dollars=having)
+    buckets = [key for key, _, _ in spans]
     rows: list[tuple[Any, ...]] = [
         (grain, "seal", key, *([""] * len(KEY)), count, 0, 0, having or 0.0, int(having is not None),
          *([0] * (len(SUMS) - 5))) for key, _, count in spans]
-    for n, values, t in found:
-        by_column = dict(zip(kept, values, strict=True))
-        rows.append((grain, "sum", spans[n][0], *(by_column.get(c, "") for c in KEY), t.calls, t.turns,
-                     t.model_turns, t.dollars, t.unpriced, t.tokens.input, t.tokens.cache_read,
-                     t.tokens.cache_write, t.tokens.output, t.tokens.reasoning))
+    steps = _replace_steps(grain, buckets, rows)
+    if store.backend == "postgresql":
+        found = totals_sql([span for _, span, _ in spans], kept, having)
+        if found is not None:
+            sql, params = found
+            sums = [f"t.c{n}" for n in range(len(SUMS))]
+            sums[3] = "CASE WHEN abs(t.c3) < 1e-12 THEN 0.0 ELSE t.c3 END"
+            steps.append((
+                f"INSERT INTO cost_rollups ({', '.join(COLUMNS)}) SELECT ?, 'sum', b.column2, "
+                + ", ".join(f"t.{c}" if c in kept else "''" for c in KEY) + f", {', '.join(sums)} FROM ({sql}) AS t "
+                f"JOIN (VALUES {', '.join(['(?, ?)'] * len(buckets))}) AS b ON b.column1 = t.iv WHERE t.c0 <> 0"
+                + _UPSERT_TAIL, [[grain, *params, *(v for n, key in enumerate(buckets) for v in (n, key))]]))
+    else:
+        summed = []
+        for n, values, t in await totals(store, [span for _, span, _ in spans], kept, having_dollars=having):
+            by_column = dict(zip(kept, values, strict=True))
+            summed.append((grain, "sum", buckets[n], *(by_column.get(c, "") for c in KEY), t.calls, t.turns,
+                           t.model_turns, t.dollars, t.unpriced, t.tokens.input, t.tokens.cache_read,
+                           t.tokens.cache_write, t.tokens.output, t.tokens.reasoning))
+        steps = _replace_steps(grain, buckets, [*rows, *summed])
     try:
-        await execute_many(store, [(_DELETE, [(grain, key) for key, _, _ in spans]), (_INSERT, rows)])
+        await execute_many(store, steps)
     except Exception:  # a summary is an optimisation: the rollups still answer
         log.warning("writing cost summaries failed; reading the rollups instead", exc_info=True)
         return False

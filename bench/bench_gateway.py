@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapters.contract import Answer, ChatRef  # noqa: E402
 from bench.bench_turns import start_fake  # noqa: E402
 from bench.report import Figures, wants_json  # noqa: E402
-from gateway.config import AccessRules, PlatformSection, parse_config  # noqa: E402
 from gateway.booking import CallBook  # noqa: E402
+from gateway.config import AccessRules, PlatformSection, parse_config  # noqa: E402
 from gateway.heap import settle_heap  # noqa: E402
 from gateway.service import Gateway  # noqa: E402
 from gateway.storage import Store  # noqa: E402
@@ -84,7 +84,9 @@ async def question_turn(store: Store, book: CallBook, n: int) -> None:
     for call in CALLS:  # each call ends on its own (the engine hands each over as it ends)
         book.book(taken.turn_id, call)
         await asyncio.sleep(0)
-    await book.handed_over(taken.turn_id)  # what run_booked_turn awaits on a store that writes in order
+    # What run_booked_turn awaits: on a store that writes in order (SQLite) the bookings handed
+    # over, on one that may commit out of order (PostgreSQL) the bookings written.
+    await (book.handed_over(taken.turn_id) if book.writes_in_order else book.settle(taken.turn_id))
     delivery = await store.complete_turn(
         taken.turn_id, status="done", answer="answer", cost_usd=0.005, messages=[Message("assistant", "answer")],
         delivery=(ChatRef("bench", chat), "answer", {"text": "answer", "footer": None, "message_ids": []}),
@@ -94,8 +96,8 @@ async def question_turn(store: Store, book: CallBook, n: int) -> None:
 
 
 async def stored_turn(store: Store, n: int) -> None:
-    """The sequence this bench measured until session 7 (bench/bench_replicas.py still uses it):
-    not the gateway's any more, kept for comparison with earlier figures."""
+    """The sequence this bench measured until session 7: not the gateway's any more, kept for
+    comparison with earlier figures."""
     session = await store.active_session("bench", f"c{n % 50}", None)
     turn = await store.start_turn(session_id=session, platform="bench", chat_id=f"c{n % 50}", thread_id=None,
                                   user_id="u", user_name="u", event_id=f"e{n}", message_id=f"m{n}",

@@ -5,15 +5,21 @@ Run:  python bench/bench_replicas.py [--json] [--url postgresql://postgres@127.0
 (the URL names a server where a scratch database is created and dropped; default
 MOA_TEST_POSTGRES_URL or the one shown).
 
-1. Stored turns per second, 50 at a time: start_turn + 5 model-call rows + complete_turn (answer,
-   messages, ledger row) + mark_delivery — as bench/bench_gateway.py. Two replicas = two stores
-   (two connection pools) on one database, 25 at a time each.
+1. Stored turns per second, 50 at a time: the store calls the gateway makes for a plain question
+   (take_question, 5 calls booked through a CallBook as each ends, complete_turn with the ledger
+   row, mark_delivery) — `question_turn` of bench/bench_gateway.py; on PostgreSQL the completion
+   waits for the turn's bookings to be written, as `run_booked_turn` does on a store whose writes
+   may commit out of order. Two replicas = two stores (two connection pools, two CallBooks) on one
+   database, 25 at a time each. (Until session 7: active_session + start_turn + record_calls +
+   complete_turn + mark_delivery, a sequence the gateway no longer makes.)
 2. 200 sessions active at once through the real Gateway (RecordingAdapter platform, lean fake
    provider in another process, 4 references); the gateway's added time of a turn = inbound to
    final answer delivered minus the engine's run_turn. Two replicas = two Gateways on one
    database, 100 sessions each.
 
-3. Round trips to PostgreSQL of one stored turn (as in 1), counted in libpq's protocol trace:
+3. Round trips to PostgreSQL of one stored turn (as in 1, in a chat's open session; the bookings
+   of one turn's 5 calls, which a busy gateway shares with other turns, counted whole), counted
+   in libpq's protocol trace:
    each Sync (extended protocol) or Query (simple protocol) the client sends ends one.
 
 Both replicas run in this one process (one event loop, one core): the two-replica figures show
@@ -39,9 +45,10 @@ import psycopg  # noqa: E402
 from psycopg import pq, sql  # noqa: E402
 from psycopg.conninfo import make_conninfo  # noqa: E402
 
-from bench.bench_gateway import TimedAdapter, stored_turn  # noqa: E402
+from bench.bench_gateway import TimedAdapter, question_turn  # noqa: E402
 from bench.bench_turns import start_fake  # noqa: E402
 from bench.report import Figures, wants_json  # noqa: E402
+from gateway.booking import CallBook  # noqa: E402
 from gateway.config import AccessRules, PlatformSection, parse_config  # noqa: E402
 from gateway.heap import settle_heap  # noqa: E402
 from gateway.service import Gateway  # noqa: E402
@@ -57,12 +64,18 @@ SESSIONS = 200
 
 async def storage(database: str, replicas: int, total: int = 3000, concurrency: int = 50) -> float:
     stores: list[Storage] = [await open_store(database, SystemClock()) for _ in range(replicas)]
+    books = [CallBook(store) for store in stores]
+
+    async def one(i: int) -> None:
+        await question_turn(stores[i % replicas], books[i % replicas], i)
+
     try:
-        for store in stores:  # warm each pool
-            await asyncio.gather(*(stored_turn(store, -1 - i) for i in range(concurrency // replicas)))
+        await asyncio.gather(*(one(-1 - i) for i in range(concurrency)))  # warm each pool
         started = time.perf_counter()
         for batch in range(0, total, concurrency):
-            await asyncio.gather(*(stored_turn(stores[i % replicas], batch + i) for i in range(concurrency)))
+            await asyncio.gather(*(one(batch + i) for i in range(concurrency)))
+        for book in books:
+            await book.settle()
         return total / (time.perf_counter() - started)
     finally:
         for store in stores:
@@ -127,13 +140,16 @@ async def sessions(directory: Path, database: str, url: str, replicas: int) -> t
 async def round_trips(database: str) -> int:
     """Round trips of one stored turn on one connection, from libpq's trace of what it sent."""
     store = await PostgresStore.open(database, SystemClock(), max_size=1, auto_renew=False)
+    book = CallBook(store)
     try:
-        await stored_turn(store, 10_000)  # the session exists, as for a chat's later turns
+        await question_turn(store, book, 10_000)  # the session exists, as for a chat's later turns
+        await book.settle()
         with tempfile.TemporaryFile("w+") as trace:
             async with store._pool.connection() as conn:
                 conn.pgconn.trace(trace.fileno())
                 conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-            await stored_turn(store, 10_000)
+            await question_turn(store, book, 10_050)  # the same chat (see question_turn)
+            await book.settle()
             async with store._pool.connection() as conn:
                 conn.pgconn.untrace()
             trace.seek(0)

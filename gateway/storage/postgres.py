@@ -15,20 +15,18 @@ the row with `FOR UPDATE`. Times come from the injected clock, stored as text as
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from adapters.contract import ChatRef
-from gateway.storage import postgres_schema, rollups
+from gateway.storage import postgres_booking, postgres_schema
 from gateway.storage.contract import (
     CLAIM_DIGEST,
     DEFAULT_LEASE_S,
@@ -40,7 +38,6 @@ from gateway.storage.contract import (
     LeaseLost,
     TakenQuestion,
     TurnRow,
-    call_values,
     from_iso,
     ledger_values,
     message,
@@ -84,50 +81,6 @@ def _insert(table: str, values: dict[str, Any]) -> tuple[str, list[Any]]:
     columns = ", ".join(values)
     marks = ", ".join(["%s"] * len(values))
     return f"INSERT INTO {table} ({columns}) VALUES ({marks}) RETURNING id", list(values.values())
-
-
-async def _book(conn: psycopg.AsyncConnection, calls: Sequence[tuple[int, CallRecord]], at: str) -> None:
-    """Model-call rows of one or more turns and their cost rollups, in ONE transaction and two
-    round trips (pipeline mode): BEGIN, the turns' columns and the models they already booked;
-    then the rows, the rollup upserts and COMMIT. The turns' rows are locked (FOR UPDATE, in id
-    order) before the prior models are read, so that two transactions booking calls of one turn
-    agree on its first call (the rollups' turn counts); the upsert itself is atomic per row."""
-    turn_ids = sorted({turn_id for turn_id, _ in calls})
-    async with conn.pipeline(), conn.transaction():
-        columns = conn.cursor(row_factory=dict_row)
-        await columns.execute("SELECT id, session_id, platform, chat_id, user_id, preset FROM turns "
-                              "WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [turn_ids])
-        prior = await conn.execute(postgres_dialect(rollups.prior_models_sql(len(turn_ids))), turn_ids)
-        turns = {row["id"]: row for row in await columns.fetchall()}  # the first round trip
-        booked = await prior.fetchall()
-        if missing := [t for t in turn_ids if t not in turns]:
-            raise KeyError(f"no turn {missing[0]}")
-        rows = [call_values(turns[turn_id], call, at) for turn_id, call in calls]
-        names = tuple(rows[0])
-        # The calls and their rollups (unique keys, in key order: two transactions upserting shared
-        # rows lock them in one order) each as ONE statement of one JSON parameter, typed by the
-        # table's own row type: executemany ran a statement per row (a booking of 5 calls was ~40),
-        # about half the client CPU of a stored turn; a multi-row VALUES list is longer than
-        # psycopg's query cache takes and was parsed again each time (slower still).
-        await conn.execute(_from_json("model_calls", tuple(names)), [_json_rows(rows)])
-        sums = rollups.rollup_rows(rows, booked)
-        await conn.execute(_UPSERT_ROLLUPS, [_json_rows([dict(zip(rollups.COLUMNS, row, strict=True)) for row in sums])])
-
-
-@functools.lru_cache(maxsize=8)
-def _from_json(table: str, columns: tuple[str, ...]) -> str:
-    """`INSERT INTO table (columns) SELECT columns FROM` a JSON array of objects, in its order."""
-    names = ", ".join(columns)
-    return (f"INSERT INTO {table} ({names}) SELECT {names} FROM json_populate_recordset(NULL::{table}, %s::json) "
-            "WITH ORDINALITY AS r ORDER BY r.ordinality")
-
-
-_UPSERT_ROLLUPS = _from_json("cost_rollups", rollups.COLUMNS) + postgres_dialect(
-    rollups.UPSERT[rollups.UPSERT.index(" ON CONFLICT"):])
-
-
-def _json_rows(rows: Sequence[dict[str, Any]]) -> str:
-    return orjson.dumps(rows).decode()
 
 
 class PostgresStore(ReplicaCoordination):
@@ -357,7 +310,7 @@ class PostgresStore(ReplicaCoordination):
             return
         at = self._now()
         async with self._connection() as conn:
-            await _book(conn, calls, at)
+            await postgres_booking.book(conn, calls, at)
 
     async def complete_turn(self, turn_id: int, *, status: str, answer: str | None, cost_usd: float | None,
                             messages: Sequence[Message], delivery: tuple[ChatRef, str, dict] | None,

@@ -10,11 +10,12 @@ call, which was about half the store's CPU per turn — CPU taken from the event
 from __future__ import annotations
 
 import functools
+import random
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -22,6 +23,7 @@ from gateway.storage import rollups
 from gateway.storage.migrations import migrations
 
 BUSY_TIMEOUT_MS = 10_000
+T = TypeVar("T")
 
 
 class DatabaseBusy(RuntimeError):
@@ -36,10 +38,46 @@ def connect_writer(path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite_
     IMMEDIATE transaction so that only one process applies them and the other then finds them
     applied (else both apply m001 and one fails with "database is locked" or "no such index")."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    timeout_s = busy_timeout_ms / 1000
     began = time.monotonic()
+    try:
+        return retry_while_busy(lambda remaining: _open_writer(path, remaining, busy_timeout_ms), timeout_s)
+    except sqlite3.OperationalError as error:
+        if not _is_busy(error):
+            raise
+        raise DatabaseBusy(
+            f"{path}: the database is locked by another process (is another moa-gateway running on "
+            f"this file?); waited {time.monotonic() - began:.1f} s (busy timeout {timeout_s:g} s)"
+        ) from None
+
+
+def retry_while_busy(attempt: Callable[[float], T], timeout_s: float, pause_s: float = 0.05) -> T:
+    """`attempt(seconds left)`, tried again while SQLite answers busy, until `timeout_s` has passed.
+
+    SQLite waits out another connection's lock (the busy timeout) except where waiting could
+    deadlock: a connection that read and now wants to write while another, about to commit,
+    waits for its read to end is answered busy at once — as when processes open a new file
+    together and each changes its journal mode to WAL (a read, then a write). Seen in CI:
+    "waited 0.0 s". Such an attempt (its connection closed by it) is simply made again."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return attempt(max(remaining, 0.0))
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error) or time.monotonic() + pause_s >= deadline:
+                raise
+        time.sleep(pause_s * (0.5 + random.random()))  # the other process gets ahead; not in step
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    return "locked" in str(error) or "busy" in str(error)
+
+
+def _open_writer(path: str, timeout_s: float, busy_timeout_ms: int) -> sqlite_utils.Database:
     db = sqlite_utils.Database(path, execute_plugins=False)
     try:
-        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        db.execute(f"PRAGMA busy_timeout = {max(1, int(timeout_s * 1000))}")
         db.enable_wal()
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = ON")
@@ -50,14 +88,7 @@ def connect_writer(path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite_
             db.conn.rollback()
             raise
         db.execute("COMMIT")
-    except sqlite3.OperationalError as error:
-        db.close()
-        if "locked" in str(error) or "busy" in str(error):
-            raise DatabaseBusy(
-                f"{path}: the database is locked by another process (is another moa-gateway running on "
-                f"this file?); waited {time.monotonic() - began:.1f} s (busy timeout {busy_timeout_ms / 1000:g} s)"
-            ) from None  # the wait measured, not assumed: SQLite may also answer busy before the timeout
-        raise
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")  # the store's own waits: the whole timeout
     except BaseException:
         db.close()
         raise

@@ -66,24 +66,30 @@ async def test_on_sqlite_a_turn_is_completed_without_waiting_for_its_last_call_t
     gw, chat = await make_gateway(fake, http, tmp_path)
     assert gw.store.writes_in_order
     release = threading.Event()
-    book, complete = gw.book.book, gw.store.complete_turn
+    book_calls, complete = gw.store.book_calls, gw.store.complete_turn
     unbooked_at_completion: list[int] = []
+    blocking: list[asyncio.Future] = []
 
-    def booking(turn_id, record):
-        if record.role == "aggregator":  # the writer is kept busy from now until the completion
-            asyncio.ensure_future(gw.store.run(lambda db: release.wait(30)))
-        book(turn_id, record)
+    async def slow_booking(calls):  # type: ignore[no-untyped-def]
+        if any(record.role == "aggregator" for _, record in calls):
+            # The writer is kept busy from now until the completion: a job queued just ahead of
+            # the aggregator row's write (before: a task queued it at some point near the row,
+            # and on a busy machine the row was written first, or the references' rows queued
+            # behind it).
+            blocking.append(gw.store._writer.submit(lambda db: release.wait(30)))  # type: ignore[attr-defined]
+        return await book_calls(calls)
 
     async def completing(turn_id, **kwargs):
         unbooked_at_completion.append(gw.book.unbooked(turn_id))
         release.set()
         return await complete(turn_id, **kwargs)
 
-    gw.book.book = booking  # type: ignore[method-assign]
+    gw.store.book_calls = slow_booking  # type: ignore[method-assign]
     gw.store.complete_turn = completing  # type: ignore[method-assign]
     await chat.push(chat.message("/moa a question"))
     await asyncio.wait_for(gw.idle(), 60)  # waiting for the row first would never get here
     assert unbooked_at_completion == [1]  # the aggregator's row was queued, not yet written
+    assert len(blocking) == 1 and blocking[0].done()
     assert [a.text for a in chat.final_answers()] == ["The answer."]
     # Written in the writer's order: the row before the completion that followed it.
     rows = await gw.store.query("SELECT role FROM model_calls ORDER BY id")

@@ -17,8 +17,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,15 +25,10 @@ import sqlite_utils
 
 from adapters.contract import ChatRef
 from gateway.storage.contract import (
-    CLAIM_DIGEST,
     DEFAULT_LEASE_S,
     DELIVERY_STATUSES,
-    DIGEST_STATUSES,
-    FINISH_DIGEST,
     TURN_STATUSES,
     Delivery,
-    DigestState,
-    HeldLock,
     TakenQuestion,
     TurnRow,
     from_iso,
@@ -67,6 +61,7 @@ from gateway.storage.sqlite_connect import (
     open_session,
     turn_columns,
 )
+from gateway.storage.sqlite_small_tables import SmallTables, channel_preset_of, mark_seen_in
 from gateway.storage.sqlite_threads import DbThread, run_reads, run_writes
 from moa_core.clock import Clock
 from moa_core.values import CallRecord, ImagePart, Message
@@ -77,7 +72,7 @@ _connect = connect_writer  # the name tests and older callers use
 _TURN_KEYS_KEPT = 4096  # more turns than a gateway runs at once
 
 
-class Store:
+class Store(SmallTables):
     """Async access to the gateway's SQLite file through a writer and a reader thread (the
     embedded backend of `gateway.storage.contract.Storage`)."""
 
@@ -468,12 +463,6 @@ class Store:
 
     # Inbound de-duplication, channel settings, refusal notices ------------------------------
 
-    async def mark_seen(self, platform: str, event_id: str) -> bool:
-        """Remember an inbound event id; True the first time, False for a duplicate."""
-        at = self._now()
-
-        return await self._write(lambda db: _mark_seen(db, platform, event_id, at))
-
     async def take_question(self, *, platform: str, event_id: str, chat_id: str, thread_id: str | None,
                             preset_of: Callable[[str | None], str], queued: bool = False, limit: int = 500,
                             **turn: Any) -> TakenQuestion | None:
@@ -485,12 +474,12 @@ class Store:
         at, thread = self._now(), thread_key(thread_id)
 
         def work(db: sqlite_utils.Database) -> TakenQuestion | None:
-            if not _mark_seen(db, platform, event_id, at):
+            if not mark_seen_in(db, platform, event_id, at):
                 return None
             session_id = find_open_session(db, platform, chat_id, thread)
             if session_id is None:
                 session_id = open_session(db, platform, chat_id, thread, at)
-            preset = preset_of(_channel_preset(db, platform, chat_id))
+            preset = preset_of(channel_preset_of(db, platform, chat_id))
             turn_id = self._start_turn_work(session_id=session_id, platform=platform, chat_id=chat_id,
                                             thread_id=thread_id, event_id=event_id, preset=preset,
                                             queued=queued, **turn)(db)
@@ -501,110 +490,6 @@ class Store:
         if taken is not None:
             self._keep_turn_keys(taken.turn_id, taken.session_id, platform, chat_id, turn["user_id"], taken.preset)
         return taken
-
-    async def prune_seen(self, before: datetime) -> int:
-        """Forget event ids seen before `before`; returns how many were dropped."""
-        cutoff = to_iso(before)
-
-        def work(db: sqlite_utils.Database) -> int:
-            return db.conn.execute("DELETE FROM seen_events WHERE seen_at < ?", (cutoff,)).rowcount
-
-        return await self._write(work)
-
-    async def channel_preset(self, platform: str, chat_id: str) -> str | None:
-        """The default preset an admin set for this chat, or None."""
-
-        return await self.read(lambda db: _channel_preset(db, platform, chat_id))
-
-    async def set_channel_preset(self, platform: str, chat_id: str, preset: str | None, by_user: str) -> None:
-        """Set this chat's default preset; None clears it."""
-        at = self._now()
-
-        def work(db: sqlite_utils.Database) -> None:
-            if preset is None:
-                db.conn.execute(
-                    "DELETE FROM channel_settings WHERE platform = ? AND chat_id = ?", (platform, chat_id)
-                )
-                return
-            db.conn.execute(
-                "INSERT INTO channel_settings (platform, chat_id, preset, updated_by, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (platform, chat_id) DO UPDATE SET preset = excluded.preset, "
-                "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
-                (platform, chat_id, preset, by_user, at),
-            )
-
-        await self._write(work)
-
-    async def refusal_notice_due(self, platform: str, chat_id: str, interval_s: float) -> bool:
-        """True at most once per `interval_s` per chat; a True answer records the time."""
-        now = self._clock.now()
-        at = to_iso(now)
-
-        def work(db: sqlite_utils.Database) -> bool:
-            row = db.conn.execute(
-                "SELECT last_at FROM refusal_notices WHERE platform = ? AND chat_id = ?", (platform, chat_id)
-            ).fetchone()
-            if row is not None and (now - from_iso(row[0])).total_seconds() < interval_s:
-                return False
-            db.conn.execute(
-                "INSERT INTO refusal_notices (platform, chat_id, last_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (platform, chat_id) DO UPDATE SET last_at = excluded.last_at",
-                (platform, chat_id, at),
-            )
-            return True
-
-        return await self._write(work)
-
-    async def busy_elsewhere(self, session_id: int) -> bool:
-        return False  # one process per file: the gateway's lanes already see every turn
-
-    async def wait_turns_ahead(self, session_id: int, turn_id: int) -> None:
-        return None
-
-    async def try_lock(self, name: str) -> HeldLock | None:
-        """Always granted: one gateway process uses a SQLite file."""
-        return _ProcessLock(name)
-
-    # Digest claims ---------------------------------------------------------------------------
-
-    async def digest_state(self) -> DigestState:
-        """Whether any digest period is recorded, and the end of the last one not owed any more."""
-
-        def work(db: sqlite_utils.Database) -> DigestState:
-            row = db.conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM digests), "
-                "(SELECT MAX(period_end) FROM digests WHERE status IN ('baseline', 'sending', 'sent'))"
-            ).fetchone()
-            return DigestState(bool(row[0]), from_iso(row[1]) if row[1] else None)
-
-        return await self.read(work)
-
-    async def claim_digest(self, start: datetime, end: datetime, status: str, at: datetime) -> bool:
-        """Record the period ending `end` as `status`; False when it was already recorded (and
-        not failed): whoever gets True sends it."""
-        require(status, DIGEST_STATUSES, "digest status")
-        values = [to_iso(end), to_iso(start), status, to_iso(at), to_iso(at)]
-        return await self._write(lambda db: db.conn.execute(CLAIM_DIGEST, values).rowcount == 1)
-
-    async def finish_digest(self, end: datetime, status: str, at: datetime, dollars: float | None,
-                            error: str | None) -> None:
-        require(status, DIGEST_STATUSES, "digest status")
-        values = [status, to_iso(at), dollars, error, to_iso(end)]
-        await self._write(lambda db: db.conn.execute(FINISH_DIGEST, values))
-
-
-def _mark_seen(db: sqlite_utils.Database, platform: str, event_id: str, at: str) -> bool:
-    """Remember an inbound event id: True the first time, False for a duplicate."""
-    cursor = db.conn.execute("INSERT OR IGNORE INTO seen_events (platform, event_id, seen_at) VALUES (?, ?, ?)",
-                             (platform, event_id, at))
-    return cursor.rowcount == 1
-
-
-def _channel_preset(db: sqlite_utils.Database, platform: str, chat_id: str) -> str | None:
-    row = db.conn.execute("SELECT preset FROM channel_settings WHERE platform = ? AND chat_id = ?",
-                          (platform, chat_id)).fetchone()
-    return row[0] if row else None
-
 
 _HISTORY_COLUMNS = ("role", "content", "tool_calls", "tool_call_id", "name", "images")
 _HISTORY = f"SELECT {', '.join(_HISTORY_COLUMNS)} FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?"
@@ -619,14 +504,6 @@ def _read_history(db: sqlite_utils.Database, session_id: int, limit: int) -> lis
     return [Message(role, content or "", (), call_id, name) if not calls and not images
             else _message(dict(zip(_HISTORY_COLUMNS, (role, content, calls, call_id, name, images), strict=True)))
             for role, content, calls, call_id, name, images in rows]
-
-
-@dataclass(slots=True)
-class _ProcessLock:
-    name: str
-
-    async def stop(self) -> None:
-        return None
 
 
 __all__ = [

@@ -40,7 +40,7 @@ async def book(conn: psycopg.AsyncConnection, calls: Sequence[tuple[int, CallRec
         # table's own row type: executemany ran a statement per row (a booking of 5 calls was ~40),
         # about half the client CPU of a stored turn; a multi-row VALUES list is longer than
         # psycopg's query cache takes and was parsed again each time (slower still).
-        await conn.execute(_from_json("model_calls", tuple(names)), [_json_rows(rows)])
+        await conn.execute(_from_json("model_calls", names), [_json_rows(rows)])
         sums = rollups.rollup_rows(rows, booked)
         await conn.execute(_UPSERT_ROLLUPS, [_json_rows([dict(zip(rollups.COLUMNS, row, strict=True)) for row in sums])])
 
@@ -53,8 +53,7 @@ def _from_json(table: str, columns: tuple[str, ...]) -> str:
             "WITH ORDINALITY AS r ORDER BY r.ordinality")
 
 
-_UPSERT_ROLLUPS = _from_json("cost_rollups", rollups.COLUMNS) + postgres_dialect(
-    rollups.UPSERT[rollups.UPSERT.index(" ON CONFLICT"):])
+_UPSERT_ROLLUPS = _from_json("cost_rollups", rollups.COLUMNS) + postgres_dialect(rollups.ON_CONFLICT_ADD)
 
 
 def _json_rows(rows: Sequence[dict[str, Any]]) -> str:

@@ -48,11 +48,10 @@ SUMS = ("calls", "turns", "model_turns", "dollars", "unpriced", *TOKENS)
 COLUMNS = ("grain", "span", "bucket", *KEY, *SUMS)
 
 # Portable SQL (gateway.storage.contract): SQLite and PostgreSQL share ON CONFLICT ... excluded.
-UPSERT = (
-    f"INSERT INTO cost_rollups ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-    f"ON CONFLICT (grain, span, bucket, {', '.join(KEY)}) DO UPDATE SET "
-    + ", ".join(f"{c} = cost_rollups.{c} + excluded.{c}" for c in SUMS)
-)
+# Every write of the rollups ends so: a new row's sums are added to the rollup row already there.
+ON_CONFLICT_ADD = (f" ON CONFLICT (grain, span, bucket, {', '.join(KEY)}) DO UPDATE SET "
+                   + ", ".join(f"{c} = cost_rollups.{c} + excluded.{c}" for c in SUMS))
+UPSERT = f"INSERT INTO cost_rollups ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})" + ON_CONFLICT_ADD
 
 
 def prior_models_sql(count: int) -> str:
@@ -183,8 +182,7 @@ UPSERT_ROWS_AFTER = (
                           f"{', '.join(SUMS)} FROM new_rows",
                           *(_summed(g, span, f"{g}_hours") for g in _NARROW for span in SPANS[g])])
     # WHERE true: without it SQLite would read ON CONFLICT as a join's ON (its documented ambiguity).
-    + f") WHERE true ON CONFLICT (grain, span, bucket, {', '.join(KEY)}) DO UPDATE SET "
-    + ", ".join(f"{c} = cost_rollups.{c} + excluded.{c}" for c in SUMS)
+    + ") WHERE true" + ON_CONFLICT_ADD
 )
 assert all(SPANS[g] == ("day", "hour") for g in _NARROW) and SPANS["call"] == ("day",)
 
@@ -203,8 +201,7 @@ UPSERT_EACH_ROW_AFTER = (
     f"INSERT INTO cost_rollups ({', '.join(COLUMNS)}) SELECT g.grain, g.span, substr(n.bucket, 1, g.width), "
     + ", ".join(f"CASE WHEN g.keeps_{c} THEN n.{c} ELSE '' END" for c in KEY) + ", "
     + ", ".join(f"n.{c}" for c in SUMS)
-    + f" FROM new_rows n CROSS JOIN g WHERE true ON CONFLICT (grain, span, bucket, {', '.join(KEY)}) DO UPDATE SET "
-    + ", ".join(f"{c} = cost_rollups.{c} + excluded.{c}" for c in SUMS)
+    + " FROM new_rows n CROSS JOIN g WHERE true" + ON_CONFLICT_ADD
 )
 
 
@@ -228,6 +225,6 @@ def stored_sql(grain: str, span: str) -> str:
             f"WHERE grain = '{grain}' AND span = '{span}'")
 
 
-__all__ = ["BACKFILL", "COLUMNS", "GRAINS", "KEY", "SPANS", "SPAN_WIDTH", "SUMS", "TOKENS", "UPSERT", "UPSERT_EACH_ROW_AFTER",
+__all__ = ["BACKFILL", "COLUMNS", "GRAINS", "KEY", "ON_CONFLICT_ADD", "SPANS", "SPAN_WIDTH", "SUMS", "TOKENS", "UPSERT", "UPSERT_EACH_ROW_AFTER",
            "UPSERT_ROWS_AFTER", "EACH_ROW_UP_TO", "expected_sql",
            "prior_models_sql", "rollup_rows", "stored_sql"]

@@ -20,8 +20,8 @@ late row in any of those days raises the count and the summary is computed again
 DELETE + INSERT in one transaction). A row that commits between the count and the computation
 only makes the seal too low: recomputed next time, never wrong. `raw_rows_only()` reads none.
 
-The writes go through the store's writer (SQLite: `Store.run`, the writer thread's batch;
-PostgreSQL: `execute_many`, one transaction); one that fails is logged and the digest reads the
+The writes go through the store's writer (`Storage.execute_many`, one transaction: on SQLite
+a job of the writer thread's batch); one that fails is logged and the digest reads the
 rollups instead. Nothing of the booking path changes: no rollup row is written per call.
 """
 
@@ -105,18 +105,9 @@ def _blocks(first: datetime, after: datetime, sealed_before: datetime) -> list[t
 
 
 async def execute_many(store: Storage, steps: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-    """Portable statements, each run for every one of its parameter rows, in one transaction of
-    the store's writer."""
-    if store.backend == "sqlite":
-        from gateway.storage.contract import sqlite_dialect
-
-        def work(db: Any) -> None:
-            for sql, rows in steps:
-                db.conn.executemany(sqlite_dialect(sql), rows)
-
-        await store.run(work)  # type: ignore[attr-defined]
-    else:
-        await store.execute_many(steps)  # type: ignore[attr-defined]
+    """The summaries' writes: `steps` in one transaction of the store's writer (tests replace
+    this to make the writes fail)."""
+    await store.execute_many(steps)
 
 
 class Sealing:

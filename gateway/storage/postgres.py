@@ -165,8 +165,7 @@ class PostgresStore(ReplicaCoordination):
                 return list(await cursor.fetchall())
 
     async def execute_many(self, steps: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-        """Portable statements, each run for every one of its parameter rows, in ONE transaction
-        (the cost summaries `gateway.costs.summaries` keeps; SQLite's `Store.run` does the same)."""
+        """Portable statements, each run for every one of its parameter rows, in ONE transaction."""
         async with self._connection() as conn, conn.transaction(), conn.cursor() as cursor:
             for sql, rows in steps:
                 if rows:

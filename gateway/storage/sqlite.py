@@ -135,6 +135,15 @@ class Store(SmallTables):
             raise RuntimeError("store is closed")
         return await self._writer.submit(fn)
 
+    async def execute_many(self, steps: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Portable statements, each run for every one of its parameter rows, in ONE writer job."""
+
+        def work(db: sqlite_utils.Database) -> None:
+            for sql, rows in steps:
+                db.conn.executemany(sqlite_dialect(sql), rows)
+
+        await self.run(work)
+
     async def _write(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         """`run` for the store's own write functions (they do not read the cost rollups, so the
         batch's summed rollup upserts need not be written before them)."""

@@ -114,7 +114,7 @@ async def bench_storage(directory: Path, figures: Figures) -> None:
     book = CallBook(store)
     first = 0  # event ids (and so turns) never repeat across the runs
     for concurrency, total, shape in ((1, 1000, ""), (50, 3000, ""), (50, 3000, "_old_shape")):
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu, writer_cpu = time.perf_counter(), time.process_time(), store.writer_cpu_s
         for batch in range(first, first + total, concurrency):
             if shape:
                 await asyncio.gather(*(stored_turn(store, batch + i) for i in range(concurrency)))
@@ -126,11 +126,45 @@ async def bench_storage(directory: Path, figures: Figures) -> None:
         # CPU of the whole process (loop, writer and reader threads) per turn: steadier than
         # turns/s on a machine shared with other work.
         cpu_us = (time.process_time() - cpu) / total * 1e6
+        # The writer thread's own CPU per turn (its statements and write functions, not the
+        # event loop's part): the most turns per second its one thread could store, were nothing
+        # else in the process.
+        writer_us = (store.writer_cpu_s - writer_cpu) / total * 1e6
         figures[f"stored_turns_per_s_{concurrency}{shape}"] = total / elapsed
         figures[f"stored_turn_cpu_us_{concurrency}{shape}"] = cpu_us
+        figures[f"writer_cpu_us_per_turn_{concurrency}{shape}"] = writer_us
+        figures[f"writer_bound_turns_per_s_{concurrency}{shape}"] = 1e6 / writer_us
         print(f"stored turns (5 call rows each), {concurrency:>2} at a time: {total / elapsed:8.0f} turns/s, "
-              f"{cpu_us:4.0f} us CPU per turn" + ("  (the sequence measured until session 7)" if shape else ""))
+              f"{cpu_us:4.0f} us CPU per turn, of which the writer thread {writer_us:4.0f} us "
+              f"(at most {1e6 / writer_us:5.0f} turns/s on its one thread)"
+              + ("  (the sequence measured until session 7)" if shape else ""))
+    await bench_long_session(store, figures)
     await store.close()
+
+
+async def bench_long_session(store: Store, figures: Figures, messages: int = 400) -> None:
+    """The writer's CPU for a question and its answer in a session of `messages` messages (one
+    at a time): the history is read in the question's writer job, which every write waits behind."""
+    counter = iter(range(10**9))
+
+    async def turn(prompt: str) -> None:
+        n = next(counter)
+        taken = await store.take_question(platform="bench", event_id=f"long{n}", chat_id="long", thread_id=None,
+                                          user_id="u", user_name="u", message_id=f"long{n}", prompt=prompt,
+                                          queued=False, preset_of=lambda stored: "p")
+        assert taken is not None
+        await store.complete_turn(taken.turn_id, status="done", answer="a" * 600, cost_usd=0.0,
+                                  messages=[Message("assistant", "a" * 600)], delivery=None)
+
+    for _ in range(messages // 2):
+        await turn("q" * 300)
+    writer_cpu = store.writer_cpu_s
+    for _ in range(200):
+        await turn("question")
+    writer_us = (store.writer_cpu_s - writer_cpu) / 200 * 1e6
+    figures["writer_cpu_us_per_turn_long_session"] = writer_us
+    print(f"a turn in a session of {messages}+ messages, one at a time: {writer_us:4.0f} us of the writer thread's CPU "
+          "(question with its history, answer)")
 
 
 async def bench_sessions(directory: Path, url: str, figures: Figures, sessions: int = 200,

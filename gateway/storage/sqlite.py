@@ -44,7 +44,6 @@ from gateway.storage.contract import (
 )
 from gateway.storage.contract import call_values as _call_row
 from gateway.storage.contract import delivery as _delivery
-from gateway.storage.contract import message as _message
 from gateway.storage.contract import message_values as _message_row
 from gateway.storage.contract import turn_row as _turn_row
 from gateway.storage.sqlite_connect import (
@@ -61,6 +60,7 @@ from gateway.storage.sqlite_connect import (
     open_session,
     turn_columns,
 )
+from gateway.storage.sqlite_history import HistoryCache, history_rows, read_history
 from gateway.storage.sqlite_small_tables import SmallTables, channel_preset_of, mark_seen_in
 from gateway.storage.sqlite_threads import DbThread, run_reads, run_writes
 from moa_core.clock import Clock
@@ -98,6 +98,8 @@ class Store(SmallTables):
         # start committed and never changed after: a booking or completion then reads no turn
         # row in the writer. Dropped when the turn ends; bounded in case a turn never does.
         self._turn_keys: dict[int, dict[str, Any]] = {}
+        # Per chat, the history its last question read: the next one reads only what came since.
+        self._histories = HistoryCache()
 
     @classmethod
     async def open(cls, path: str | Path, clock: Clock, *, lease_s: float = DEFAULT_LEASE_S,
@@ -126,6 +128,12 @@ class Store(SmallTables):
             await self._writer.stop()
         finally:
             await self._reader.stop()
+
+    @property
+    def writer_cpu_s(self) -> float:
+        """CPU seconds the writer thread has spent running batches so far (benchmarks,
+        diagnostics): the store's own work per write, apart from the event loop's."""
+        return self._writer.cpu_s
 
     async def run(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         """Run `fn(db)` in the writer thread, inside the transaction of its batch (its own
@@ -193,6 +201,7 @@ class Store(SmallTables):
     async def new_session(self, platform: str, chat_id: str, thread_id: str | None) -> int:
         """Close the open session of this chat and thread (if any) and open another."""
         at, thread = self._now(), thread_key(thread_id)
+        self._histories.forget((platform, chat_id, thread))
 
         def work(db: sqlite_utils.Database) -> int:
             db.conn.execute(
@@ -207,7 +216,7 @@ class Store(SmallTables):
     async def history(self, session_id: int, limit: int = 500) -> list[Message]:
         """The last `limit` messages of a session, oldest first (a started turn's prompt included)."""
 
-        return await self.read(lambda db: _read_history(db, session_id, limit))
+        return await self.read(lambda db: history_rows(db, session_id, limit))
 
     # Turns and model calls ------------------------------------------------------------------
 
@@ -268,14 +277,19 @@ class Store(SmallTables):
         session's later messages behind it), so nothing writes to its session before it runs."""
         work = self._start_turn_work(**turn)
         session_id = turn["session_id"]
+        chat = (turn["platform"], turn["chat_id"], thread_key(turn["thread_id"]))
+        known = self._histories.get(chat)
 
-        def with_history(db: sqlite_utils.Database) -> tuple[int, list[Message] | None]:
+        def with_history(db: sqlite_utils.Database) -> tuple[int, Any]:
             turn_id = work(db)
-            return turn_id, None if turn.get("queued") else _read_history(db, session_id, limit)
+            return turn_id, None if turn.get("queued") else read_history(db, session_id, limit, known)
 
-        turn_id, history = await self._write(with_history)
+        turn_id, read = await self._write(with_history)
         self._keep_turn_keys(turn_id, session_id, turn["platform"], turn["chat_id"], turn["user_id"], turn["preset"])
-        return turn_id, history
+        if read is None:
+            return turn_id, None
+        self._histories.keep(chat, read[1])  # committed: what it read stands
+        return turn_id, read[0]
 
     async def begin_turn(self, turn_id: int) -> None:
         """A queued turn starts: marked running, its user message stored, in one transaction."""
@@ -481,8 +495,12 @@ class Store(SmallTables):
         turn stored running has nothing of its session written before it runs (the gateway's
         lanes queue later messages behind it), so the history read here is the one it runs with."""
         at, thread = self._now(), thread_key(thread_id)
+        chat = (platform, chat_id, thread)
+        known = self._histories.get(chat)
+        remembered: list[Any] = []  # what the job read of the history, for the next question
 
         def work(db: sqlite_utils.Database) -> TakenQuestion | None:
+            remembered.clear()  # a batch that is run again runs its jobs again
             if not mark_seen_in(db, platform, event_id, at):
                 return None
             session_id = find_open_session(db, platform, chat_id, thread)
@@ -492,28 +510,18 @@ class Store(SmallTables):
             turn_id = self._start_turn_work(session_id=session_id, platform=platform, chat_id=chat_id,
                                             thread_id=thread_id, event_id=event_id, preset=preset,
                                             queued=queued, **turn)(db)
-            return TakenQuestion(turn_id, session_id, preset, queued,
-                                 None if queued else _read_history(db, session_id, limit))
+            if queued:
+                return TakenQuestion(turn_id, session_id, preset, queued, None)
+            history, read = read_history(db, session_id, limit, known)
+            remembered.append(read)
+            return TakenQuestion(turn_id, session_id, preset, queued, history)
 
         taken = await self._write(work)
         if taken is not None:
             self._keep_turn_keys(taken.turn_id, taken.session_id, platform, chat_id, turn["user_id"], taken.preset)
+            if remembered:
+                self._histories.keep(chat, remembered[0])  # committed: what it read stands
         return taken
-
-_HISTORY_COLUMNS = ("role", "content", "tool_calls", "tool_call_id", "name", "images")
-_HISTORY = f"SELECT {', '.join(_HISTORY_COLUMNS)} FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?"
-
-
-def _read_history(db: sqlite_utils.Database, session_id: int, limit: int) -> list[Message]:
-    # Read in the writer's job of every question (`take_question`), holding the interpreter lock
-    # the event loop needs: a message without tool calls or images (nearly all) is built from
-    # its tuple, the rest by `contract.message` (which gives the plain ones the same value).
-    rows = db.conn.execute(_HISTORY, (session_id, limit)).fetchall()
-    rows.reverse()
-    return [Message(role, content or "", (), call_id, name) if not calls and not images
-            else _message(dict(zip(_HISTORY_COLUMNS, (role, content, calls, call_id, name, images), strict=True)))
-            for role, content, calls, call_id, name, images in rows]
-
 
 __all__ = [
     "BUSY_TIMEOUT_MS",

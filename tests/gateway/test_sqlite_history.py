@@ -1,0 +1,115 @@
+"""A question's history on SQLite: read in its writer job from what the store remembers of the
+chat plus the messages stored since, the same history as a whole read, bounded in memory."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.storage import Store
+from gateway.storage.sqlite_history import HistoryCache, KnownHistory
+from moa_core.values import ImagePart, Message, ToolCall
+from tests.fakes.clock import FakeClock
+
+_events = itertools.count(1)
+
+
+async def ask(store: Store, prompt: str, *, chat: str = "c1", limit: int = 500) -> tuple[int, list[Message]]:
+    n = next(_events)
+    taken = await store.take_question(platform="telegram", event_id=f"e{n}", chat_id=chat, thread_id=None,
+                                      user_id="u1", user_name="Ann", message_id=f"m{n}", prompt=prompt,
+                                      preset_of=lambda stored: "default", limit=limit)
+    assert taken is not None and taken.history is not None
+    return taken.session_id, taken.history
+
+
+async def answer(store: Store, session_id: int, *messages: Message) -> None:
+    turns = await store.query("SELECT MAX(id) FROM turns WHERE session_id = ?", [session_id])
+    await store.complete_turn(turns[0][0], status="done", answer=messages[-1].content, cost_usd=0.0,
+                              messages=list(messages), delivery=None)
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    store = await Store.open(tmp_path / "gw.db", FakeClock())
+    yield store
+    await store.close()
+
+
+async def test_each_question_gets_the_history_a_whole_read_gives(store: Store) -> None:
+    tool_turn = (Message("assistant", "", (ToolCall("t1", "search", '{"q": "x"}'),)),
+                 Message("tool", "found x", tool_call_id="t1", name="search"), Message("assistant", "x it is"))
+    for i in range(12):
+        session, history = await ask(store, f"question {i}", limit=7)
+        assert history == await store.history(session, limit=7)
+        assert history[-1] == Message("user", f"question {i}")
+        await answer(store, session, *(tool_turn if i % 3 == 0 else (Message("assistant", f"answer {i}"),)))
+    session, history = await ask(store, "last", limit=500)  # another limit: read whole
+    assert history == await store.history(session) and len(history) == 12 * 2 + 4 * 2 + 1
+
+
+async def test_a_question_reads_only_the_messages_stored_since_the_last_one(store: Store, tmp_path: Path) -> None:
+    session, _ = await ask(store, "first")
+    await answer(store, session, Message("assistant", "one"))
+    # Stored messages are never changed; were one changed behind the store's back, only a whole
+    # read would see it: proof that the question reads what is new, not everything.
+    with sqlite3.connect(tmp_path / "gw.db") as db:
+        db.execute("UPDATE messages SET content = 'edited' WHERE content = 'first'")
+    _, history = await ask(store, "second")
+    assert [m.content for m in history] == ["first", "one", "second"]
+    assert [m.content for m in await store.history(session)] == ["edited", "one", "second"]
+
+
+async def test_messages_another_connection_stored_are_read(store: Store, tmp_path: Path) -> None:
+    session, _ = await ask(store, "first")
+    await answer(store, session, Message("assistant", "one"))
+    with sqlite3.connect(tmp_path / "gw.db") as db:  # e.g. `moa-gateway ask` beside `run`, same file
+        db.execute("INSERT INTO messages (session_id, role, content, created_at) VALUES (?, 'assistant', 'aside', ?)",
+                    (session, "2026-01-01T00:00:00.000000+00:00"))
+    _, history = await ask(store, "second")
+    assert [m.content for m in history] == ["first", "one", "aside", "second"]
+
+
+async def test_a_new_session_starts_a_new_history(store: Store) -> None:
+    session, _ = await ask(store, "first")
+    await answer(store, session, Message("assistant", "one"))
+    await store.new_session("telegram", "c1", None)
+    other, history = await ask(store, "fresh")
+    assert other != session and [m.content for m in history] == ["fresh"]
+    # ... and a chat's history is its own
+    _, elsewhere = await ask(store, "hello", chat="c2")
+    assert [m.content for m in elsewhere] == ["hello"]
+
+
+async def test_a_started_turn_with_history_reads_only_what_is_new_too(store: Store, tmp_path: Path) -> None:
+    session, _ = await ask(store, "first")
+    await answer(store, session, Message("assistant", "one"))
+    with sqlite3.connect(tmp_path / "gw.db") as db:
+        db.execute("UPDATE messages SET content = 'edited' WHERE content = 'first'")
+    image = ImagePart("a.png", "image/png", b"", 2, 2, "ab" * 32)
+    _, history = await store.start_turn_with_history(
+        session_id=session, platform="telegram", chat_id="c1", thread_id=None, user_id="u1", user_name="Ann",
+        event_id="e-files", message_id="m-files", preset="default", prompt="look", images=[image])
+    assert history is not None
+    assert [m.content for m in history] == ["first", "one", "look"] and history[-1].images[0].digest == "ab" * 32
+
+
+def known(session: int, chars: int) -> KnownHistory:
+    return KnownHistory(session, 500, session, (Message("user", "x" * chars),), chars)
+
+
+def test_the_cache_is_bounded_by_chats_and_characters() -> None:
+    cache = HistoryCache(max_chats=3, max_chars=100)
+    for i in range(5):
+        cache.keep(("t", str(i), ""), known(i, 10))
+    assert len(cache) == 3 and cache.get(("t", "0", "")) is None and cache.get(("t", "4", "")) is not None
+    cache.keep(("t", "5", ""), known(5, 90))  # over the characters: the oldest go first
+    assert cache.chars <= 100 and cache.get(("t", "5", "")) is not None and cache.get(("t", "2", "")) is None
+    cache.keep(("t", "6", ""), known(6, 101))  # larger than the whole cache: not kept
+    assert cache.get(("t", "6", "")) is None and cache.chars <= 100
+    cache.keep(("t", "5", ""), known(5, 20))  # replaced: counted once
+    cache.forget(("t", "4", ""))
+    assert cache.chars == 20 and len(cache) == 1

@@ -79,9 +79,10 @@ def _chars(message: Message) -> int:
 
 class HistoryCache:
     """The `KnownHistory` of recently active chats, least recently used dropped first, within a
-    number of chats and of characters. Touched by the event loop only."""
+    number of chats and of characters (8 million: about 8 MB of text, more only for text outside
+    ASCII; a chat dropped reads its history whole once). Touched by the event loop only."""
 
-    def __init__(self, max_chats: int = 2048, max_chars: int = 16_000_000):
+    def __init__(self, max_chats: int = 2048, max_chars: int = 8_000_000):
         self._max_chats = max_chats
         self._max_chars = max_chars
         self._entries: OrderedDict[ChatKey, KnownHistory] = OrderedDict()

@@ -35,7 +35,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -442,6 +442,19 @@ def images_from_json(text: str | None) -> tuple[ImagePart, ...]:
         ImagePart(d["name"], d["media_type"], b"", d.get("width"), d.get("height"), d.get("sha256") or "")
         for d in json.loads(text or "[]")
     )
+
+
+# A history read's columns, in the order `messages_of` takes them.
+MESSAGE_COLUMNS = ("role", "content", "tool_calls", "tool_call_id", "name", "images")
+
+
+def messages_of(rows: Iterable[Sequence[Any]]) -> list[Message]:
+    """Messages from rows of `MESSAGE_COLUMNS`, in their order. A question reads up to 500 of
+    them: nearly every one has no tool calls and no images and is built from its tuple at once,
+    the rest by `message` (which gives the plain ones the same value)."""
+    return [Message(role, content or "", (), call_id, name) if not calls and not images
+            else message(dict(zip(MESSAGE_COLUMNS, (role, content, calls, call_id, name, images), strict=True)))
+            for role, content, calls, call_id, name, images in rows]
 
 
 def message(row: dict[str, Any]) -> Message:

@@ -33,6 +33,7 @@ from gateway.storage.contract import (
     DELIVERY_STATUSES,
     DIGEST_STATUSES,
     FINISH_DIGEST,
+    MESSAGE_COLUMNS,
     TURN_STATUSES,
     DigestState,
     LeaseLost,
@@ -40,8 +41,8 @@ from gateway.storage.contract import (
     TurnRow,
     from_iso,
     ledger_values,
-    message,
     message_values,
+    messages_of,
     new_replica_id,
     postgres_dialect,
     require,
@@ -68,8 +69,7 @@ log = logging.getLogger(__name__)
 POOL_MAX = 16
 
 
-_MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name", "images")
-_MESSAGE_COLUMNS = "session_id, turn_id, " + ", ".join(_MESSAGE_FIELDS) + ", created_at"
+_MESSAGE_COLUMNS = "session_id, turn_id, " + ", ".join(MESSAGE_COLUMNS) + ", created_at"
 # Statements that more than one method sends, alone or inside a larger one.
 _MARK_SEEN = "INSERT INTO seen_events (platform, event_id, seen_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 _OPEN_SESSION = ("SELECT id FROM sessions WHERE platform = %s AND chat_id = %s AND thread_id = %s "
@@ -219,10 +219,10 @@ class PostgresStore(ReplicaCoordination):
 
     async def history(self, session_id: int, limit: int = 500) -> list[Message]:
         """The last `limit` messages of a session, oldest first (a started turn's prompt included)."""
-        rows = await self.query(
-            "SELECT * FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?", [session_id, limit], dicts=True
-        )
-        return [message(row) for row in reversed(rows)]
+        rows = await self.query(f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE session_id = ? "
+                                "ORDER BY id DESC LIMIT ?", [session_id, limit])
+        rows.reverse()
+        return messages_of(rows)
 
     # Turns and model calls ------------------------------------------------------------------
 
@@ -331,7 +331,7 @@ class PostgresStore(ReplicaCoordination):
                 "m.tool_calls, m.tool_call_id, m.name, m.images, %s FROM t, unnest(%s::text[], %s::text[], "
                 "%s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY "
                 "AS m(role, content, tool_calls, tool_call_id, name, images, n) ORDER BY m.n)")
-            params += [at, *([r[c] for r in rows] for c in _MESSAGE_FIELDS)]
+            params += [at, *([r[c] for r in rows] for c in MESSAGE_COLUMNS)]
         if delivery is not None:
             ledger = ledger_values(turn_id, *delivery, at, lease=(owner, until))
             del ledger["turn_id"]

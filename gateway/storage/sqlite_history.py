@@ -24,13 +24,12 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from gateway.storage.contract import message as _message
+from gateway.storage.contract import MESSAGE_COLUMNS, messages_of
 from moa_core.values import Message
 
 ChatKey = tuple[str, str, str]  # platform, chat id, thread key
 
-_COLUMNS = ("id", "role", "content", "tool_calls", "tool_call_id", "name", "images")
-_SINCE = (f"SELECT {', '.join(_COLUMNS)} FROM messages WHERE session_id = ? AND id > ? "
+_SINCE = (f"SELECT id, {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE session_id = ? AND id > ? "
           "ORDER BY id DESC LIMIT ?")
 
 
@@ -55,11 +54,7 @@ def read_history(db: sqlite_utils.Database, session_id: int, limit: int,
     if not rows and known is not None:
         return list(known.messages), known
     rows.reverse()
-    # Nearly every message has no tool calls and no images: built from its tuple at once, the
-    # rest by `contract.message` (which gives the plain ones the same value).
-    new = [Message(role, content or "", (), call_id, name) if not calls and not images
-           else _message(dict(zip(_COLUMNS[1:], (role, content, calls, call_id, name, images), strict=True)))
-           for _, role, content, calls, call_id, name, images in rows]
+    new = messages_of(row[1:] for row in rows)
     chars = sum(map(_chars, new))
     if known is None:
         messages = new

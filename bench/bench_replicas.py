@@ -17,7 +17,12 @@ MOA_TEST_POSTGRES_URL or the one shown).
    final answer delivered minus the engine's run_turn. Two replicas = two Gateways on one
    database, 100 sessions each.
 
-3. Round trips to PostgreSQL of one stored turn (as in 1, in a chat's open session; the bookings
+3. A session's history of 500 messages read whole (`Storage.history`), process CPU per read:
+   on PostgreSQL every question's history is read so, on the event loop's thread; on SQLite a
+   question reads only what is new since the chat's last one (gateway/storage/sqlite_history.py),
+   and this read is a queued turn's, in the reader thread.
+
+4. Round trips to PostgreSQL of one stored turn (as in 1, in a chat's open session; the bookings
    of one turn's 5 calls, which a busy gateway shares with other turns, counted whole), counted
    in libpq's protocol trace:
    each Sync (extended protocol) or Query (simple protocol) the client sends ends one.
@@ -80,6 +85,26 @@ async def storage(database: str, replicas: int, total: int = 3000, concurrency: 
     finally:
         for store in stores:
             await store.close()
+
+
+async def history_read(database: str, messages: int = 500, reads: int = 100) -> float:
+    """Process CPU ms of one whole read of a session's history of `messages` messages
+    (`Storage.history`: a queued turn's, and every question's on PostgreSQL)."""
+    store = await open_store(database, SystemClock())
+    try:
+        session = await store.new_session("bench", "history", None)
+        rows = [(session, "user" if i % 2 == 0 else "assistant", "q" * 300 if i % 2 == 0 else "a" * 600,
+                 "2026-01-01T00:00:00.000000+00:00") for i in range(messages)]
+        await store.execute_many([("INSERT INTO messages (session_id, role, content, created_at) VALUES (?, ?, ?, ?)",
+                                   rows)])
+        for _ in range(10):
+            assert len(await store.history(session)) == messages
+        cpu = time.process_time()
+        for _ in range(reads):
+            await store.history(session)
+        return (time.process_time() - cpu) / reads * 1000
+    finally:
+        await store.close()
 
 
 async def sessions(directory: Path, database: str, url: str, replicas: int) -> tuple[float, float]:
@@ -208,6 +233,10 @@ async def main(as_json: bool, server: str) -> None:
                 figures[f"{label}_added_p95_ms_{SESSIONS}"] = p95
                 print(f"{label:>6}: {rate:6.0f} stored turns/s (50 at a time); {SESSIONS} sessions: gateway-added "
                       f"p50 {p50:.0f} ms, p95 {p95:.0f} ms")
+                if replicas == 1:
+                    history_ms = await history_read(database)
+                    figures[f"{label}_history_500_cpu_ms"] = history_ms
+                    print(f"{label:>6}: a 500-message history read whole: {history_ms:.2f} ms of CPU")
             truncate(pg)
             trips = await round_trips(pg)
             figures["pg_round_trips_per_stored_turn"] = trips

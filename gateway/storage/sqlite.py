@@ -10,6 +10,9 @@ lock; what must be all-or-nothing (a finished turn with its messages and ledger 
 
 Times come from the injected clock (or are passed in, aware) and are stored as UTC ISO-8601
 text of fixed width, so comparing the text compares the times.
+
+Parts of `Store` live beside it: its small tables (`sqlite_small_tables`), its reads
+(`sqlite_reads`) and what it remembers of each chat's history (`sqlite_history`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ from gateway.storage.contract import (
     turn_values,
 )
 from gateway.storage.contract import call_values as _call_row
-from gateway.storage.contract import delivery as _delivery
 from gateway.storage.contract import message_values as _message_row
 from gateway.storage.contract import turn_row as _turn_row
 from gateway.storage.sqlite_connect import (
@@ -60,7 +62,8 @@ from gateway.storage.sqlite_connect import (
     open_session,
     turn_columns,
 )
-from gateway.storage.sqlite_history import HistoryCache, history_rows, read_history
+from gateway.storage.sqlite_history import HistoryCache, read_history
+from gateway.storage.sqlite_reads import Reads
 from gateway.storage.sqlite_small_tables import SmallTables, channel_preset_of, mark_seen_in
 from gateway.storage.sqlite_threads import DbThread, run_reads, run_writes
 from moa_core.clock import Clock
@@ -72,7 +75,7 @@ _connect = connect_writer  # the name tests and older callers use
 _TURN_KEYS_KEPT = 4096  # more turns than a gateway runs at once
 
 
-class Store(SmallTables):
+class Store(SmallTables, Reads):
     """Async access to the gateway's SQLite file through a writer and a reader thread (the
     embedded backend of `gateway.storage.contract.Storage`)."""
 
@@ -172,16 +175,6 @@ class Store(SmallTables):
     def _lease(self) -> tuple[str, str]:
         return self.replica, to_iso(self._clock.now() + timedelta(seconds=self.lease_s))
 
-    async def query(self, sql: str, params: Sequence[Any] = (), *, dicts: bool = False) -> list[Any]:
-        """One read of portable SQL (see `gateway.storage.contract`): tuples, or dicts."""
-        statement, values = sqlite_dialect(sql), list(params)
-
-        def work(db: sqlite_utils.Database) -> list[Any]:
-            cursor = db.conn.execute(statement, values)
-            return dict_rows(cursor) if dicts else [tuple(row) for row in cursor.fetchall()]
-
-        return await self.read(work)
-
     # Sessions and history -------------------------------------------------------------------
 
     async def active_session(self, platform: str, chat_id: str, thread_id: str | None) -> int:
@@ -212,11 +205,6 @@ class Store(SmallTables):
             return open_session(db, platform, chat_id, thread, at)
 
         return await self._write(work)
-
-    async def history(self, session_id: int, limit: int = 500) -> list[Message]:
-        """The last `limit` messages of a session, oldest first (a started turn's prompt included)."""
-
-        return await self.read(lambda db: history_rows(db, session_id, limit))
 
     # Turns and model calls ------------------------------------------------------------------
 
@@ -397,15 +385,6 @@ class Store(SmallTables):
 
         await self._write(work)
 
-    async def unfinished_turns(self) -> list[TurnRow]:
-        """Turns still queued or running, oldest first: after a restart, the ones a crash cut."""
-
-        def work(db: sqlite_utils.Database) -> list[TurnRow]:
-            query = "SELECT * FROM turns WHERE status IN ('queued', 'running') ORDER BY id"
-            return [_turn_row(r) for r in dict_rows(db.conn.execute(query))]
-
-        return await self.read(work)
-
     async def claim_cut_turns(self) -> list[TurnRow]:
         """Unfinished turns another store wrote (on SQLite: a process that has ended), now ours."""
         owner, until = self._lease()
@@ -433,29 +412,6 @@ class Store(SmallTables):
 
         return await self._write(work)
 
-    async def recent_turn_costs(self, platform: str, user_id: str, preset: str, limit: int = 5) -> list[float]:
-        """Known dollars of this user's last `limit` finished turns with `preset` (any chat),
-        newest first: what the budget check expects the user's next turn to cost."""
-
-        def work(db: sqlite_utils.Database) -> list[float]:
-            rows = db.conn.execute(
-                "SELECT cost_usd FROM turns WHERE platform = ? AND user_id = ? AND preset = ? "
-                "AND status = 'done' AND cost_usd IS NOT NULL ORDER BY id DESC LIMIT ?",
-                (platform, user_id, preset, limit),
-            ).fetchall()
-            return [float(row[0]) for row in rows]
-
-        return await self.read(work)
-
-    async def turn(self, turn_id: int) -> TurnRow | None:
-        """One stored turn, or None."""
-
-        def work(db: sqlite_utils.Database) -> TurnRow | None:
-            rows = dict_rows(db.conn.execute("SELECT * FROM turns WHERE id = ?", (turn_id,)))
-            return _turn_row(rows[0]) if rows else None
-
-        return await self.read(work)
-
     # The delivery ledger --------------------------------------------------------------------
 
     async def mark_delivery(self, delivery_id: int, status: str, message_ids: Sequence[str] = ()) -> None:
@@ -474,15 +430,6 @@ class Store(SmallTables):
                 raise KeyError(f"no delivery {delivery_id}")
 
         await self._write(work)
-
-    async def pending_deliveries(self) -> list[Delivery]:
-        """Ledger rows not yet sent (pending, or sending when a crash came), oldest first."""
-
-        def work(db: sqlite_utils.Database) -> list[Delivery]:
-            cursor = db.conn.execute("SELECT * FROM deliveries WHERE status IN ('pending', 'sending') ORDER BY id")
-            return [_delivery(r) for r in dict_rows(cursor)]
-
-        return await self.read(work)
 
     # Inbound de-duplication, channel settings, refusal notices ------------------------------
 

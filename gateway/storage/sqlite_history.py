@@ -41,13 +41,15 @@ class KnownHistory:
     limit: int
     last_id: int
     messages: tuple[Message, ...]
-    chars: int  # of the messages' text: what the cache's bound counts
+    size: int  # about how many bytes the messages take: what the cache's bound counts
 
 
 def read_history(db: sqlite_utils.Database, session_id: int, limit: int,
                  known: KnownHistory | None = None) -> tuple[list[Message], KnownHistory]:
     """The last `limit` messages of a session, oldest first, and what to remember of them:
     given `known` of this session and limit, only the messages stored after it are read."""
+    if limit < 0:  # SQLite would read all (LIMIT -1), PostgreSQL refuse: refused alike
+        raise ValueError(f"a history limit cannot be negative (got {limit})")
     if known is not None and (known.session_id != session_id or known.limit != limit):
         known = None
     rows = db.conn.execute(_SINCE, (session_id, known.last_id if known else 0, limit)).fetchall()
@@ -55,33 +57,39 @@ def read_history(db: sqlite_utils.Database, session_id: int, limit: int,
         return list(known.messages), known
     rows.reverse()
     new = messages_of(row[1:] for row in rows)
-    chars = sum(map(_chars, new))
+    size = sum(map(_size, new))
     if known is None:
         messages = new
     else:
         messages = [*known.messages, *new]
-        chars += known.chars
+        size += known.size
         if len(messages) > limit:
             cut = len(messages) - limit
-            chars -= sum(map(_chars, messages[:cut]))
+            size -= sum(map(_size, messages[:cut]))
             messages = messages[cut:]
-    return messages, KnownHistory(session_id, limit, rows[-1][0] if rows else 0, tuple(messages), chars)
+    return messages, KnownHistory(session_id, limit, rows[-1][0] if rows else 0, tuple(messages), size)
 
 
-def _chars(message: Message) -> int:
-    return len(message.content) + sum(len(c.arguments) for c in message.tool_calls)
+# A message's objects (the Message, its strings' headers, the tuple slot) beside its text: a
+# history of many short messages is bounded too.
+_MESSAGE_OVERHEAD = 200
+
+
+def _size(message: Message) -> int:
+    return _MESSAGE_OVERHEAD + len(message.content) + sum(len(c.arguments) for c in message.tool_calls)
 
 
 class HistoryCache:
     """The `KnownHistory` of recently active chats, least recently used dropped first, within a
-    number of chats and of characters (8 million: about 8 MB of text, more only for text outside
-    ASCII; a chat dropped reads its history whole once). Touched by the event loop only."""
+    number of chats and of bytes (about: text as one byte a character, more only outside ASCII,
+    and each message's objects; a chat dropped reads its history whole once). Touched by the
+    event loop only."""
 
-    def __init__(self, max_chats: int = 2048, max_chars: int = 8_000_000):
+    def __init__(self, max_chats: int = 2048, max_bytes: int = 16_000_000):
         self._max_chats = max_chats
-        self._max_chars = max_chars
+        self._max_bytes = max_bytes
         self._entries: OrderedDict[ChatKey, KnownHistory] = OrderedDict()
-        self._chars = 0
+        self._bytes = 0
 
     def get(self, chat: ChatKey) -> KnownHistory | None:
         return self._entries.get(chat)
@@ -89,26 +97,26 @@ class HistoryCache:
     def keep(self, chat: ChatKey, known: KnownHistory) -> None:
         old = self._entries.pop(chat, None)
         if old is not None:
-            self._chars -= old.chars
-        if known.chars > self._max_chars:
+            self._bytes -= old.size
+        if known.size > self._max_bytes:
             return  # larger than the whole cache: read again next time
         self._entries[chat] = known
-        self._chars += known.chars
-        while len(self._entries) > self._max_chats or self._chars > self._max_chars:
+        self._bytes += known.size
+        while len(self._entries) > self._max_chats or self._bytes > self._max_bytes:
             _, dropped = self._entries.popitem(last=False)
-            self._chars -= dropped.chars
+            self._bytes -= dropped.size
 
     def forget(self, chat: ChatKey) -> None:
         old = self._entries.pop(chat, None)
         if old is not None:
-            self._chars -= old.chars
+            self._bytes -= old.size
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @property
-    def chars(self) -> int:
-        return self._chars
+    def bytes(self) -> int:
+        return self._bytes
 
 
 def history_rows(db: sqlite_utils.Database, session_id: int, limit: int) -> list[Message]:

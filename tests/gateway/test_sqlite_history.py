@@ -97,19 +97,35 @@ async def test_a_started_turn_with_history_reads_only_what_is_new_too(store: Sto
     assert [m.content for m in history] == ["first", "one", "look"] and history[-1].images[0].digest == "ab" * 32
 
 
-def known(session: int, chars: int) -> KnownHistory:
-    return KnownHistory(session, 500, session, (Message("user", "x" * chars),), chars)
+def known(session: int, size: int) -> KnownHistory:
+    return KnownHistory(session, 500, session, (Message("user", "x"),), size)
 
 
-def test_the_cache_is_bounded_by_chats_and_characters() -> None:
-    cache = HistoryCache(max_chats=3, max_chars=100)
+def test_the_cache_is_bounded_by_chats_and_bytes() -> None:
+    cache = HistoryCache(max_chats=3, max_bytes=100)
     for i in range(5):
         cache.keep(("t", str(i), ""), known(i, 10))
     assert len(cache) == 3 and cache.get(("t", "0", "")) is None and cache.get(("t", "4", "")) is not None
-    cache.keep(("t", "5", ""), known(5, 90))  # over the characters: the oldest go first
-    assert cache.chars <= 100 and cache.get(("t", "5", "")) is not None and cache.get(("t", "2", "")) is None
+    cache.keep(("t", "5", ""), known(5, 90))  # over the bytes: the oldest go first
+    assert cache.bytes <= 100 and cache.get(("t", "5", "")) is not None and cache.get(("t", "2", "")) is None
     cache.keep(("t", "6", ""), known(6, 101))  # larger than the whole cache: not kept
-    assert cache.get(("t", "6", "")) is None and cache.chars <= 100
+    assert cache.get(("t", "6", "")) is None and cache.bytes <= 100
     cache.keep(("t", "5", ""), known(5, 20))  # replaced: counted once
     cache.forget(("t", "4", ""))
-    assert cache.chars == 20 and len(cache) == 1
+    assert cache.bytes == 20 and len(cache) == 1
+
+
+async def test_a_history_of_many_short_messages_counts_their_objects_too(store: Store) -> None:
+    for _ in range(30):
+        session, _ = await ask(store, "?")
+        await answer(store, session, Message("assistant", "!"))
+    entry = store._histories.get(("telegram", "c1", ""))  # type: ignore[attr-defined]
+    assert entry is not None and len(entry.messages) == 59 and entry.size >= 59 * 100
+
+
+async def test_a_negative_limit_is_refused(store: Store) -> None:
+    session, _ = await ask(store, "first")
+    with pytest.raises(ValueError, match="negative"):
+        await ask(store, "second", limit=-1)
+    with pytest.raises(ValueError, match="negative"):
+        await store.history(session, limit=-1)

@@ -19,8 +19,9 @@ MOA_TEST_POSTGRES_URL or the one shown).
 
 3. A session's history of 500 messages read whole (`Storage.history`), process CPU per read:
    on PostgreSQL every question's history is read so, on the event loop's thread; on SQLite a
-   question reads only what is new since the chat's last one (gateway/storage/sqlite_history.py),
-   and this read is a queued turn's, in the reader thread.
+   question, and a queued turn once it begins, read only what is new since what the store
+   remembers of the chat (gateway/storage/sqlite_history.py): a whole read is left for a chat it
+   does not remember (the first question after a start, or one dropped from its bounds).
 
 4. Round trips to PostgreSQL of one stored turn (as in 1, in a chat's open session; the bookings
    of one turn's 5 calls, which a busy gateway shares with other turns, counted whole), counted

@@ -12,8 +12,10 @@ deleted, and SQLite gives a new row an id above every id in the table (an INTEGE
 a table nothing is deleted from), so a session's messages up to an id once read stay exactly
 what was read, and the ones stored since (by this process or another on the same file) are
 those with a higher id. An entry is only ever made from what a committed job read: the event
-loop stores it once the job's future resolved, never from a job that was rolled back, and the
-writer thread only reads an entry it was handed. A feature that deletes or edits messages must
+loop stores it once the job's future resolved, never from a job that was rolled back, and a
+thread only reads an entry it was handed. A queued turn's history (`Store.history`, once the turn
+has begun) is read the same way on the reader's connection, which sees the last commit: a row
+committed later got an id above every id that read saw (one writer at a time holds the file). A feature that deletes or edits messages must
 drop the entries of their chats (`HistoryCache.forget`).
 """
 
@@ -89,27 +91,33 @@ class HistoryCache:
         self._max_chats = max_chats
         self._max_bytes = max_bytes
         self._entries: OrderedDict[ChatKey, KnownHistory] = OrderedDict()
+        self._chat_of: dict[int, ChatKey] = {}  # the session of each entry, back to its chat
         self._bytes = 0
 
     def get(self, chat: ChatKey) -> KnownHistory | None:
         return self._entries.get(chat)
 
+    def of_session(self, session_id: int) -> tuple[ChatKey, KnownHistory] | None:
+        """The chat and entry of a session, if its chat's entry is of that session."""
+        chat = self._chat_of.get(session_id)
+        known = self._entries.get(chat) if chat is not None else None
+        return (chat, known) if chat is not None and known is not None else None
+
     def keep(self, chat: ChatKey, known: KnownHistory) -> None:
-        old = self._entries.pop(chat, None)
-        if old is not None:
-            self._bytes -= old.size
+        self.forget(chat)
         if known.size > self._max_bytes:
             return  # larger than the whole cache: read again next time
         self._entries[chat] = known
+        self._chat_of[known.session_id] = chat
         self._bytes += known.size
         while len(self._entries) > self._max_chats or self._bytes > self._max_bytes:
-            _, dropped = self._entries.popitem(last=False)
-            self._bytes -= dropped.size
+            self.forget(next(iter(self._entries)))
 
     def forget(self, chat: ChatKey) -> None:
         old = self._entries.pop(chat, None)
         if old is not None:
             self._bytes -= old.size
+            del self._chat_of[old.session_id]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -120,7 +128,7 @@ class HistoryCache:
 
 
 def history_rows(db: sqlite_utils.Database, session_id: int, limit: int) -> list[Message]:
-    """The last `limit` messages of a session, read whole (the reader's `Store.history`)."""
+    """The last `limit` messages of a session, read whole."""
     return read_history(db, session_id, limit)[0]
 
 

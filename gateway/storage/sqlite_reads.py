@@ -14,7 +14,7 @@ from gateway.storage.contract import Delivery, TurnRow, sqlite_dialect
 from gateway.storage.contract import delivery as _delivery
 from gateway.storage.contract import turn_row as _turn_row
 from gateway.storage.sqlite_connect import dict_rows
-from gateway.storage.sqlite_history import history_rows
+from gateway.storage.sqlite_history import HistoryCache, history_rows, read_history
 from moa_core.values import Message
 
 
@@ -22,6 +22,7 @@ class Reads:
     """The reads of a `Store` (which provides the reader thread they run on)."""
 
     read: Callable[[Callable[[sqlite_utils.Database], Any]], Awaitable[Any]]
+    _histories: HistoryCache
 
     async def query(self, sql: str, params: Sequence[Any] = (), *, dicts: bool = False) -> list[Any]:
         """One read of portable SQL (see `gateway.storage.contract`): tuples, or dicts."""
@@ -34,9 +35,16 @@ class Reads:
         return await self.read(work)
 
     async def history(self, session_id: int, limit: int = 500) -> list[Message]:
-        """The last `limit` messages of a session, oldest first (a started turn's prompt included),
-        read whole (a question's own history is read with its turn: `Store.take_question`)."""
-        return await self.read(lambda db: history_rows(db, session_id, limit))
+        """The last `limit` messages of a session, oldest first (a started turn's prompt included):
+        a queued turn's, once it begins (a question that runs at once gets its history with its
+        turn: `Store.take_question`). A session its chat's last question read is read from there on."""
+        found = self._histories.of_session(session_id)
+        if found is None:
+            return await self.read(lambda db: history_rows(db, session_id, limit))
+        chat, known = found
+        messages, read = await self.read(lambda db: read_history(db, session_id, limit, known))
+        self._histories.keep(chat, read)
+        return messages
 
     async def unfinished_turns(self) -> list[TurnRow]:
         """Turns still queued or running, oldest first: after a restart, the ones a crash cut."""

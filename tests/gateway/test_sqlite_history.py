@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.storage import Store
-from gateway.storage.sqlite_history import HistoryCache, KnownHistory
+from gateway.storage.sqlite_history import HistoryCache, KnownHistory, history_rows
 from moa_core.values import ImagePart, Message, ToolCall
 from tests.fakes.clock import FakeClock
 
@@ -32,6 +32,11 @@ async def answer(store: Store, session_id: int, *messages: Message) -> None:
                               messages=list(messages), delivery=None)
 
 
+async def whole(store: Store, session_id: int, limit: int = 500) -> list[Message]:
+    """The session's history read whole, as nothing remembered."""
+    return await store.read(lambda db: history_rows(db, session_id, limit))
+
+
 @pytest.fixture
 async def store(tmp_path: Path):
     store = await Store.open(tmp_path / "gw.db", FakeClock())
@@ -44,11 +49,11 @@ async def test_each_question_gets_the_history_a_whole_read_gives(store: Store) -
                  Message("tool", "found x", tool_call_id="t1", name="search"), Message("assistant", "x it is"))
     for i in range(12):
         session, history = await ask(store, f"question {i}", limit=7)
-        assert history == await store.history(session, limit=7)
+        assert history == await whole(store, session, limit=7)
         assert history[-1] == Message("user", f"question {i}")
         await answer(store, session, *(tool_turn if i % 3 == 0 else (Message("assistant", f"answer {i}"),)))
     session, history = await ask(store, "last", limit=500)  # another limit: read whole
-    assert history == await store.history(session) and len(history) == 12 * 2 + 4 * 2 + 1
+    assert history == await whole(store, session) and len(history) == 12 * 2 + 4 * 2 + 1
 
 
 async def test_a_question_reads_only_the_messages_stored_since_the_last_one(store: Store, tmp_path: Path) -> None:
@@ -60,7 +65,26 @@ async def test_a_question_reads_only_the_messages_stored_since_the_last_one(stor
         db.execute("UPDATE messages SET content = 'edited' WHERE content = 'first'")
     _, history = await ask(store, "second")
     assert [m.content for m in history] == ["first", "one", "second"]
-    assert [m.content for m in await store.history(session)] == ["edited", "one", "second"]
+    assert [m.content for m in await whole(store, session)] == ["edited", "one", "second"]
+
+
+async def test_a_queued_turn_reads_only_what_is_new_once_it_begins(store: Store, tmp_path: Path) -> None:
+    session, _ = await ask(store, "first")
+    waiting = await store.start_turn(session_id=session, platform="telegram", chat_id="c1", thread_id=None,
+                                     user_id="u1", user_name="Ann", event_id="e-q", message_id="m-q",
+                                     preset="default", prompt="behind", queued=True)
+    running = (await store.query("SELECT id FROM turns WHERE prompt = 'first'"))[0][0]
+    await store.complete_turn(running, status="done", answer="one", cost_usd=0.0,  # the running turn ends ...
+                              messages=[Message("assistant", "one")], delivery=None)
+    with sqlite3.connect(tmp_path / "gw.db") as db:
+        db.execute("UPDATE messages SET content = 'edited' WHERE content = 'first'")
+    await store.begin_turn(waiting)  # ... and the queued one begins
+    history = await store.history(session)
+    assert [m.content for m in history] == ["first", "one", "behind"]  # only "one" and "behind" read
+    assert [m.content for m in await whole(store, session)] == ["edited", "one", "behind"]
+    _, after = await ask(store, "next")  # what the queued turn read is remembered too
+    assert [m.content for m in after] == ["first", "one", "behind", "next"]
+    assert await store.history(session + 1000) == []  # a session nothing remembers: read whole
 
 
 async def test_messages_another_connection_stored_are_read(store: Store, tmp_path: Path) -> None:
@@ -106,6 +130,7 @@ def test_the_cache_is_bounded_by_chats_and_bytes() -> None:
     for i in range(5):
         cache.keep(("t", str(i), ""), known(i, 10))
     assert len(cache) == 3 and cache.get(("t", "0", "")) is None and cache.get(("t", "4", "")) is not None
+    assert cache.of_session(0) is None and cache.of_session(4) == (("t", "4", ""), known(4, 10))
     cache.keep(("t", "5", ""), known(5, 90))  # over the bytes: the oldest go first
     assert cache.bytes <= 100 and cache.get(("t", "5", "")) is not None and cache.get(("t", "2", "")) is None
     cache.keep(("t", "6", ""), known(6, 101))  # larger than the whole cache: not kept
@@ -113,6 +138,8 @@ def test_the_cache_is_bounded_by_chats_and_bytes() -> None:
     cache.keep(("t", "5", ""), known(5, 20))  # replaced: counted once
     cache.forget(("t", "4", ""))
     assert cache.bytes == 20 and len(cache) == 1
+    cache.keep(("t", "5", ""), known(7, 20))  # the chat's next session: the old one is not its
+    assert cache.of_session(5) is None and cache.of_session(7) is not None
 
 
 async def test_a_history_of_many_short_messages_counts_their_objects_too(store: Store) -> None:

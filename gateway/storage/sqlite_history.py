@@ -13,10 +13,11 @@ a table nothing is deleted from), so a session's messages up to an id once read 
 what was read, and the ones stored since (by this process or another on the same file) are
 those with a higher id. An entry is only ever made from what a committed job read: the event
 loop stores it once the job's future resolved, never from a job that was rolled back, and a
-thread only reads an entry it was handed. A queued turn's history (`Store.history`, once the turn
-has begun) is read the same way on the reader's connection, which sees the last commit: a row
-committed later got an id above every id that read saw (one writer at a time holds the file). A feature that deletes or edits messages must
-drop the entries of their chats (`HistoryCache.forget`).
+thread only reads an entry it was handed. A queued turn's history (`Store.history`, once the
+turn has begun) is read the same way on the reader's connection, which sees the last commit: a
+row committed later got an id above every id that read saw (one writer at a time holds the
+file). A feature that deletes or edits messages must drop the entries of their chats
+(`HistoryCache.forget`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ _SINCE = (f"SELECT id, {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE session_
 
 @dataclass(frozen=True, slots=True)
 class KnownHistory:
-    """A session's last `limit` messages up to message id `last_id`, as a committed job read them."""
+    """A session's last `limit` messages up to message id `last_id`, as a committed read saw them."""
 
     session_id: int
     limit: int

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import statistics
 import sys
 import tempfile
@@ -148,7 +149,7 @@ async def bench_storage(directory: Path, figures: Figures) -> None:
 async def bench_long_session(store: Store, figures: Figures, messages: int = 400) -> None:
     """The writer's CPU for a question and its answer in a session of `messages` messages (one
     at a time): the history is read in the question's writer job, which every write waits behind."""
-    counter = iter(range(10**9))
+    counter = itertools.count()
 
     async def turn(prompt: str) -> None:
         n = next(counter)

@@ -90,7 +90,8 @@ async def storage(database: str, replicas: int, total: int = 3000, concurrency: 
 
 async def history_read(database: str, messages: int = 500, reads: int = 100) -> float:
     """Process CPU ms of one whole read of a session's history of `messages` messages
-    (`Storage.history`: a queued turn's, and every question's on PostgreSQL)."""
+    (`Storage.history`: every question's on PostgreSQL; on SQLite a queued turn's in a chat
+    whose history the store does not remember)."""
     store = await open_store(database, SystemClock())
     try:
         session = await store.new_session("bench", "history", None)

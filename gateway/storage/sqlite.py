@@ -62,7 +62,7 @@ from gateway.storage.sqlite_connect import (
     open_session,
     turn_columns,
 )
-from gateway.storage.sqlite_history import HistoryCache, read_history
+from gateway.storage.sqlite_history import HistoryCache, KnownHistory, read_history
 from gateway.storage.sqlite_reads import Reads
 from gateway.storage.sqlite_small_tables import SmallTables, channel_preset_of, mark_seen_in
 from gateway.storage.sqlite_threads import DbThread, run_reads, run_writes
@@ -444,12 +444,12 @@ class Store(SmallTables, Reads):
         at, thread = self._now(), thread_key(thread_id)
         chat = (platform, chat_id, thread)
         known = self._histories.get(chat)
-        remembered: list[Any] = []  # what the job read of the history, for the next question
 
-        def work(db: sqlite_utils.Database) -> TakenQuestion | None:
-            remembered.clear()  # a batch that is run again runs its jobs again
+        # With what it read of the history, for the chat's next question (a job run again, when
+        # its batch is, returns afresh: only the committed run's value reaches the caller).
+        def work(db: sqlite_utils.Database) -> tuple[TakenQuestion | None, KnownHistory | None]:
             if not mark_seen_in(db, platform, event_id, at):
-                return None
+                return None, None
             session_id = find_open_session(db, platform, chat_id, thread)
             if session_id is None:
                 session_id = open_session(db, platform, chat_id, thread, at)
@@ -458,16 +458,15 @@ class Store(SmallTables, Reads):
                                             thread_id=thread_id, event_id=event_id, preset=preset,
                                             queued=queued, **turn)(db)
             if queued:
-                return TakenQuestion(turn_id, session_id, preset, queued, None)
+                return TakenQuestion(turn_id, session_id, preset, queued, None), None
             history, read = read_history(db, session_id, limit, known)
-            remembered.append(read)
-            return TakenQuestion(turn_id, session_id, preset, queued, history)
+            return TakenQuestion(turn_id, session_id, preset, queued, history), read
 
-        taken = await self._write(work)
+        taken, read = await self._write(work)
         if taken is not None:
             self._keep_turn_keys(taken.turn_id, taken.session_id, platform, chat_id, turn["user_id"], taken.preset)
-            if remembered:
-                self._histories.keep(chat, remembered[0])  # committed: what it read stands
+        if read is not None:
+            self._histories.keep(chat, read)  # committed: what it read stands
         return taken
 
 __all__ = [

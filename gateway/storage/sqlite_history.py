@@ -99,10 +99,9 @@ class HistoryCache:
         return self._entries.get(chat)
 
     def of_session(self, session_id: int) -> tuple[ChatKey, KnownHistory] | None:
-        """The chat and entry of a session, if its chat's entry is of that session."""
-        chat = self._chat_of.get(session_id)
-        known = self._entries.get(chat) if chat is not None else None
-        return (chat, known) if chat is not None and known is not None else None
+        """The chat whose entry is of this session, and the entry."""
+        chat = self._chat_of.get(session_id)  # kept in step with the entries by keep and forget
+        return None if chat is None else (chat, self._entries[chat])
 
     def keep(self, chat: ChatKey, known: KnownHistory) -> None:
         self.forget(chat)
@@ -128,9 +127,4 @@ class HistoryCache:
         return self._bytes
 
 
-def history_rows(db: sqlite_utils.Database, session_id: int, limit: int) -> list[Message]:
-    """The last `limit` messages of a session, read whole."""
-    return read_history(db, session_id, limit)[0]
-
-
-__all__ = ["ChatKey", "HistoryCache", "KnownHistory", "history_rows", "read_history"]
+__all__ = ["ChatKey", "HistoryCache", "KnownHistory", "read_history"]

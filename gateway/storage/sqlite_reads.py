@@ -14,7 +14,7 @@ from gateway.storage.contract import Delivery, TurnRow, sqlite_dialect
 from gateway.storage.contract import delivery as _delivery
 from gateway.storage.contract import turn_row as _turn_row
 from gateway.storage.sqlite_connect import dict_rows
-from gateway.storage.sqlite_history import HistoryCache, history_rows, read_history
+from gateway.storage.sqlite_history import HistoryCache, read_history
 from moa_core.values import Message
 
 
@@ -39,11 +39,10 @@ class Reads:
         a queued turn's, once it begins (a question that runs at once gets its history with its
         turn: `Store.take_question`). A session its chat's last question read is read from there on."""
         found = self._histories.of_session(session_id)
-        if found is None:
-            return await self.read(lambda db: history_rows(db, session_id, limit))
-        chat, known = found
+        known = found[1] if found is not None else None
         messages, read = await self.read(lambda db: read_history(db, session_id, limit, known))
-        self._histories.keep(chat, read)
+        if found is not None:
+            self._histories.keep(found[0], read)
         return messages
 
     async def unfinished_turns(self) -> list[TurnRow]:

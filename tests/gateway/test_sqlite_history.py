@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.storage import Store
-from gateway.storage.sqlite_history import HistoryCache, KnownHistory, history_rows
+from gateway.storage.sqlite_history import HistoryCache, KnownHistory, read_history
 from moa_core.values import ImagePart, Message, ToolCall
 from tests.fakes.clock import FakeClock
 
@@ -34,7 +34,7 @@ async def answer(store: Store, session_id: int, *messages: Message) -> None:
 
 async def whole(store: Store, session_id: int, limit: int = 500) -> list[Message]:
     """The session's history read whole, as nothing remembered."""
-    return await store.read(lambda db: history_rows(db, session_id, limit))
+    return (await store.read(lambda db: read_history(db, session_id, limit)))[0]
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ Parts of `Store` live beside it: its small tables (`sqlite_small_tables`), its r
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from gateway.storage.contract import (
 from gateway.storage.contract import call_values as _call_row
 from gateway.storage.contract import message_values as _message_row
 from gateway.storage.contract import turn_row as _turn_row
+from gateway.storage.sqlite_checkpoints import WRITER_AUTOCHECKPOINT_PAGES, Checkpointer
 from gateway.storage.sqlite_connect import (
     BUSY_TIMEOUT_MS,
     DatabaseBusy,
@@ -75,6 +77,13 @@ _connect = connect_writer  # the name tests and older callers use
 _TURN_KEYS_KEPT = 4096  # more turns than a gateway runs at once
 
 
+def _writer_connection(path: str, busy_timeout_ms: int) -> sqlite_utils.Database:
+    db = connect_writer(path, busy_timeout_ms)
+    # Its own checkpoints only when the checkpoint thread could not keep up (see that module).
+    db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
+    return db
+
+
 class Store(SmallTables, Reads):
     """Async access to the gateway's SQLite file through a writer and a reader thread (the
     embedded backend of `gateway.storage.contract.Storage`)."""
@@ -87,10 +96,11 @@ class Store(SmallTables, Reads):
     takeover_every_s = 60.0
 
     def __init__(self, writer: DbThread, reader: DbThread, sums: RollupSums, clock: Clock, path: Path,
-                 lease_s: float = DEFAULT_LEASE_S):
+                 lease_s: float = DEFAULT_LEASE_S, checkpointer: Checkpointer | None = None):
         # Use `Store.open`. `sums` belongs to the writer's batches (touched in its thread only).
         self._writer = writer
         self._reader = reader
+        self.checkpointer = checkpointer
         self._sums = sums
         self._clock = clock
         self.path = path
@@ -110,8 +120,10 @@ class Store(SmallTables, Reads):
         """Open or create the database file and apply pending migrations."""
         path = Path(path)
         sums = RollupSums()
-        writer = DbThread("moa-db", lambda: connect_writer(str(path), busy_timeout_ms),
-                          functools.partial(run_writes, deferred=sums))
+        # WAL checkpoints run beside the writer, not in it (gateway.storage.sqlite_checkpoints).
+        checkpointer = Checkpointer(str(path))
+        writer = DbThread("moa-db", lambda: _writer_connection(str(path), busy_timeout_ms),
+                          functools.partial(run_writes, deferred=sums), after_batch=checkpointer.nudge)
         await writer.start()
         # Opened once the writer has migrated the file and put it in WAL mode.
         reader = DbThread("moa-db-read", lambda: connect_reader(str(path), busy_timeout_ms), run_reads)
@@ -120,7 +132,8 @@ class Store(SmallTables, Reads):
         except BaseException:
             await writer.stop()
             raise
-        return cls(writer, reader, sums, clock, path, lease_s)
+        checkpointer.start()
+        return cls(writer, reader, sums, clock, path, lease_s, checkpointer)
 
     async def close(self) -> None:
         """Stop taking calls; what was already queued is written (and committed) first."""
@@ -130,7 +143,11 @@ class Store(SmallTables, Reads):
         try:
             await self._writer.stop()
         finally:
-            await self._reader.stop()
+            try:
+                await self._reader.stop()
+            finally:
+                if self.checkpointer is not None:  # waits for at most the checkpoint it is running
+                    await asyncio.to_thread(self.checkpointer.stop)
 
     @property
     def writer_cpu_s(self) -> float:

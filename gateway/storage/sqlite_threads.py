@@ -78,10 +78,12 @@ class DbThread:
     """One thread, one connection (sqlite3 connections belong to the thread that made them), and
     a queue of jobs that `run_batch` runs together; their futures are resolved on the loop."""
 
-    def __init__(self, name: str, connect: Callable[[], sqlite_utils.Database], run_batch: RunBatch):
+    def __init__(self, name: str, connect: Callable[[], sqlite_utils.Database], run_batch: RunBatch,
+                 after_batch: Callable[[], None] | None = None):
         self.name = name
         self._connect = connect
         self._run_batch = run_batch
+        self._after_batch = after_batch  # called in the thread after each batch (the writer's: a checkpoint is due)
         self._queue: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
         self._pending: list[Job] = []  # submitted in this turn of the loop; handed over at its end
         self._thread: threading.Thread | None = None
@@ -166,6 +168,8 @@ class DbThread:
                         outcomes = [(future, error, None) for _, future, _ in batch]
                     self.cpu_s += time.thread_time() - cpu
                     self._call(_settle, outcomes)
+                    if self._after_batch is not None:
+                        self._after_batch()
                 if stop and not waiting:
                     break
         finally:

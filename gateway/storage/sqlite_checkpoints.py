@@ -1,0 +1,125 @@
+"""The SQLite store's WAL checkpoints, run by a thread of their own beside the writer.
+
+A commit appends the pages it changed to the write-ahead log; a checkpoint copies them into the
+database file, so that the log can start over. SQLite runs one in the committing connection
+whenever the log reaches `wal_autocheckpoint` pages: on our writer's thread, between two batches,
+where every write queued meanwhile waits for it. At 50 turns at once that was about a sixth of
+the writer's CPU per stored turn (copying pages, two syscalls each, and syncing the file), and
+it cannot run in parallel with the next batch.
+
+So a `Checkpointer` thread with its own connection runs `PRAGMA wal_checkpoint(PASSIVE)` soon
+after the writer commits (`nudge`, at most once per `min_interval_s`; nothing when nothing is
+written). PASSIVE takes no lock a writer or reader waits for: it copies what was committed
+before it began while the writer goes on, and SQLite releases the interpreter lock while it
+runs. The log only starts over at a write that finds every page in it copied, which a writer
+committing every few milliseconds seldom finds; so the writer keeps SQLite's own checkpoint at
+a higher mark (`WRITER_AUTOCHECKPOINT_PAGES`): there, with nearly everything copied already, it
+copies the last few pages and the next write starts the log over. The log stays under about
+that many pages (16 MB) however long the writes go on.
+
+Durability is unchanged: a commit is durable in the log (synchronous=NORMAL); a checkpoint only
+moves pages that are already durable, and a crash during one is recovered from the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+# The writer connection's own checkpoint mark, in pages of the log (SQLite's default is 1000):
+# reached only when the checkpoint thread could not keep the log from growing (see above).
+WRITER_AUTOCHECKPOINT_PAGES = 4000
+
+
+class Checkpointer:
+    """A thread that checkpoints one database file's WAL after the writer's commits.
+
+    `nudge()` is cheap and may be called from any thread; `start()` opens the connection (in
+    the thread), `stop()` ends it. Counters are for tests and diagnostics."""
+
+    def __init__(self, path: str, *, min_interval_s: float = 0.02,
+                 connect: Callable[[str], sqlite3.Connection] | None = None) -> None:
+        self._path = path
+        self._min_interval_s = min_interval_s
+        self._connect = connect or _connect
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.checkpoints = 0  # checkpoints run
+        self.pages_copied = 0  # log pages copied into the database file, over all of them
+        self.failures = 0  # checkpoints that raised (logged once each; the writer's mark still holds)
+        self._in_log = self._copied = 0  # the log's pages and how many of them are copied, at the last look
+
+    def start(self) -> None:
+        # A daemon, like the store's other threads: it holds nothing a caller waits for.
+        self._thread = threading.Thread(target=self._main, name="moa-db-checkpoint", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def nudge(self) -> None:
+        """Something was committed: checkpoint soon."""
+        self._wanted.set()
+
+    def stop(self) -> None:
+        """End the thread (after the checkpoint it may be running). Blocks for at most that long."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+        self._thread = None
+
+    def _main(self) -> None:
+        try:
+            conn = self._connect(self._path)
+        except Exception:  # the writer's own checkpoints go on: slower, nothing lost
+            log.warning("could not open %s for WAL checkpoints; the writer checkpoints alone", self._path,
+                        exc_info=True)
+            return
+        try:
+            last = 0.0
+            while True:
+                self._wanted.wait()
+                # Commits close together share one checkpoint.
+                pause = last + self._min_interval_s - time.monotonic()
+                if pause > 0 and not self._stopping:
+                    time.sleep(pause)
+                self._wanted.clear()
+                if self._stopping:  # read after the clear: a stop() during the pause is not lost
+                    return
+                last = time.monotonic()
+                self._checkpoint(conn)
+        finally:
+            conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        try:
+            _busy, in_log, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            self.failures += 1
+            log.warning("a WAL checkpoint of %s failed; the next commit tries again", self._path, exc_info=True)
+            return
+        # The counts are of the log as it is: it may have started over since the last look.
+        before = self._copied if in_log >= self._in_log else 0
+        self._in_log, self._copied = max(0, in_log), max(0, copied)
+        self.checkpoints += 1
+        self.pages_copied += max(0, self._copied - before)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    # Autocommit (no transaction of its own); NORMAL, as the writer: a checkpoint syncs the log
+    # before it copies and the file after, whatever this setting says.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+__all__ = ["WRITER_AUTOCHECKPOINT_PAGES", "Checkpointer"]

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.contract import ChatRef
 from gateway.storage import Delivery, Storage, Store, TurnRow, from_iso, to_iso
@@ -277,6 +279,19 @@ def test_times_are_fixed_width_utc_text() -> None:
     assert from_iso(text) == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
     with pytest.raises(ValueError):
         to_iso(datetime(2026, 1, 1))  # noqa: DTZ001 - the point of the test
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9998, 12, 30)),  # noqa: DTZ001 - naive bounds: the strategy wants them
+                          st.integers(-14 * 60, 14 * 60)), min_size=1, max_size=8))
+def test_times_are_the_same_text_as_isoformat_whatever_came_before(moments) -> None:  # type: ignore[no-untyped-def]
+    # to_iso keeps the text of the last second it wrote: the next time, in another second, another
+    # zone or a microsecond later, must still read exactly as isoformat would write it.
+    for naive, offset in moments:
+        for moment in (naive.replace(tzinfo=UTC), naive.replace(tzinfo=timezone(timedelta(minutes=offset)))):
+            assert to_iso(moment) == moment.astimezone(UTC).isoformat(timespec="microseconds")
+            later = moment + timedelta(microseconds=1)
+            assert to_iso(later) == later.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 async def test_sessions_per_chat_and_thread(store: Storage, clock: FakeClock) -> None:

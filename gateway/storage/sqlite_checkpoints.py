@@ -3,9 +3,11 @@
 A commit appends the pages it changed to the write-ahead log; a checkpoint copies them into the
 database file, so that the log can start over. SQLite runs one in the committing connection
 whenever the log reaches `wal_autocheckpoint` pages: on our writer's thread, between two batches,
-where every write queued meanwhile waits for it. At 50 turns at once that was about a sixth of
-the writer's CPU per stored turn (copying pages, two syscalls each, and syncing the file), and
-it cannot run in parallel with the next batch.
+where every write queued meanwhile waits for it: copying pages (a read and a write syscall
+each) and syncing both files, none of it in parallel with the next batch. With 50 turns at once
+(bench/bench_gateway.py's stored turns, in one process side by side) that was 183 -> 157 us of
+the writer's CPU per stored turn, and 3,810 -> 4,790 turns/s (10-15% in runs of the two
+versions one after another).
 
 So a `Checkpointer` thread with its own connection runs `PRAGMA wal_checkpoint(PASSIVE)` soon
 after the writer commits (`nudge`, at most once per `min_interval_s`; nothing when nothing is

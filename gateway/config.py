@@ -25,7 +25,7 @@ from moa_core.settings import (
     Slot,
     ToolLimits,
 )
-from moa_core.tools.mcp import McpServerSettings
+from moa_core.tools.mcp_settings import McpServerSettings
 
 BUILTIN_TOOLS = ("fetch_url", "calculator", "current_time")
 PLATFORMS = ("telegram", "discord", "slack")

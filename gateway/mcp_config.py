@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from moa_core.tools.mcp import SERVER_NAME, McpServerSettings
+from moa_core.tools.mcp_settings import SERVER_NAME, McpServerSettings
 from moa_core.tools.mcp_toolbox import PREFIX, parse_entry
 
 _KEYS = ("command", "env_from", "url", "headers_env", "timeout", "start_timeout")

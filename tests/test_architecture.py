@@ -78,3 +78,22 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     command = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest -q"
     assert command in readme and command in ci.splitlines()
+
+
+def test_only_a_gateway_with_mcp_servers_imports_the_mcp_sdk():
+    # The SDK and its models cost about 0.3 s of every start-up, `moa-gateway cost` and `ask`
+    # included; config and the toolbox read their values from moa_core.tools.mcp_settings.
+    import subprocess
+    import sys
+
+    check = ("import sys\n"
+             "import gateway.app, gateway.cli, gateway.config, gateway.runtime, gateway.service\n"
+             "from moa_core.settings import ToolLimits\n"
+             "from moa_core.tools.mcp_settings import McpServerSettings\n"
+             "from moa_core.tools.mcp_toolbox import McpToolbox\n"
+             "McpToolbox({}, {}, ToolLimits())\n"
+             "print('mcp' in sys.modules)\n"
+             "McpToolbox({'s': McpServerSettings('s', url='http://127.0.0.1:9/mcp')}, {}, ToolLimits())\n"
+             "print('mcp' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stderr

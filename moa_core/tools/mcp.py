@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
@@ -25,38 +23,16 @@ from mcp import types as mcp_types
 from mcp.shared.exceptions import MCPError
 
 from moa_core.tools.base import ToolError
+from moa_core.tools.mcp_settings import McpServerSettings
 
 log = logging.getLogger(__name__)
 
 # JSON-RPC codes the SDK uses for a closed connection and for a request past its timeout.
 CONNECTION_CLOSED = -32000
 REQUEST_TIMEOUT = -32001
-# A server name is a prefix of the names the model sees ("search" -> "search__web_search").
-SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 CLIENT_INFO = mcp_types.Implementation(name="moa-gateway", version="0.1.0")
 
 State = Literal["starting", "up", "down", "stopped"]
-
-
-@dataclass(frozen=True, slots=True)
-class McpServerSettings:
-    """A `[mcp.NAME]` section: a stdio `command` or a streamable HTTP `url` (exactly one).
-
-    `env_from` names variables passed to a stdio server; `headers_env` maps an HTTP header to
-    the variable holding its value. Values are read from the environment at connect time.
-    """
-
-    name: str
-    command: tuple[str, ...] = ()
-    env_from: tuple[str, ...] = ()
-    url: str | None = None
-    headers_env: tuple[tuple[str, str], ...] = ()
-    timeout: float = 30.0  # each call, each tool listing, each ping
-    start_timeout: float = 30.0  # from spawn or connect to the first tool list
-
-    @property
-    def transport(self) -> str:
-        return "http" if self.url else "stdio"
 
 
 class _ConnectionLost(Exception):

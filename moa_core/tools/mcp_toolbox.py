@@ -14,12 +14,15 @@ import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moa_core.settings import ToolLimits
 from moa_core.tools.base import Tool
-from moa_core.tools.mcp import McpConnection, McpServerSettings
+from moa_core.tools.mcp_settings import McpServerSettings
 from moa_core.values import ToolSpec
+
+if TYPE_CHECKING:
+    from moa_core.tools.mcp import McpConnection
 
 PREFIX = "mcp:"
 _WIRE_NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -68,6 +71,8 @@ class McpToolbox:
 
     def __init__(self, servers: Mapping[str, McpServerSettings], env: Mapping[str, str], limits: ToolLimits,
                  **connection_options: Any):
+        if servers:  # the SDK is imported only by a gateway that has servers (moa_core.tools.mcp_settings)
+            from moa_core.tools.mcp import McpConnection
         self.connections = {name: McpConnection(s, env, **connection_options) for name, s in servers.items()}
         self._limits = limits
 

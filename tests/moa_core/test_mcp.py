@@ -19,7 +19,7 @@ from mcp.client.stdio import DEFAULT_INHERITED_ENV_VARS
 
 from moa_core.settings import ToolLimits
 from moa_core.tools import run_tool
-from moa_core.tools.mcp import McpServerSettings
+from moa_core.tools.mcp_settings import McpServerSettings
 from moa_core.tools.mcp_toolbox import McpToolbox, cut_head_tail, exposed_name, parse_entry
 from tests.fakes.mcp_server import serve_http
 

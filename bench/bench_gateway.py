@@ -3,7 +3,7 @@
 Run:  python bench/bench_gateway.py [--json] [--rounds N]
       (--json: the figures as one JSON object, last line; --rounds: measured rounds of 200
       sessions after a warm-up round, default 3, each figure the median over the rounds)
-1. Stored turns per second: the store calls the gateway makes for a plain question, in its order
+1. Stored turns per second (each figure the median of 3 passes): the store calls the gateway makes for a plain question, in its order
    (gateway/service.py, booking.py, delivery.py), through the single writer thread, on a real
    SQLite file: `take_question` (seen, session, preset, turn, history in one writer job), 5
    model calls booked through a `CallBook` as each ends (rows of calls that end together share a
@@ -113,37 +113,47 @@ async def stored_turn(store: Store, n: int) -> None:
     await store.mark_delivery(delivery, "sent", ["1"])
 
 
-async def bench_storage(directory: Path, figures: Figures) -> None:
+async def bench_storage(directory: Path, figures: Figures, passes: int = 3) -> None:
     store = await Store.open(directory / "bench.db", SystemClock())
     book = CallBook(store)
     first = 0  # event ids (and so turns) never repeat across the runs
     for concurrency, total, shape in ((1, 1000, ""), (50, 3000, ""), (50, 3000, "_old_shape")):
-        started, cpu, writer_cpu = time.perf_counter(), time.process_time(), store.writer_cpu_s
-        for batch in range(first, first + total, concurrency):
-            if shape:
-                await asyncio.gather(*(stored_turn(store, batch + i) for i in range(concurrency)))
-            else:
-                await asyncio.gather(*(question_turn(store, book, batch + i) for i in range(concurrency)))
-        await book.settle()
-        elapsed = time.perf_counter() - started
-        first += total
-        # CPU of the whole process (loop, writer and reader threads) per turn: steadier than
-        # turns/s on a machine shared with other work.
-        cpu_us = (time.process_time() - cpu) / total * 1e6
-        # The writer thread's own CPU per turn (its statements and write functions, not the
-        # event loop's part): the most turns per second its one thread could store, were nothing
-        # else in the process.
-        writer_us = (store.writer_cpu_s - writer_cpu) / total * 1e6
-        figures[f"stored_turns_per_s_{concurrency}{shape}"] = total / elapsed
+        # Each figure is the median of `passes` passes of `total` turns: one pass moved by up to
+        # 20% from run to run on this machine.
+        measured: list[tuple[float, float, float]] = []
+        for _ in range(passes):
+            measured.append(await _storage_pass(store, book, first, concurrency, total, shape))
+            first += total
+        turns_per_s, cpu_us, writer_us = (statistics.median(m[n] for m in measured) for n in range(3))
+        figures[f"stored_turns_per_s_{concurrency}{shape}"] = turns_per_s
         figures[f"stored_turn_cpu_us_{concurrency}{shape}"] = cpu_us
         figures[f"writer_cpu_us_per_turn_{concurrency}{shape}"] = writer_us
         figures[f"writer_bound_turns_per_s_{concurrency}{shape}"] = 1e6 / writer_us
-        print(f"stored turns (5 call rows each), {concurrency:>2} at a time: {total / elapsed:8.0f} turns/s, "
+        print(f"stored turns (5 call rows each), {concurrency:>2} at a time: {turns_per_s:8.0f} turns/s, "
               f"{cpu_us:4.0f} us CPU per turn, of which the writer thread {writer_us:4.0f} us "
               f"(at most {1e6 / writer_us:5.0f} turns/s on its one thread)"
               + ("  (the sequence measured until session 7)" if shape else ""))
     await bench_long_session(store, figures)
     await store.close()
+
+
+async def _storage_pass(store: Store, book: CallBook, first: int, concurrency: int, total: int,
+                        shape: str) -> tuple[float, float, float]:
+    """One pass: turns/s, process CPU per turn (us), the writer thread's CPU per turn (us)."""
+    started, cpu, writer_cpu = time.perf_counter(), time.process_time(), store.writer_cpu_s
+    for batch in range(first, first + total, concurrency):
+        if shape:
+            await asyncio.gather(*(stored_turn(store, batch + i) for i in range(concurrency)))
+        else:
+            await asyncio.gather(*(question_turn(store, book, batch + i) for i in range(concurrency)))
+    await book.settle()
+    elapsed = time.perf_counter() - started
+    # CPU of the whole process (loop, writer, reader and checkpoint threads) per turn: steadier
+    # than turns/s on a machine shared with other work. The writer thread's own CPU per turn (its
+    # statements and write functions, not the event loop's part): the most turns per second its
+    # one thread could store, were nothing else in the process.
+    return (total / elapsed, (time.process_time() - cpu) / total * 1e6,
+            (store.writer_cpu_s - writer_cpu) / total * 1e6)
 
 
 async def bench_long_session(store: Store, figures: Figures, messages: int = 400) -> None:

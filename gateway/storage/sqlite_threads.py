@@ -22,7 +22,11 @@ transaction. A job's future is resolved only after its transaction committed (or
 caller that was told "done" can act on it: the write is durable (WAL, synchronous=NORMAL: a
 process crash loses nothing committed).
 
-Jobs must not end the transaction themselves (COMMIT, ROLLBACK, VACUUM, changing journal_mode).
+Jobs must not end the transaction themselves (COMMIT, ROLLBACK, VACUUM, changing journal_mode):
+a job that committed and then raised made its whole batch run again, and the writes before it
+were stored twice. So while a job runs, an authorizer (`_TransactionGuard`) refuses BEGIN,
+COMMIT, ROLLBACK and the batch's own savepoint: such a statement raises "not authorized" in the
+job, which then fails alone like any other failing job.
 A batch may also carry `Deferred` work its jobs leave for its end (the store's cost-rollup
 upserts, summed over the batch: one upsert per rollup row instead of one per job and row),
 written in the same transaction just before COMMIT — or before a job that is not the store's own
@@ -207,6 +211,48 @@ def run_reads(db: sqlite_utils.Database, jobs: list[Job]) -> list[Outcome]:
     return outcomes
 
 
+class _TransactionGuard:
+    """The writer connection's authorizer: while a job runs (`in_job`), no statement of it may
+    begin, commit or roll back the batch's transaction, nor touch the batch's own savepoint (a
+    job's own savepoints are its business). Consulted when a statement is compiled, not run."""
+
+    def __init__(self) -> None:
+        self.in_job = False
+
+    def __call__(self, action: int, operation: str | None, name: str | None, *_: object) -> int:
+        if self.in_job and (action == sqlite3.SQLITE_TRANSACTION
+                            or (action == sqlite3.SQLITE_SAVEPOINT and name == _SAVEPOINT)):
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    def run(self, fn: Callable[[sqlite_utils.Database], Any], db: sqlite_utils.Database) -> Any:
+        self.in_job = True
+        try:
+            return fn(db)
+        finally:
+            self.in_job = False
+
+
+_SAVEPOINT = "moa_job"
+# The writer's own transaction statements. sqlite3 keeps compiled statements by their text, and
+# the authorizer is consulted only when a statement is compiled: a job that wrote "ROLLBACK"
+# after the writer had run it would get the writer's compiled one, unchecked. The writer's carry
+# a comment no job writes, so a job's text is always compiled (and refused) on its own.
+_MINE = " -- moa writer"
+WRITER_BEGIN, WRITER_COMMIT, _ROLLBACK = "BEGIN IMMEDIATE" + _MINE, "COMMIT" + _MINE, "ROLLBACK" + _MINE
+_MARK, _UNDO, _RELEASE = (f"SAVEPOINT {_SAVEPOINT}{_MINE}", f"ROLLBACK TO {_SAVEPOINT}{_MINE}",
+                          f"RELEASE {_SAVEPOINT}{_MINE}")
+
+
+def _guard(db: sqlite_utils.Database) -> _TransactionGuard:
+    guard = getattr(db, "_moa_transaction_guard", None)
+    if guard is None:
+        guard = _TransactionGuard()
+        db.conn.set_authorizer(guard)
+        db._moa_transaction_guard = guard  # type: ignore[attr-defined]
+    return guard
+
+
 def run_writes(db: sqlite_utils.Database, jobs: list[Job], deferred: Deferred | None = None) -> list[Outcome]:
     """Writes in one transaction: all at once, and only if one fails a SAVEPOINT per job (see
     the module docstring)."""
@@ -225,9 +271,9 @@ def _run_together(db: sqlite_utils.Database, jobs: list[Job], deferred: Deferred
     or, when a job failed, all of them again — the transaction is rolled back and
     `_run_each_alone` runs them a SAVEPOINT each, so the failing job fails alone; it then sees the
     same database as here, since the same jobs ran before it."""
-    conn = db.conn
+    conn, guard = db.conn, _guard(db)
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(WRITER_BEGIN)
     except BaseException as error:  # e.g. another process held the lock past the busy timeout
         for i in range(len(jobs)):
             results[i] = (error, None)
@@ -236,7 +282,7 @@ def _run_together(db: sqlite_utils.Database, jobs: list[Job], deferred: Deferred
         try:
             if deferred is not None and not private:
                 deferred.flush(conn)
-            results[i] = (None, fn(db))
+            results[i] = (None, guard.run(fn, db))
         except BaseException:
             _rollback(conn)
             if deferred is not None:
@@ -245,8 +291,8 @@ def _run_together(db: sqlite_utils.Database, jobs: list[Job], deferred: Deferred
         if deferred is not None:
             deferred.keep()
         if not conn.in_transaction:
-            # The job ended the transaction itself (against the rule in the module docstring;
-            # e.g. legacy code that commits): what ran so far stands, the rest runs afresh.
+            # The transaction ended during the job without an error (the guard refuses COMMIT
+            # and ROLLBACK; kept for what it cannot see): what ran so far stands, the rest runs afresh.
             if deferred is not None:
                 deferred.reset()
             return list(range(i + 1, len(jobs)))
@@ -260,10 +306,10 @@ def _run_each_alone(db: sqlite_utils.Database, jobs: list[Job], pending: list[in
                     results: list[tuple[BaseException | None, Any]]) -> None:
     """Jobs `pending` in one transaction, each inside its own SAVEPOINT: a job that raises is
     rolled back alone; an error that ends the whole transaction reruns the jobs before it."""
-    conn = db.conn
+    conn, guard = db.conn, _guard(db)
     while pending:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(WRITER_BEGIN)
         except BaseException as error:
             for i in pending:
                 results[i] = (error, None)
@@ -280,16 +326,16 @@ def _run_each_alone(db: sqlite_utils.Database, jobs: list[Job], pending: list[in
                         results[j] = (error, None)
                     again, done = pending[position:], []
                     break
-            conn.execute("SAVEPOINT moa_job")
+            conn.execute(_MARK)
             try:
-                value = fn(db)
+                value = guard.run(fn, db)
             except BaseException as error:
                 results[i] = (error, None)
                 if deferred is not None:
                     deferred.drop()
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK TO moa_job")
-                    conn.execute("RELEASE moa_job")
+                    conn.execute(_UNDO)
+                    conn.execute(_RELEASE)
                     continue
                 # The error ended the whole transaction: the jobs before it were undone too.
                 again = done + pending[position + 1:]
@@ -302,7 +348,7 @@ def _run_each_alone(db: sqlite_utils.Database, jobs: list[Job], pending: list[in
                 # The job ended the transaction itself: what ran so far stands (as above).
                 again, done = pending[position + 1:], []
                 break
-            conn.execute("RELEASE moa_job")
+            conn.execute(_RELEASE)
             done.append(i)
         if done:
             _commit(conn, deferred, done, results)
@@ -319,7 +365,7 @@ def _commit(conn: sqlite3.Connection, deferred: Deferred | None, jobs: Iterable[
     try:
         if deferred is not None:
             deferred.flush(conn)
-        conn.execute("COMMIT")
+        conn.execute(WRITER_COMMIT)
     except BaseException as error:
         _rollback(conn)
         for i in jobs:
@@ -328,7 +374,7 @@ def _commit(conn: sqlite3.Connection, deferred: Deferred | None, jobs: Iterable[
 
 def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
-        conn.execute("ROLLBACK")
+        conn.execute(_ROLLBACK)
 
 
 __all__ = ["MAX_BATCH", "DbThread", "Deferred", "run_reads", "run_writes"]

@@ -18,6 +18,7 @@ import sqlite_utils
 
 from gateway.storage import Store
 from gateway.storage import rollups as rollup_sql
+from gateway.storage.sqlite_threads import WRITER_BEGIN, WRITER_COMMIT
 from moa_core.clock import SystemClock
 from moa_core.values import CallRecord, Cost, Usage
 from tests.gateway.test_cost_rollups import assert_reconciled
@@ -87,10 +88,10 @@ async def test_writes_queued_together_commit_once(store: Store) -> None:
     ids = await asyncio.gather(*tasks)
     assert len(set(ids)) == 20
     # After the held job's transaction (its end is traced after the clear), the twenty share one.
-    assert statements.count("BEGIN IMMEDIATE") == 1
-    batch = statements[statements.index("BEGIN IMMEDIATE"):]
+    assert statements.count(WRITER_BEGIN) == 1
+    batch = statements[statements.index(WRITER_BEGIN):]
     assert sum(s.startswith("INSERT") for s in batch) == 20
-    assert batch.count("COMMIT") == 1 and batch[-1] == "COMMIT"
+    assert batch.count(WRITER_COMMIT) == 1 and batch[-1] == WRITER_COMMIT
     assert await values(store) == [f"v{n}" for n in range(20)]
 
 
@@ -123,7 +124,7 @@ async def test_a_batch_that_fails_nowhere_runs_without_a_savepoint_per_write(sto
         tasks = await queued(store, *(insert(f"v{n}") for n in range(5)))
         statements.clear()
     await asyncio.gather(*tasks)
-    batch = statements[statements.index("BEGIN IMMEDIATE"):]
+    batch = statements[statements.index(WRITER_BEGIN):]
     assert not [s for s in batch if "SAVEPOINT" in s or "RELEASE" in s]
 
 
@@ -145,6 +146,35 @@ async def test_an_error_that_ends_the_transaction_reruns_the_writes_before_it(st
     assert isinstance(results[2], sqlite3.IntegrityError)
     assert all(isinstance(r, int) for r in results[:2] + results[3:])
     assert await values(store) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("ends", ["commit", "commit statement", "rollback", "begin", "release"])
+async def test_a_write_that_tries_to_end_the_transaction_fails_alone_and_nothing_is_written_twice(
+        store: Store, ends: str) -> None:
+    # Jobs must not end their batch's transaction: one that committed and then raised made the
+    # whole batch run again, and the writes before it were stored twice.
+    def rogue(db: sqlite_utils.Database) -> None:
+        db.conn.execute("INSERT INTO t (v) VALUES ('rogue')")
+        if ends == "commit":
+            db.conn.commit()
+        elif ends == "commit statement":
+            db.conn.execute("COMMIT")
+        elif ends == "rollback":
+            db.conn.execute("ROLLBACK")
+        elif ends == "release":
+            db.conn.execute("RELEASE moa_job")  # the writer's savepoint around a job, when it has one
+        else:
+            db.conn.execute("BEGIN")
+        raise LookupError("after ending the transaction")
+
+    async with HeldWriter(store):
+        tasks = await queued(store, insert("a"), rogue, insert("c"))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert await values(store) == ["a", "c"]
+    assert isinstance(results[1], sqlite3.DatabaseError) and "not authorized" in str(results[1])
+    assert isinstance(results[0], int) and isinstance(results[2], int)
+    await store.run(insert("later"))  # the writer goes on as before
+    assert await values(store) == ["a", "c", "later"]
 
 
 async def test_close_writes_what_is_queued(tmp_path: Path) -> None:

@@ -85,8 +85,8 @@ def _writer_connection(path: str, busy_timeout_ms: int) -> sqlite_utils.Database
 
 
 class Store(SmallTables, Reads):
-    """Async access to the gateway's SQLite file through a writer and a reader thread (the
-    embedded backend of `gateway.storage.contract.Storage`)."""
+    """Async access to the gateway's SQLite file through a writer and a reader thread, with a
+    third checkpointing its WAL (the embedded backend of `gateway.storage.contract.Storage`)."""
 
     backend = "sqlite"
     writes_in_order = True  # one writer thread, FIFO, batches committed one after another
@@ -293,8 +293,9 @@ class Store(SmallTables, Reads):
         self._keep_turn_keys(turn_id, session_id, turn["platform"], turn["chat_id"], turn["user_id"], turn["preset"])
         if read is None:
             return turn_id, None
-        self._histories.keep(chat, read[1])  # committed: what it read stands
-        return turn_id, read[0]
+        history, remembered = read
+        self._histories.keep(chat, remembered)  # committed: what it read stands
+        return turn_id, history
 
     async def begin_turn(self, turn_id: int) -> None:
         """A queued turn starts: marked running, its user message stored, in one transaction."""

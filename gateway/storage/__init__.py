@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+# First: every module of the store imports sqlite_utils, which this imports without numpy.
+import gateway.storage.sqlite_utils_import  # noqa: F401, I001
 from gateway.storage.contract import (
     DEFAULT_LEASE_S,
     DELIVERY_STATUSES,

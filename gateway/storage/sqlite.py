@@ -49,7 +49,11 @@ from gateway.storage.contract import (
 from gateway.storage.contract import call_values as _call_row
 from gateway.storage.contract import message_values as _message_row
 from gateway.storage.contract import turn_row as _turn_row
-from gateway.storage.sqlite_checkpoints import WRITER_AUTOCHECKPOINT_PAGES, Checkpointer
+from gateway.storage.sqlite_checkpoints import (
+    WRITER_AUTOCHECKPOINT_PAGES,
+    Checkpointer,
+    checkpoint_thread_safe,
+)
 from gateway.storage.sqlite_connect import (
     BUSY_TIMEOUT_MS,
     DatabaseBusy,
@@ -77,16 +81,18 @@ _connect = connect_writer  # the name tests and older callers use
 _TURN_KEYS_KEPT = 4096  # more turns than a gateway runs at once
 
 
-def _writer_connection(path: str, busy_timeout_ms: int) -> sqlite_utils.Database:
+def _writer_connection(path: str, busy_timeout_ms: int, checkpoint_thread: bool) -> sqlite_utils.Database:
     db = connect_writer(path, busy_timeout_ms)
-    # Its own checkpoints only when the checkpoint thread could not keep up (see that module).
-    db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
+    if checkpoint_thread:
+        # Its own checkpoints only when the checkpoint thread could not keep up (see that module).
+        db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
     return db
 
 
 class Store(SmallTables, Reads):
     """Async access to the gateway's SQLite file through a writer and a reader thread, with a
-    third checkpointing its WAL (the embedded backend of `gateway.storage.contract.Storage`)."""
+    third checkpointing its WAL where the SQLite library allows (the embedded backend of
+    `gateway.storage.contract.Storage`)."""
 
     backend = "sqlite"
     writes_in_order = True  # one writer thread, FIFO, batches committed one after another
@@ -116,14 +122,17 @@ class Store(SmallTables, Reads):
 
     @classmethod
     async def open(cls, path: str | Path, clock: Clock, *, lease_s: float = DEFAULT_LEASE_S,
-                   busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Store:
-        """Open or create the database file and apply pending migrations."""
+                   busy_timeout_ms: int = BUSY_TIMEOUT_MS, checkpoint_thread: bool | None = None) -> Store:
+        """Open or create the database file and apply pending migrations. `checkpoint_thread`:
+        WAL checkpoints in a thread beside the writer (None: where the SQLite library is safe for it)."""
         path = Path(path)
         sums = RollupSums()
-        # WAL checkpoints run beside the writer, not in it (gateway.storage.sqlite_checkpoints).
-        checkpointer = Checkpointer(str(path))
-        writer = DbThread("moa-db", lambda: _writer_connection(str(path), busy_timeout_ms),
-                          functools.partial(run_writes, deferred=sums), after_batch=checkpointer.nudge)
+        # WAL checkpoints beside the writer, not in it, where SQLite allows (gateway.storage.sqlite_checkpoints).
+        beside = checkpoint_thread_safe() if checkpoint_thread is None else checkpoint_thread
+        checkpointer = Checkpointer(str(path)) if beside else None
+        writer = DbThread("moa-db", lambda: _writer_connection(str(path), busy_timeout_ms, beside),
+                          functools.partial(run_writes, deferred=sums),
+                          after_batch=checkpointer.nudge if checkpointer is not None else None)
         await writer.start()
         # Opened once the writer has migrated the file and put it in WAL mode.
         reader = DbThread("moa-db-read", lambda: connect_reader(str(path), busy_timeout_ms), run_reads)
@@ -132,7 +141,8 @@ class Store(SmallTables, Reads):
         except BaseException:
             await writer.stop()
             raise
-        checkpointer.start()
+        if checkpointer is not None:
+            checkpointer.start()
         return cls(writer, reader, sums, clock, path, lease_s, checkpointer)
 
     async def close(self) -> None:

@@ -21,6 +21,20 @@ that many pages (16 MB) however long the writes go on.
 
 Durability is unchanged: a commit is durable in the log (synchronous=NORMAL); a checkpoint only
 moves pages that are already durable, and a crash during one is recovered from the log.
+
+Only on a SQLite library without the WAL-reset bug (https://sqlite.org/wal.html#walresetbug,
+every release from 3.7.0 to 3.51.2): there, a checkpoint that starts on one connection soon after
+another finished, while a commit on another connection starts the log over, can leave a wrong
+count in the WAL index, and a later checkpoint then skips committed pages: the file is corrupt
+and data is lost. A checkpoint thread beside a busy writer is that pattern exactly (a stress run
+of bench_gateway's stored turns here ended in "database disk image is malformed" with SQLite
+3.51.1). The bug is fixed in 3.51.3 and in the 3.44.6 and 3.50.7 backports (`wal_reset_fixed`);
+with any other library the writer checkpoints in its own connection at SQLite's default mark,
+as before this thread existed: one connection never races itself. Debian 12's SQLite (3.40.1),
+the one Python uses on this project's CI, is such a library. The version is that of the library
+the store's connections use (`library_version`: sqlite-utils takes pysqlite3 when installed),
+and this thread connects through sqlite-utils too, so that one process never has two SQLite
+libraries on one file (which SQLite's own locks cannot see across: sqlite.org/howtocorrupt.html).
 """
 
 from __future__ import annotations
@@ -31,10 +45,54 @@ import threading
 import time
 from collections.abc import Callable
 
+import sqlite_utils
+
 log = logging.getLogger(__name__)
 
-# The writer connection's own checkpoint mark, in pages of the log (SQLite's default is 1000):
-# reached only when the checkpoint thread could not keep the log from growing (see above).
+# The first release of each line with the WAL-reset bug fixed: 3.51.3 and later, and two backports.
+_FIXED_IN = ((3, 44, 6), (3, 50, 7), (3, 51, 3))
+
+
+def wal_reset_fixed(version: tuple[int, ...]) -> bool:
+    """Whether SQLite `version` has the WAL-reset bug fixed (see the module docstring)."""
+    version = tuple(version[:3])
+    newest = _FIXED_IN[-1]
+    if version >= newest:
+        return True
+    # A backport fixes its own line only: 3.50.7 and later 3.50 releases, not 3.51.0-3.51.2.
+    return any(fixed <= version < (fixed[0], fixed[1] + 1) for fixed in _FIXED_IN[:-1])
+
+
+def library_version() -> tuple[int, int, int]:
+    """The version of the SQLite library the store's connections use (sqlite-utils' choice)."""
+    db = sqlite_utils.Database(memory=True)
+    try:
+        text = db.execute("SELECT sqlite_version()").fetchone()[0]
+    finally:
+        db.close()
+    major, minor, patch, *_ = (*map(int, text.split(".")), 0, 0)
+    return major, minor, patch
+
+
+def checkpoint_thread_safe() -> bool:
+    """Whether WAL checkpoints may run in a thread beside the writer: only on a SQLite library
+    without the WAL-reset bug. Decided, and logged when not, once per process."""
+    global _checkpoint_thread_safe
+    if _checkpoint_thread_safe is None:
+        version = library_version()
+        _checkpoint_thread_safe = wal_reset_fixed(version)
+        if not _checkpoint_thread_safe:
+            log.info("SQLite %s: WAL checkpoints run in the writer thread (a checkpoint thread beside it needs "
+                     "SQLite 3.51.3 or later, without the WAL-reset bug: https://sqlite.org/wal.html#walresetbug)",
+                     ".".join(map(str, version)))
+    return _checkpoint_thread_safe
+
+
+_checkpoint_thread_safe: bool | None = None  # decided once per process
+
+# The writer connection's own checkpoint mark, in pages of the log (SQLite's default is 1000),
+# when a checkpoint thread runs beside it: reached only when that thread could not keep the log
+# from growing (see above).
 WRITER_AUTOCHECKPOINT_PAGES = 4000
 
 
@@ -105,7 +163,7 @@ class Checkpointer:
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
             _busy, in_log, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error:
+        except Exception:  # sqlite3's errors, or pysqlite3's (not sqlite3.Error's subclasses)
             self.failures += 1
             log.warning("a WAL checkpoint of %s failed; the next commit tries again", self._path, exc_info=True)
             return
@@ -117,11 +175,14 @@ class Checkpointer:
 
 
 def _connect(path: str) -> sqlite3.Connection:
+    # Through sqlite-utils: the same SQLite library as the writer's connection (see above).
     # Autocommit (no transaction of its own); NORMAL, as the writer: a checkpoint syncs the log
     # before it copies and the file after, whatever this setting says.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    conn = sqlite_utils.Database(path, execute_plugins=False).conn
+    conn.isolation_level = None
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
 
 
-__all__ = ["WRITER_AUTOCHECKPOINT_PAGES", "Checkpointer"]
+__all__ = ["WRITER_AUTOCHECKPOINT_PAGES", "Checkpointer", "checkpoint_thread_safe", "library_version",
+           "wal_reset_fixed"]

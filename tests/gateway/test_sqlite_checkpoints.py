@@ -1,6 +1,7 @@
-"""WAL checkpoints on SQLite run in a thread of their own beside the writer: they happen while
-writes go on, the log stays bounded, a failing or unopenable checkpoint connection loses
-nothing, and stopping never hangs."""
+"""WAL checkpoints on SQLite run in a thread of their own beside the writer, only where the
+SQLite library has the WAL-reset bug fixed (elsewhere the writer checkpoints alone); in that
+thread they happen while writes go on, the log stays bounded, a failing or unopenable checkpoint
+connection loses nothing, and stopping never hangs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ import pytest
 
 import gateway.storage.sqlite as sqlite_store
 from gateway.storage import Store
-from gateway.storage.sqlite_checkpoints import WRITER_AUTOCHECKPOINT_PAGES, Checkpointer
+from gateway.storage.sqlite_checkpoints import (
+    WRITER_AUTOCHECKPOINT_PAGES,
+    Checkpointer,
+    library_version,
+    wal_reset_fixed,
+)
 from moa_core.values import CallRecord, Cost, Message, Usage
 from tests.fakes.clock import FakeClock
 
@@ -53,7 +59,7 @@ async def eventually(condition, timeout_s: float = 5.0) -> None:  # type: ignore
 
 
 async def test_checkpoints_run_in_their_own_thread_while_the_writer_writes(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "gw.db", FakeClock())
+    store = await Store.open(tmp_path / "gw.db", FakeClock(), checkpoint_thread=True)
     try:
         # The writer checkpoints only at its own, higher mark.
         assert await store.run(lambda db: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) \
@@ -82,7 +88,7 @@ async def test_checkpoints_run_in_their_own_thread_while_the_writer_writes(tmp_p
 async def test_the_log_stays_bounded_while_writes_never_pause(tmp_path: Path, monkeypatch) -> None:
     # A low mark, so that a short test writes many times its size into the log.
     monkeypatch.setattr(sqlite_store, "WRITER_AUTOCHECKPOINT_PAGES", 150)
-    store = await Store.open(tmp_path / "gw.db", FakeClock())
+    store = await Store.open(tmp_path / "gw.db", FakeClock(), checkpoint_thread=True)
     try:
         largest = 0
         for _ in range(24):
@@ -91,6 +97,60 @@ async def test_the_log_stays_bounded_while_writes_never_pause(tmp_path: Path, mo
         # More pages copied than the log may hold: it started over, again and again.
         assert store.checkpointer is not None and store.checkpointer.pages_copied > 150 * 2
         # The mark plus what a batch or two add before the writer's own checkpoint starts it over.
+        assert largest < 150 * 4, largest
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("version", "fixed"), [
+    ((3, 40, 1), False),  # Debian 12, and so CI
+    ((3, 44, 5), False), ((3, 44, 6), True), ((3, 44, 9), True), ((3, 45, 0), False),
+    ((3, 50, 6), False), ((3, 50, 7), True), ((3, 51, 0), False), ((3, 51, 1), False), ((3, 51, 2), False),
+    ((3, 51, 3), True), ((3, 52, 0), True), ((3, 54, 1), True), ((4, 0, 0), True),
+])
+def test_the_wal_reset_bug_is_fixed_in_3_51_3_and_the_two_backports(version, fixed) -> None:
+    assert wal_reset_fixed(version) is fixed
+
+
+def test_the_library_version_is_the_one_the_store_connects_with() -> None:
+    import sqlite_utils
+
+    db = sqlite_utils.Database(memory=True)
+    assert ".".join(map(str, library_version())) == db.execute("SELECT sqlite_version()").fetchone()[0]
+
+
+async def test_without_the_fix_only_the_writer_checkpoints(tmp_path: Path) -> None:
+    # By default a checkpoint thread runs only on a library with the fix: elsewhere a checkpoint
+    # on a second connection racing the writer's commits can corrupt the file (the WAL-reset bug).
+    store = await Store.open(tmp_path / "gw.db", FakeClock())
+    fixed = wal_reset_fixed(library_version())
+    try:
+        mark = await store.run(lambda db: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        await writes(store, 100)
+        threads = {thread.name for thread in threading.enumerate()}
+        if fixed:
+            assert store.checkpointer is not None and "moa-db-checkpoint" in threads
+            assert mark == WRITER_AUTOCHECKPOINT_PAGES
+        else:
+            assert store.checkpointer is None and "moa-db-checkpoint" not in threads
+            assert mark == 1000  # SQLite's own mark, in the writer's connection, as before the thread
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "gw.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert db.execute("SELECT COUNT(*) FROM turns WHERE status = 'done'").fetchone()[0] == 100
+
+
+async def test_without_a_checkpoint_thread_the_writer_keeps_the_log_bounded(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db", FakeClock(), checkpoint_thread=False)
+    try:
+        await store.run(lambda db: db.execute("PRAGMA wal_autocheckpoint = 150"))
+        largest = 0
+        for _ in range(24):
+            await writes(store, 50)
+            largest = max(largest, wal_pages(tmp_path / "gw.db"))
+        assert store.checkpointer is None
+        # SQLite's checkpoint at the writer's mark starts the log over: it never grows far past it.
         assert largest < 150 * 4, largest
     finally:
         await store.close()
@@ -151,7 +211,7 @@ async def test_a_checkpointer_that_cannot_open_leaves_the_writer_to_checkpoint(t
 
     monkeypatch.setattr(sqlite_store.Checkpointer, "__init__", refusing)
     with caplog.at_level(logging.WARNING, logger="gateway.storage.sqlite_checkpoints"):
-        store = await Store.open(tmp_path / "gw.db", FakeClock())
+        store = await Store.open(tmp_path / "gw.db", FakeClock(), checkpoint_thread=True)
         try:
             await writes(store, 50)
             assert (await store.query("SELECT COUNT(*) FROM turns WHERE status = 'done'"))[0][0] == 50

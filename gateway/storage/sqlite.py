@@ -81,11 +81,11 @@ _connect = connect_writer  # the name tests and older callers use
 _TURN_KEYS_KEPT = 4096  # more turns than a gateway runs at once
 
 
-def _writer_connection(path: str, busy_timeout_ms: int, checkpoint_thread: bool) -> sqlite_utils.Database:
+def _writer_connection(path: str, busy_timeout_ms: int) -> sqlite_utils.Database:
     db = connect_writer(path, busy_timeout_ms)
-    if checkpoint_thread:
-        # Its own checkpoints only when the checkpoint thread could not keep up (see that module).
-        db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
+    # All its checkpoints, or only those a checkpoint thread beside it could not keep up with
+    # (see that module).
+    db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
     return db
 
 
@@ -130,7 +130,7 @@ class Store(SmallTables, Reads):
         # WAL checkpoints beside the writer, not in it, where SQLite allows (gateway.storage.sqlite_checkpoints).
         beside = checkpoint_thread_safe() if checkpoint_thread is None else checkpoint_thread
         checkpointer = Checkpointer(str(path)) if beside else None
-        writer = DbThread("moa-db", lambda: _writer_connection(str(path), busy_timeout_ms, beside),
+        writer = DbThread("moa-db", lambda: _writer_connection(str(path), busy_timeout_ms),
                           functools.partial(run_writes, deferred=sums),
                           after_batch=checkpointer.nudge if checkpointer is not None else None)
         await writer.start()

@@ -85,17 +85,21 @@ async def test_checkpoints_run_in_their_own_thread_while_the_writer_writes(tmp_p
         assert db.execute("SELECT COUNT(*) FROM model_calls").fetchone()[0] == 400
 
 
-async def test_the_log_stays_bounded_while_writes_never_pause(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("thread", [True, False], ids=["checkpoint thread", "writer alone"])
+async def test_the_log_stays_bounded_while_writes_never_pause(tmp_path: Path, monkeypatch, thread: bool) -> None:
     # A low mark, so that a short test writes many times its size into the log.
     monkeypatch.setattr(sqlite_store, "WRITER_AUTOCHECKPOINT_PAGES", 150)
-    store = await Store.open(tmp_path / "gw.db", FakeClock(), checkpoint_thread=True)
+    store = await Store.open(tmp_path / "gw.db", FakeClock(), checkpoint_thread=thread)
     try:
         largest = 0
         for _ in range(24):
             await writes(store, 50)
             largest = max(largest, wal_pages(tmp_path / "gw.db"))
-        # More pages copied than the log may hold: it started over, again and again.
-        assert store.checkpointer is not None and store.checkpointer.pages_copied > 150 * 2
+        if thread:
+            # More pages copied than the log may hold: it started over, again and again.
+            assert store.checkpointer is not None and store.checkpointer.pages_copied > 150 * 2
+        else:
+            assert store.checkpointer is None
         # The mark plus what a batch or two add before the writer's own checkpoint starts it over.
         assert largest < 150 * 4, largest
     finally:
@@ -139,21 +143,6 @@ async def test_without_the_fix_only_the_writer_checkpoints(tmp_path: Path) -> No
     with sqlite3.connect(tmp_path / "gw.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert db.execute("SELECT COUNT(*) FROM turns WHERE status = 'done'").fetchone()[0] == 100
-
-
-async def test_without_a_checkpoint_thread_the_writer_keeps_the_log_bounded(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(sqlite_store, "WRITER_AUTOCHECKPOINT_PAGES", 150)  # a short test: a low mark
-    store = await Store.open(tmp_path / "gw.db", FakeClock(), checkpoint_thread=False)
-    try:
-        largest = 0
-        for _ in range(24):
-            await writes(store, 50)
-            largest = max(largest, wal_pages(tmp_path / "gw.db"))
-        assert store.checkpointer is None
-        # SQLite's checkpoint at the writer's mark starts the log over: it never grows far past it.
-        assert largest < 150 * 4, largest
-    finally:
-        await store.close()
 
 
 def test_stop_right_after_a_nudge_never_hangs(tmp_path: Path) -> None:

@@ -18,12 +18,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
+from sqlite_utils.utils import OperationalError as _ConnectedOperationalError
 
 from gateway.storage import rollups
 from gateway.storage.migrations import migrations
 
 BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
+
+# sqlite-utils connects with pysqlite3 when it is installed: the store's connections then raise
+# pysqlite3's errors, which are not sqlite3's (a locked file at start-up was a traceback).
+OPERATIONAL_ERRORS: tuple[type[Exception], ...] = tuple({sqlite3.OperationalError, _ConnectedOperationalError})
 
 
 class DatabaseBusy(RuntimeError):
@@ -42,7 +47,7 @@ def connect_writer(path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite_
     began = time.monotonic()
     try:
         return retry_while_busy(lambda remaining: _open_writer(path, remaining, busy_timeout_ms), timeout_s)
-    except sqlite3.OperationalError as error:
+    except OPERATIONAL_ERRORS as error:
         if not _is_busy(error):
             raise
         raise DatabaseBusy(
@@ -64,13 +69,13 @@ def retry_while_busy(attempt: Callable[[float], T], timeout_s: float, pause_s: f
         remaining = deadline - time.monotonic()
         try:
             return attempt(max(remaining, 0.0))
-        except sqlite3.OperationalError as error:
+        except OPERATIONAL_ERRORS as error:
             if not _is_busy(error) or time.monotonic() + pause_s >= deadline:
                 raise
         time.sleep(pause_s * (0.5 + random.random()))  # the other process gets ahead; not in step
 
 
-def _is_busy(error: sqlite3.OperationalError) -> bool:
+def _is_busy(error: Exception) -> bool:
     return "locked" in str(error) or "busy" in str(error)
 
 

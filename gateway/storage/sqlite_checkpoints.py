@@ -23,24 +23,24 @@ Durability is unchanged: a commit is durable in the log (synchronous=NORMAL); a 
 moves pages that are already durable, and a crash during one is recovered from the log.
 
 Only on a SQLite library without the WAL-reset bug (https://sqlite.org/wal.html#walresetbug,
-every release from 3.7.0 to 3.51.2): there, a checkpoint that starts on one connection soon after
-another finished, while a commit on another connection starts the log over, can leave a wrong
-count in the WAL index, and a later checkpoint then skips committed pages: the file is corrupt
-and data is lost. A checkpoint thread beside a busy writer is that pattern exactly (SQLite calls
-the race rare, and 52 stress runs of bench_gateway's stored turns here did not hit it; nothing
-says it cannot). The bug is fixed in 3.51.3 and in the 3.44.6 and 3.50.7 backports (`wal_reset_fixed`);
-with any other library the writer checkpoints in its own connection, as before this thread
-existed (one connection never races itself), at the same mark: at 4,000 pages rather than
-SQLite's 1,000 a page that many batches change is copied once per 4,000 pages of log instead of
-four times, and the files are synced a quarter as often (side by side, six pairs: 1-18% more
-stored turns per second, about 9% at the median; the log stays under about 16 MB either way). Debian 12's SQLite (3.40.1),
-the one Python uses on this project's CI, is such a library. The version is that of the library
-the store's connections use (`library_version`: sqlite-utils takes pysqlite3 when installed),
-and this thread connects through sqlite-utils too, so that one process never has two SQLite
-libraries on one file, whose locks cannot see each other (sqlite.org/howtocorrupt.html): with
-pysqlite3 installed, the store's connections on its SQLite and this thread's on the stdlib's
-made those stress runs end in "database disk image is malformed" in 4 of 8, one file with
-wrong index entries.
+every release from 3.7.0 to 3.51.2): there, a checkpoint that starts on one connection soon
+after another finished, while a commit on another connection starts the log over, can leave a
+wrong count in the WAL index, and a later checkpoint then skips committed pages: the file is
+corrupt and data is lost. A checkpoint thread beside a busy writer is that pattern exactly
+(SQLite calls the race rare, and 52 stress runs of bench_gateway's stored turns here did not hit
+it; nothing says it cannot). The bug is fixed in 3.51.3 and in the 3.44.6 and 3.50.7 backports
+(`wal_reset_fixed`); with any other library the writer checkpoints in its own connection, as
+before this thread existed (one connection never races itself), at the same mark: at 4,000 pages
+rather than SQLite's 1,000 a page that many batches change is copied once per 4,000 pages of log
+instead of four times, and the files are synced a quarter as often (side by side, six pairs:
+1-18% more stored turns per second, about 9% at the median; the log stays under about 16 MB
+either way). Debian 12's SQLite (3.40.1), the one Python uses on this project's CI, is such a
+library. The version is that of the library the store's connections use (`library_version`:
+sqlite-utils takes pysqlite3 when installed), and this thread connects through sqlite-utils too,
+so that one process never has two SQLite libraries on one file, whose locks cannot see each
+other (sqlite.org/howtocorrupt.html): with pysqlite3 installed, the store's connections on its
+SQLite and this thread's on the stdlib's made those stress runs end in "database disk image is
+malformed" in 4 of 8, one file with wrong index entries.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ imports it.
 sqlite-utils imports numpy when it is installed, only to map numpy scalar types to column types
 when it creates tables from Python values; the store never hands it numpy values. numpy is
 installed here for matplotlib (the cost chart, which imports it on first use), and importing it
-at start-up cost every `moa-gateway run`, `ask` and `cost` about 65 ms and 11 MB of resident
+at start-up cost every `moa-gateway run`, `ask` and `costs` about 65 ms and 11 MB of resident
 memory, and an OpenBLAS thread (measured 2026-12-08 on Python 3.11.7).
 
 A None entry in `sys.modules` makes `import numpy` raise ImportError (the import system's own way

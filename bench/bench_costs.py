@@ -274,6 +274,7 @@ async def main() -> None:
     in_period = (await store.query("SELECT COUNT(*) FROM model_calls WHERE created_at >= ? AND created_at < ?",
                                    [to_iso(start), to_iso(end)]))[0][0]
     measured = Figures("bench_costs")
+    measured.calibrate()
     measured["backend"] = measured_backend
     measured["rows"] = count
     figures = [

@@ -280,6 +280,7 @@ async def bench_sessions(directory: Path, url: str, figures: Figures, sessions: 
 
 async def main(as_json: bool, rounds: int = 3) -> None:
     figures = Figures("bench_gateway")
+    figures.calibrate()
     settle_heap()  # as `moa-gateway run` does after start-up
     with tempfile.TemporaryDirectory() as tmp:
         await bench_storage(Path(tmp), figures)

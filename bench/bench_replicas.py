@@ -212,6 +212,7 @@ def truncate(url: str) -> None:
 
 async def main(as_json: bool, server: str) -> None:
     figures = Figures("bench_replicas")
+    figures.calibrate()
     settle_heap()
     name, conninfo = scratch_database(server)
     pg = as_url(conninfo)

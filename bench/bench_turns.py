@@ -245,6 +245,7 @@ async def run_profile(url: str, profile: Profile, figures: Figures, *, full: boo
 
 async def main(quick: bool, as_json: bool, loop_name: str) -> None:
     figures = Figures("bench_turns")
+    figures.calibrate()
     figures["event_loop"] = loop_name
     print(f"event loop: {loop_name}")
     process, url = start_fake()

@@ -1,5 +1,6 @@
 """Machine-readable figures: each bench collects its medians here and, with `--json`, prints them
-as one JSON object on its last line (milliseconds and ratios, with the Python version)."""
+as one JSON object on its last line (milliseconds and ratios, with the Python version and this
+machine's speed at the time: `calibrate`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ class Figures:
 
     def __getitem__(self, name: str) -> object:
         return self._values[name]
+
+    def calibrate(self) -> None:
+        """Add (and print) how fast this machine is now: `bench.calibration`'s two timings."""
+        from bench.calibration import machine_speed
+
+        speed = machine_speed()
+        for name, value in speed.items():
+            self[name] = value
+        print(f"machine speed now (bench/calibration.py): pure Python {speed['calibration_python_ms']:.1f} ms, "
+              f"SQLite {speed['calibration_sqlite_ms']:.1f} ms (SQLite {speed['sqlite_version']}; lower is faster)")
 
     def as_json(self) -> str:
         return json.dumps(self._values, sort_keys=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,10 @@ def test_bench_costs_json_last_line_has_the_named_figures(tmp_path: Path) -> Non
         capture_output=True, text=True, timeout=300, check=True,
     )
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    for key in ("rows", "digest_week_ms", "digest_all_rows_ms", "cost_month_ms", "chart_ms"):
+    for key in ("rows", "digest_week_ms", "digest_all_rows_ms", "cost_month_ms", "chart_ms",
+                "calibration_python_ms", "calibration_sqlite_ms"):
         assert isinstance(figures[key], int | float), key
+    assert figures["calibration_python_ms"] > 0 and figures["calibration_sqlite_ms"] > 0
     assert figures["rows"] == 2000
     assert figures["python"] == platform.python_version()
 
@@ -36,6 +39,14 @@ def test_figures_round_floats_and_keep_order() -> None:
     assert json.loads(figures.as_json()) == {"bench": "bench_x", "python": platform.python_version(),
                                              "b_ms": 1.235, "a": 3}
     assert list(json.loads(figures.as_json())) == ["bench", "python", "b_ms", "a"]
+
+
+def test_calibration_times_its_two_workloads() -> None:
+    from bench.calibration import machine_speed
+
+    speed = machine_speed(runs=1)
+    assert speed["calibration_python_ms"] > 0 and speed["calibration_sqlite_ms"] > 0
+    assert speed["sqlite_version"] == sqlite3.sqlite_version
 
 
 def test_wants_json() -> None:

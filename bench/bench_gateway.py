@@ -3,9 +3,9 @@
 Run:  python bench/bench_gateway.py [--json] [--rounds N]
       (--json: the figures as one JSON object, last line; --rounds: measured rounds of 200
       sessions after a warm-up round, default 3, each figure the median over the rounds)
-1. Stored turns per second (each figure the median of 3 passes): the store calls the gateway makes for a plain question, in its order
-   (gateway/service.py, booking.py, delivery.py), through the single writer thread, on a real
-   SQLite file: `take_question` (seen, session, preset, turn, history in one writer job), 5
+1. Stored turns per second (each figure the median of 3 passes): the store calls the gateway
+   makes for a plain question, in its order (gateway/service.py, booking.py, delivery.py),
+   through the single writer thread, on a real SQLite file: `take_question` (seen, session, preset, turn, history in one writer job), 5
    model calls booked through a `CallBook` as each ends (rows of calls that end together share a
    write), `complete_turn` (answer, messages, ledger row stored as 'sending'), `mark_delivery`
    (sent). Sessions of 10 turns (each of 50 chats starts a new one every 10 of its turns), so a
@@ -148,7 +148,7 @@ async def _storage_pass(store: Store, book: CallBook, first: int, concurrency: i
             await asyncio.gather(*(question_turn(store, book, batch + i) for i in range(concurrency)))
     await book.settle()
     elapsed = time.perf_counter() - started
-    # CPU of the whole process (loop, writer, reader and checkpoint threads) per turn: steadier
+    # CPU of the whole process (loop, writer, reader and any checkpoint thread) per turn: steadier
     # than turns/s on a machine shared with other work. The writer thread's own CPU per turn (its
     # statements and write functions, not the event loop's part): the most turns per second its
     # one thread could store, were nothing else in the process.

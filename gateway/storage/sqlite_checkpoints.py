@@ -1,4 +1,5 @@
-"""The SQLite store's WAL checkpoints, run by a thread of their own beside the writer.
+"""The SQLite store's WAL checkpoints: in a thread of their own beside the writer where the
+SQLite library is safe for it (see the last paragraph), else in the writer's own connection.
 
 A commit appends the pages it changed to the write-ahead log; a checkpoint copies them into the
 database file, so that the log can start over. SQLite runs one in the committing connection

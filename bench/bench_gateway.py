@@ -5,17 +5,18 @@ Run:  python bench/bench_gateway.py [--json] [--rounds N]
       sessions after a warm-up round, default 3, each figure the median over the rounds)
 1. Stored turns per second (each figure the median of 3 passes): the store calls the gateway
    makes for a plain question, in its order (gateway/service.py, booking.py, delivery.py),
-   through the single writer thread, on a real SQLite file: `take_question` (seen, session, preset, turn, history in one writer job), 5
-   model calls booked through a `CallBook` as each ends (rows of calls that end together share a
-   write), `complete_turn` (answer, messages, ledger row stored as 'sending'), `mark_delivery`
-   (sent). Sessions of 10 turns (each of 50 chats starts a new one every 10 of its turns), so a
-   history read returns 1-19 messages. Until session 7 this measured another sequence
-   (active_session + start_turn + record_calls + complete_turn + mark_delivery 'sent'), which the
-   gateway no longer makes; it is still measured 50 at a time (`..._old_shape` figures), for
-   comparison with earlier figures, which are not comparable with the new ones. Each also prints
-   the writer thread's own CPU per turn (`writer_cpu_us_per_turn_*`) and so the most turns per
-   second its one thread could store (`writer_bound_turns_per_s_*`); then the writer's CPU for a
-   turn in a session of 400+ messages (`writer_cpu_us_per_turn_long_session`).
+   through the single writer thread, on a real SQLite file: `take_question` (seen, session,
+   preset, turn, history in one writer job), 5 model calls booked through a `CallBook` as each
+   ends (rows of calls that end together share a write), `complete_turn` (answer, messages,
+   ledger row stored as 'sending'), `mark_delivery` (sent). Sessions of 10 turns (each of 50
+   chats starts a new one every 10 of its turns), so a history read returns 1-19 messages. Until
+   session 7 this measured another sequence (active_session + start_turn + record_calls +
+   complete_turn + mark_delivery 'sent'), which the gateway no longer makes; it is still
+   measured 50 at a time (`..._old_shape` figures), for comparison with earlier figures, which
+   are not comparable with the new ones. Each also prints the writer thread's own CPU per turn
+   (`writer_cpu_us_per_turn_*`) and so the most turns per second its one thread could store
+   (`writer_bound_turns_per_s_*`); then the writer's CPU for a turn in a session of 400+
+   messages (`writer_cpu_us_per_turn_long_session`).
 2. 200 sessions active at once: each sends `/moa ...` through the real Gateway (RecordingAdapter
    platform, lean fake provider in another process, 4 references). The gateway's added time of a
    turn = time from inbound to the final answer delivered minus the engine's own run_turn time

@@ -80,13 +80,18 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert command in readme and command in ci.splitlines()
 
 
+def _fresh_interpreter(code: str):  # type: ignore[no-untyped-def]
+    """Run `code` in a new interpreter at the project root (what start-up imports is per process)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+
+
 def test_start_up_does_not_import_numpy_and_the_chart_still_draws():
     # sqlite-utils imports numpy when installed (it is, for matplotlib): about 65 ms and 11 MB of
     # every start-up. gateway.storage imports sqlite-utils without it; the chart imports it when
     # it draws, and sqlite-utils works as before.
-    import subprocess
-    import sys
-
     check = ("import sys, datetime\n"
              "import gateway.app, gateway.cli, gateway.config, gateway.runtime, gateway.service\n"
              "import gateway.storage.sqlite, sqlite_utils\n"
@@ -97,16 +102,13 @@ def test_start_up_does_not_import_numpy_and_the_chart_still_draws():
              "from gateway.costs.chart import spend_chart_png\n"
              "png = spend_chart_png([datetime.date(2026, 12, 1), datetime.date(2026, 12, 2)], {'p': [0.5, 1.25]}, 't')\n"
              "print(png[:4] == b'\\x89PNG', 'numpy' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = _fresh_interpreter(check)
     assert out.stdout.split("\n")[:3] == ["False", "[{'a': 1, 'b': 'x'}]", "True True"], out.stdout + out.stderr
 
 
 def test_only_a_gateway_with_mcp_servers_imports_the_mcp_sdk():
     # The SDK and its models cost about 0.3 s of every start-up, `moa-gateway cost` and `ask`
     # included; config and the toolbox read their values from moa_core.tools.mcp_settings.
-    import subprocess
-    import sys
-
     check = ("import sys\n"
              "import gateway.app, gateway.cli, gateway.config, gateway.runtime, gateway.service\n"
              "from moa_core.settings import ToolLimits\n"
@@ -116,5 +118,5 @@ def test_only_a_gateway_with_mcp_servers_imports_the_mcp_sdk():
              "print('mcp' in sys.modules)\n"
              "McpToolbox({'s': McpServerSettings('s', url='http://127.0.0.1:9/mcp')}, {}, ToolLimits())\n"
              "print('mcp' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = _fresh_interpreter(check)
     assert out.stdout.split() == ["False", "True"], out.stderr
